@@ -1,0 +1,1 @@
+"""Test-time compute strategies, one file per strategy."""

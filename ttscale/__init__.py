@@ -1,0 +1,3 @@
+"""ttscale: a test-time compute scaling harness for LLMs."""
+
+__version__ = "0.1.0"

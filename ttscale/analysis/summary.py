@@ -1,0 +1,32 @@
+"""Summaries of a run, computed from its samples.jsonl records alone."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import fmean
+from typing import Any, Iterable
+
+COST_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "verifier_tokens", "flops", "wall_s")
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per selection rule, mean pass@k per k, and total cost over every problem once."""
+    records = list(records)
+    accuracy: dict[str, list[float]] = defaultdict(list)
+    pass_at_k: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        for rule, selection in record["selections"].items():
+            accuracy[rule].append(float(selection["correct"]))
+        for k, value in record["pass_at_k"].items():
+            pass_at_k[k].append(value)
+    chosen_rules = {record["chosen_rule"] for record in records}
+    return {
+        "problems": len(records),
+        "chosen_rule": chosen_rules.pop() if len(chosen_rules) == 1 else sorted(chosen_rules),
+        "accuracy": {rule: fmean(values) for rule, values in sorted(accuracy.items())},
+        # pass@k is averaged over the problems that drew at least k samples.
+        "pass_at_k": {k: fmean(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
+        "pass_at_k_problems": {k: len(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
+        "cost": {name: sum(r["cost"][name] for r in records) for name in COST_FIELDS},
+        "samples": sum(len(r["candidates"]) for r in records),
+    }

@@ -1,0 +1,189 @@
+"""The `ttscale` command line: eval, models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+# vLLM logs every engine step at INFO; keep the terminal for our progress bar unless asked.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+import click
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ttscale import registry
+from ttscale.config import RunConfig, build_config, load_config_file
+from ttscale.errors import ConfigError, TtscaleError
+
+app = typer.Typer(
+    help="Test-time compute scaling for LLMs: run strategies, count their compute, compare them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List and prepare models (the embedded default needs no model hub).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+errors = Console(stderr=True)
+
+
+def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs into a dict; values are parsed as YAML scalars (so 3 is an int)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} terms=3")
+        options[key.strip()] = yaml.safe_load(value) if value else ""
+    return options
+
+
+@app.command("eval")
+def eval_command(
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark name (arithmetic, gsm-symbolic) or a .jsonl file with question/answer fields."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, e.g. best-of-n."),
+    n: Optional[int] = typer.Option(None, "--n", help="N: samples per problem (the strategy's budget). Must be >= 1."),
+    selection: Optional[str] = typer.Option(None, "--selection", help="Best-of-N selection rule reported as the accuracy: majority, first or oracle (all three are always recorded)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first LIMIT problems."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedded model name (smollm2-135m), a local HF directory, or a hub id."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Backend: vllm (in-process engine) or fake (for tests)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run seed; per-request seeds derive from it and each problem id."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory that holds run directories (default: runs)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default: 0.8)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling top-p (default: 1.0)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Maximum generated tokens per sample (default: 256)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Problems in flight at once (default: 16)."),
+    benchmark_option: Optional[list[str]] = typer.Option(None, "--benchmark-option", "-B", help="Benchmark option KEY=VALUE, e.g. -B terms=3 -B digits=2, or -B question_field=problem."),
+    strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-S", help="Strategy option KEY=VALUE."),
+    backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", help="Backend option KEY=VALUE, e.g. gpu_memory_utilization=0.3."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of RunConfig fields; flags given on the command line override it."),
+) -> None:
+    """Evaluate a strategy on a benchmark and print accuracy, pass@k and compute.
+
+    Rerunning the same command resumes: finished problems are skipped.
+    """
+    values: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    flags = {
+        "benchmark": benchmark, "strategy": strategy, "limit": limit, "model": model,
+        "backend": backend, "seed": seed, "output": output, "concurrency": concurrency,
+    }
+    values.update({key: value for key, value in flags.items() if value is not None})
+    sampling = dict(values.get("sampling") or {})
+    sampling.update({k: v for k, v in {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}.items() if v is not None})
+    if sampling:
+        values["sampling"] = {**RunConfig.model_fields["sampling"].default.model_dump(), **sampling}
+    strategy_options = {**values.get("strategy_options", {}), **parse_options(strategy_option, "-S")}
+    if n is not None:
+        strategy_options["n"] = n
+    if selection is not None:
+        strategy_options["selection"] = selection
+    values["strategy_options"] = strategy_options
+    values["benchmark_options"] = {**values.get("benchmark_options", {}), **parse_options(benchmark_option, "-B")}
+    values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}
+    if "benchmark" not in values:
+        raise ConfigError("no benchmark given; pass --benchmark arithmetic (or gsm-symbolic, or a .jsonl file)")
+    config = build_config(values, where=str(config_file) if config_file else "eval")
+    result = asyncio.run(_eval_with_progress(config))
+    print_summary(result.summary, result, config)
+
+
+async def _eval_with_progress(config: RunConfig):
+    from ttscale.runner import run_eval
+
+    generated = {"tokens": 0}
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task(config.run_id(), total=None, rate="")
+
+    def on_start(total: int, done: int) -> None:
+        progress.update(task, total=total, completed=done)
+        if done:
+            console.print(f"Resuming: {done} of {total} problems already finished in this run.")
+        if done < total:
+            console.print(f"Starting the {config.backend} backend for {config.model} (the vLLM engine takes about a minute on CPU)...")
+
+    def on_record(record: dict[str, Any]) -> None:
+        generated["tokens"] += record["cost"]["generated_tokens"]
+        elapsed = progress.tasks[0].elapsed or 1e-9
+        progress.update(task, advance=1, rate=f"{generated['tokens'] / elapsed:.1f} tok/s")
+
+    with progress:
+        return await run_eval(config, on_start=on_start, on_record=on_record)
+
+
+def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> None:
+    """The end-of-run table: accuracy per rule, pass@k per k, tokens, FLOPs and time."""
+    table = Table(title=f"{config.benchmark} · {config.strategy} · {config.model} · {summary['problems']} problems")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for rule, value in summary["accuracy"].items():
+        marker = " (chosen)" if rule == summary["chosen_rule"] else ""
+        table.add_row(f"accuracy · {rule}{marker}", f"{value:.3f}")
+    for k, value in summary["pass_at_k"].items():
+        table.add_row(f"pass@{k}", f"{value:.3f}")
+    cost = summary["cost"]
+    table.add_row("samples", f"{summary['samples']}")
+    table.add_row("prompt tokens (cached)", f"{cost['prompt_tokens']:,} ({cost['cached_prompt_tokens']:,})")
+    table.add_row("generated tokens", f"{cost['generated_tokens']:,}")
+    table.add_row("FLOPs", f"{cost['flops']:.3e}")
+    table.add_row("generation time, summed over problems", f"{cost['wall_s']:.1f} s")
+    table.add_row("wall time, this invocation", f"{result.elapsed_s:.1f} s")
+    console.print(table)
+    console.print(f"Run directory: {result.run_dir}  (resumed {result.resumed}, solved now {result.solved_now})")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the embedded models and whether each is prepared."""
+    from ttscale.models import EMBEDDED_MODELS, cache_dir
+
+    for name in EMBEDDED_MODELS:
+        prepared = (cache_dir() / "models" / name / "config.json").exists()
+        console.print(f"{name}\t{'prepared' if prepared else 'not prepared'}")
+
+
+@models_app.command("prepare")
+def models_prepare(name: str = typer.Argument("smollm2-135m", help="Embedded model name.")) -> None:
+    """Convert an embedded model into an HF directory vLLM can load (done once, cached)."""
+    from ttscale.models import prepare_model
+
+    resolved = prepare_model(name, progress=console.print)
+    console.print(f"{resolved.name}: {resolved.path} ({resolved.num_params:,} parameters)")
+
+
+def main() -> None:
+    """Entry point: run the app, printing user errors as one line instead of a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except click.ClickException as error:  # usage errors: click prints its own one-liner
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        errors.print("aborted")
+        sys.exit(1)
+    except TtscaleError as error:
+        errors.print(f"[red]error:[/red] {error}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        errors.print("interrupted; rerun the same command to resume")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The whole contract between ttscale's parts. Plugins implement these; nothing else is assumed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+
+from ttscale.types import Generation, GenRequest, Grade, Problem, Trace
+
+if TYPE_CHECKING:
+    from ttscale.context import SolveContext
+
+
+class ModelInfo(Protocol):
+    """What the cost model needs to know about the model behind a backend."""
+
+    name: str
+    num_params: int
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Generates completions. `generate` answers every request, in order, with one Generation."""
+
+    model: ModelInfo
+
+    async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AnswerTools(Protocol):
+    """Answer extraction and equivalence for a benchmark's domain; knows nothing of gold answers."""
+
+    def extract_answer(self, text: str) -> str | None: ...
+
+    def equivalent(self, a: str, b: str) -> bool: ...
+
+
+@runtime_checkable
+class Benchmark(AnswerTools, Protocol):
+    """A set of problems with its own answer extraction and ground-truth grading."""
+
+    name: str
+
+    def load(self, *, limit: int | None = None) -> list[Problem]: ...
+
+    def grade(self, problem: Problem, answer: str | None) -> Grade: ...
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """Turns one blind problem into a Trace, spending compute only through `ctx.backend`."""
+
+    name: str
+
+    async def solve(self, problem: Problem, ctx: "SolveContext") -> Trace: ...

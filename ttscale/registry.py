@@ -1,0 +1,72 @@
+"""One small registry per kind of plugin, with lazy "module:attr" entries and "did you mean" errors."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any, Callable, Generic, TypeVar
+
+from ttscale.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps a name to a factory; a factory may be given lazily as an import string "module:attr"."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T] | str] = {}
+
+    def register(self, name: str, factory: Callable[..., T] | str | None = None):
+        """Register `factory` under `name`; without a factory, works as a decorator."""
+        if factory is not None:
+            self._entries[name] = factory
+            return factory
+
+        def decorator(fn: Callable[..., T]) -> Callable[..., T]:
+            self._entries[name] = fn
+            return fn
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def factory(self, name: str) -> Callable[..., T]:
+        """The factory for `name`, importing it on first use."""
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}."
+            )
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module_name, _, attr = entry.partition(":")
+            entry = getattr(importlib.import_module(module_name), attr)
+            self._entries[name] = entry
+        return entry
+
+    def create(self, name: str, **params: Any) -> T:
+        """Build the plugin registered as `name` with keyword params."""
+        return self.factory(name)(**params)
+
+
+backends: Registry[Any] = Registry("backend")
+strategies: Registry[Any] = Registry("strategy")
+verifiers: Registry[Any] = Registry("verifier")
+benchmarks: Registry[Any] = Registry("benchmark")
+
+# Built-in plugins, registered lazily so that importing ttscale never imports vLLM.
+backends.register("fake", "ttscale.backends.fake:FakeBackend")
+backends.register("vllm", "ttscale.backends.vllm:VLLMBackend")
+strategies.register("best-of-n", "ttscale.strategies.best_of_n:BestOfN")
+verifiers.register("math", "ttscale.verifiers.math_answer:MathAnswerVerifier")
+benchmarks.register("arithmetic", "ttscale.benchmarks.arithmetic:ArithmeticBenchmark")
+benchmarks.register("gsm-symbolic", "ttscale.benchmarks.gsm_symbolic:GsmSymbolicBenchmark")
+benchmarks.register("jsonl", "ttscale.benchmarks.jsonl:JsonlBenchmark")

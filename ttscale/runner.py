@@ -1,0 +1,175 @@
+"""Runs a strategy over a benchmark, many problems at once, resumably.
+
+Concurrency comes from running problems side by side against one backend (vLLM batches them
+continuously), bounded by a semaphore; strategies themselves stay sequential pseudocode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from ttscale import registry
+from ttscale.analysis.passk import k_values, pass_at_k
+from ttscale.analysis.summary import summarize
+from ttscale.config import RunConfig
+from ttscale.context import SolveContext
+from ttscale.cost import CostMeter
+from ttscale.errors import ConfigError, describe_validation_error
+from ttscale.protocols import Backend, Benchmark, Strategy
+from ttscale.store import RunStore
+from ttscale.types import ORACLE_RULE, Problem, Trace
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """What an eval produced: where it lives, its summary, and what this invocation did."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    resumed: int  # problems found already finished
+    solved_now: int  # problems finished by this invocation
+    elapsed_s: float
+
+
+def build_benchmark(config: RunConfig) -> Benchmark:
+    """The benchmark named in the config; a path to a .jsonl file means custom problems."""
+    name, options = config.benchmark, dict(config.benchmark_options)
+    if name.endswith(".jsonl") or Path(name).is_file():
+        name, options = "jsonl", {"path": config.benchmark, **options}
+    return _create(registry.benchmarks, name, options, "benchmark option")
+
+
+def build_strategy(config: RunConfig) -> Strategy:
+    """The strategy named in the config, with its options validated."""
+    return _create(registry.strategies, config.strategy, config.strategy_options, "strategy option")
+
+
+def build_backend(config: RunConfig) -> Backend:
+    """The backend named in the config, for the config's model."""
+    options = {"model": config.model, **config.backend_options}
+    return _create(registry.backends, config.backend, options, "backend option")
+
+
+def _create(reg: registry.Registry, name: str, options: dict[str, Any], what: str) -> Any:
+    factory = reg.factory(name)
+    try:
+        return factory(**options)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, f"{reg.kind} {name!r}, {what}")) from None
+    except TypeError as error:
+        raise ConfigError(f"{reg.kind} {name!r}: {error}; check the {what}s you passed") from None
+
+
+def grade_trace(problem: Problem, trace: Trace, benchmark: Benchmark) -> dict[str, Any]:
+    """Grade every candidate and every selection against the gold answer (never seen by strategies)."""
+    candidate_correct = [benchmark.grade(problem, c.answer).correct for c in trace.candidates]
+    selections = {
+        rule: {"answer": answer, "correct": benchmark.grade(problem, answer).correct}
+        for rule, answer in trace.selections.items()
+    }
+    first_correct = next((c.answer for c, ok in zip(trace.candidates, candidate_correct) if ok), None)
+    selections[ORACLE_RULE] = {"answer": first_correct, "correct": any(candidate_correct)}
+    n, c = len(candidate_correct), sum(candidate_correct)
+    return {
+        "candidates": [
+            {**candidate.model_dump(), "correct": ok} for candidate, ok in zip(trace.candidates, candidate_correct)
+        ],
+        "selections": selections,
+        "n": n,
+        "num_correct": c,
+        "pass_at_k": {str(k): pass_at_k(n, c, k) for k in k_values(n)} if n else {},
+    }
+
+
+async def solve_and_record(
+    problem: Problem, *, strategy: Strategy, backend: Backend, benchmark: Benchmark, config: RunConfig
+) -> dict[str, Any]:
+    """Solve one problem blind, grade it, and build its samples.jsonl record."""
+    meter = CostMeter(backend)
+    seed = config.problem_seed(problem.id)
+    ctx = SolveContext(
+        backend=meter,
+        answers=benchmark,
+        params=config.sampling.model_copy(update={"seed": seed}),
+        rng=random.Random(seed),
+    )
+    trace = await strategy.solve(problem.blind(), ctx)
+    return {
+        "problem_id": problem.id,
+        "question": problem.question,
+        "gold": problem.answer,
+        "difficulty": problem.difficulty,
+        "seed": seed,
+        "strategy": config.strategy,
+        "chosen_rule": trace.chosen_rule,
+        **grade_trace(problem, trace, benchmark),
+        "trace_metadata": trace.metadata,
+        "cost": meter.cost.model_dump(),
+    }
+
+
+async def run_eval(
+    config: RunConfig,
+    *,
+    on_start: Callable[[int, int], None] | None = None,
+    on_record: ProgressCallback | None = None,
+    backend: Backend | None = None,
+) -> RunResult:
+    """Evaluate config.strategy on config.benchmark, resuming whatever the run already finished.
+
+    `on_start(total, already_done)` and `on_record(record)` drive a progress display. Pass
+    `backend` to reuse a started engine (tests do); otherwise one is built and closed here.
+    """
+    started = time.perf_counter()
+    benchmark = build_benchmark(config)
+    strategy = build_strategy(config)
+    problems = benchmark.load(limit=config.limit)
+    wanted = {p.id for p in problems}
+    with RunStore(config) as store:
+        done = store.done_ids() & wanted
+        todo = [p for p in problems if p.id not in done]
+        if on_start:
+            on_start(len(problems), len(done))
+        if todo:
+            owned = backend is None
+            backend = backend or build_backend(config)
+            try:
+                await _solve_all(todo, strategy, backend, benchmark, config, store, on_record)
+            finally:
+                if owned:
+                    await backend.close()
+        records = [r for r in store.records() if r["problem_id"] in wanted]
+        summary = {"run_id": config.run_id(), **summarize(records)}
+        store.write_summary(summary)
+    return RunResult(store.dir, summary, len(done), len(todo), time.perf_counter() - started)
+
+
+async def _solve_all(todo, strategy, backend, benchmark, config, store, on_record) -> None:
+    semaphore = asyncio.Semaphore(config.concurrency)
+
+    async def one(problem: Problem) -> None:
+        async with semaphore:
+            record = await solve_and_record(
+                problem, strategy=strategy, backend=backend, benchmark=benchmark, config=config
+            )
+        store.append(record)  # durable before it is reported
+        if on_record:
+            on_record(record)
+
+    tasks = [asyncio.create_task(one(p)) for p in todo]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # On the first failure, stop the rest; finished problems are already on disk.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

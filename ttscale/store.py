@@ -1,0 +1,121 @@
+"""Run directories: config.json, samples.jsonl (one line per finished problem) and summary.json.
+
+samples.jsonl is the record of truth. Lines are appended, flushed and fsynced as each problem
+finishes, so a SIGKILL loses at most the line being written; on reopen a torn last line is cut
+off, and problems already there are skipped. Problems are keyed by stable id, never position,
+so shards written elsewhere can be merged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from ttscale.config import RunConfig
+from ttscale.errors import TtscaleError
+
+SAMPLES = "samples.jsonl"
+
+
+class RunStore:
+    """One run directory, opened for appending; holds a lock so two processes never interleave."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.dir = config.output / config.run_id()
+        self.samples_path = self.dir / SAMPLES
+        self._lock: FileLock | None = None
+        self._file = None
+
+    def open(self) -> "RunStore":
+        """Create or reopen the run directory, lock it, and repair a torn tail."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise TtscaleError(
+                f"cannot write to output directory {self.config.output} ({error.strerror}); "
+                "pass --output with a writable directory"
+            ) from None
+        self._lock = FileLock(str(self.dir / ".lock"))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise TtscaleError(
+                f"run {self.dir} is in use by another ttscale process; wait for it or use another --output"
+            ) from None
+        (self.dir / "config.json").write_text(self.config.model_dump_json(indent=2) + "\n")
+        _cut_torn_tail(self.samples_path)
+        self._file = open(self.samples_path, "a", encoding="utf-8")
+        return self
+
+    def done_ids(self) -> set[str]:
+        """Ids of problems already finished in this run."""
+        return {record["problem_id"] for record in self.records()}
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one finished problem durably."""
+        assert self._file is not None, "open() the store first"
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every finished problem, once each (the first line wins if a merge duplicated one)."""
+        seen: dict[str, dict[str, Any]] = {}
+        for record in read_samples(self.samples_path):
+            seen.setdefault(record["problem_id"], record)
+        return list(seen.values())
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Write summary.json atomically."""
+        path = self.dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def close(self) -> None:
+        """Close the samples file and release the lock."""
+        if self._file:
+            self._file.close()
+            self._file = None
+        if self._lock:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunStore":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_samples(path: Path) -> Iterator[dict[str, Any]]:
+    """Parse samples.jsonl, naming the file and line of anything unreadable."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TtscaleError(f"{path}:{lineno}: unreadable record ({error.msg}); remove that line and rerun") from None
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line that was cut short by a crash (it has no newline yet)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)

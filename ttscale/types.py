@@ -1,0 +1,152 @@
+"""Frozen value types shared by every part of ttscale.
+
+Validation errors name the bad field, because pydantic does; keep types small and public.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Frozen(BaseModel):
+    """Base for immutable, validated value types; unknown fields are errors, not ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ChatMessage(Frozen):
+    """One chat turn."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Problem(Frozen):
+    """One benchmark item. `answer` is the gold answer; strategies only ever get `blind()`."""
+
+    id: str = Field(min_length=1)
+    question: str
+    prompt: tuple[ChatMessage, ...] = Field(min_length=1)
+    answer: str | None = None
+    difficulty: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def blind(self) -> "Problem":
+        """The same problem without its gold answer: what a strategy is allowed to see."""
+        return self.model_copy(update={"answer": None})
+
+
+class SampleParams(Frozen):
+    """Sampling settings for one request (converted to vLLM's SamplingParams at the edge)."""
+
+    n: int = Field(default=1, ge=1)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.8, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    include_stop_str: bool = False
+    seed: int | None = None
+    logprobs: int | None = Field(default=None, ge=0)
+
+
+class GenRequest(Frozen):
+    """A prompt (chat messages or raw text), an optional assistant prefix to continue, and params."""
+
+    prompt: tuple[ChatMessage, ...] | str
+    prefix: str = ""
+    params: SampleParams = SampleParams()
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: tuple[ChatMessage, ...] | str):
+        if not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class Completion(Frozen):
+    """One generated sample."""
+
+    text: str
+    num_tokens: int = Field(ge=0)
+    finish_reason: FinishReason
+    cumulative_logprob: float | None = None
+
+
+class Generation(Frozen):
+    """The answer to one GenRequest: its n completions and the prompt tokens it cost once."""
+
+    completions: tuple[Completion, ...]
+    prompt_tokens: int = Field(ge=0)
+    cached_prompt_tokens: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> "Generation":
+        if self.cached_prompt_tokens > self.prompt_tokens:
+            raise ValueError("cached_prompt_tokens cannot exceed prompt_tokens")
+        return self
+
+
+class Candidate(Frozen):
+    """A finished solution a strategy proposes: text, extracted answer, and any verifier scores."""
+
+    text: str
+    answer: str | None
+    num_tokens: int = Field(ge=0)
+    finish_reason: FinishReason
+    score: float | None = None
+
+
+ORACLE_RULE = "oracle"  # "any candidate is correct": applied at grading time, from gold answers
+
+
+class Trace(Frozen):
+    """What a strategy returns for one problem.
+
+    `selections` maps each selection rule the strategy applied to the answer it picked, so one
+    run reports every rule; `chosen_rule` names the one the user asked for. The oracle rule is
+    applied by the runner when grading, so a strategy may name it without applying it.
+    """
+
+    candidates: tuple[Candidate, ...]
+    selections: dict[str, str | None]
+    chosen_rule: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _chosen_rule_is_applied(self) -> "Trace":
+        if self.chosen_rule not in self.selections and self.chosen_rule != ORACLE_RULE:
+            raise ValueError(f"chosen_rule {self.chosen_rule!r} is not among {sorted(self.selections)}")
+        return self
+
+    @property
+    def answer(self) -> str | None:
+        """The answer picked by the chosen rule (None for the oracle rule, which needs gold)."""
+        return self.selections.get(self.chosen_rule)
+
+
+class Grade(Frozen):
+    """Ground-truth verdict on one answer; used for scoring only, never shown to strategies."""
+
+    correct: bool
+    reason: str = ""
+
+
+class Cost(Frozen):
+    """Compute spent on one problem. Only the CostMeter builds these."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    verifier_tokens: int = 0
+    flops: float = 0.0
+    wall_s: float = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(**{name: getattr(self, name) + getattr(other, name) for name in Cost.model_fields})
