@@ -12,6 +12,7 @@ A tiny prefix cache in blocks of `block_size` tokens reports cached prompt token
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -57,6 +58,7 @@ class FakeBackend:
         seed: int = 0,
         num_params: int = 1_000_000,
         block_size: int = 4,
+        delay_s: float = 0.0,
     ):
         if not 0.0 <= accuracy <= 1.0:
             raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
@@ -65,6 +67,7 @@ class FakeBackend:
         self.answer_key = dict(answer_key or {})
         self.accuracy = accuracy
         self.block_size = block_size
+        self.delay_s = delay_s  # simulated latency per generate call, for crash/resume tests
         self.requests: list[GenRequest] = []  # every request seen, for tests to inspect
         self._unseeded_rng = random.Random(seed)
         self._script_position = 0
@@ -72,6 +75,8 @@ class FakeBackend:
 
     async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
         """Answer each request with n fake completions."""
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         return [self._generate_one(request) for request in requests]
 
     async def close(self) -> None:
