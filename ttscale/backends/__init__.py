@@ -1,0 +1,1 @@
+"""Backends: vllm (the only module that imports vLLM), fake."""

@@ -1,0 +1,1 @@
+"""Verifiers and graders, one file per verifier."""
