@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-# vLLM logs every engine step at INFO; keep the terminal for our progress bar unless asked.
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# vLLM logs engine internals at INFO and WARNING; keep the terminal for our progress bar and
+# table. Errors still show; set VLLM_LOGGING_LEVEL=INFO to see everything.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 import click
 import typer

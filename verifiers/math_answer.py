@@ -20,7 +20,8 @@ FINAL_ANSWER = re.compile(
     r"(?:final answer|the answer is|answer:|####)\s*(?:is)?\s*[:=]?\s*\**\s*:?\s*(?P<answer>[^\n]+)",
     re.IGNORECASE,
 )
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+MAX_TEXT_ANSWER = 40  # a "final answer" line with no number is taken only if it is this short
 
 
 def last_boxed(text: str) -> str | None:
@@ -68,7 +69,11 @@ class MathAnswerVerifier(BaseModel):
         if finals:
             line = finals[-1].group("answer")
             boxed_or_number = last_boxed(line) or last_number(line)
-            return _clean(boxed_or_number or line) or None
+            if boxed_or_number:
+                return _clean(boxed_or_number)
+            short = _clean(line.split(". ")[0])
+            if short and len(short) <= MAX_TEXT_ANSWER:
+                return short  # e.g. "The answer is B" or "Final answer: yes"
         number = last_number(text)
         return _clean(number) if number else None
 

@@ -8,7 +8,6 @@ the settings measured to work are chosen automatically (see DESIGN.md).
 from __future__ import annotations
 
 import asyncio
-import gc
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -179,5 +178,7 @@ class VLLMBackend:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
-            del engine
-            gc.collect()  # finalize now, not at interpreter exit when vLLM's globals are gone
+            # AsyncLLM.__del__ calls shutdown() again; when the engine lives until interpreter
+            # exit, vLLM's module globals are gone by then and it prints a TypeError. It is
+            # already shut down, so make the second call a no-op.
+            engine.shutdown = lambda *args, **kwargs: None
