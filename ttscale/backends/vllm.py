@@ -150,14 +150,21 @@ class VLLMBackend:
         return list(await asyncio.gather(*(self._generate_one(request) for request in requests)))
 
     async def _generate_one(self, request: GenRequest) -> Generation:
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         prompt_ids = self.prompt_token_ids(request)
         final = None
-        async for output in self._engine.generate(
-            TokensPrompt(prompt_token_ids=prompt_ids), to_sampling_params(request.params), request_id=uuid.uuid4().hex
-        ):
-            final = output
+        try:
+            async for output in self._engine.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), to_sampling_params(request.params), request_id=uuid.uuid4().hex
+            ):
+                final = output
+        except VLLMClientError as error:  # the request itself is bad, e.g. longer than the context
+            raise TtscaleError(
+                f"vLLM rejected a request of {len(prompt_ids)} prompt tokens: {error}. "
+                f"Raise --backend-option max_model_len (now {self._max_model_len}) or lower --max-tokens."
+            ) from None
         completions = tuple(
             Completion(
                 text=sample.text,
