@@ -7,12 +7,25 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ttscale.types import ChatMessage, Grade, Problem
-from ttscale.verifiers.math_answer import MathAnswerVerifier
+from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
 
 DEFAULT_MATH_TEMPLATE = (
-    "Solve the following problem step by step. "
-    "Put your final answer in \\boxed{{}}.\n\n{question}"
+    "Solve the following problem step by step. Put your final answer in \\boxed{}.\n\n{question}"
 )
+
+# reasoning-gym seeds item i of seed s with Random(s + i), so seed 1 would be seed 0 shifted by
+# one item. Spacing our seeds this far apart keeps the sets of different seeds disjoint.
+SEED_STRIDE = 1_000_003
+
+
+def reasoning_gym_seed(seed: int) -> int:
+    """The reasoning-gym seed for our `seed`: disjoint problem sets for any size below the stride."""
+    return seed * SEED_STRIDE
+
+
+def take(count: int, limit: int | None) -> int:
+    """How many of `count` problems to return for `limit` (None: all)."""
+    return count if limit is None else max(0, min(limit, count))
 
 
 class MathBenchmark(BaseModel):
@@ -26,18 +39,15 @@ class MathBenchmark(BaseModel):
     @classmethod
     def _template_has_question(cls, value: str | None) -> str | None:
         if value is not None and "{question}" not in value:
-            raise ValueError("must contain the placeholder {question}")
+            raise ValueError("must contain the placeholder {question}, where the problem text goes")
         return value
 
-    @property
-    def grader(self) -> MathAnswerVerifier:
-        """The math-verify grader shared by extraction, equivalence and grading."""
-        return MathAnswerVerifier()
-
-    def make_problem(self, *, id: str, question: str, answer: Any, difficulty: float | None = None, **metadata: Any) -> Problem:
+    def make_problem(
+        self, *, id: str, question: str, answer: Any, difficulty: float | None = None, **metadata: Any
+    ) -> Problem:
         """A Problem whose prompt is one user message built from the template."""
-        template = self.prompt_template or DEFAULT_MATH_TEMPLATE
-        content = template.replace("{question}", question).replace("{{}}", "{}")
+        # str.replace, not str.format: templates and questions hold LaTeX braces.
+        content = (self.prompt_template or DEFAULT_MATH_TEMPLATE).replace("{question}", question)
         return Problem(
             id=id,
             question=question,
@@ -49,12 +59,12 @@ class MathBenchmark(BaseModel):
 
     def extract_answer(self, text: str) -> str | None:
         """The final answer stated in a solution."""
-        return self.grader.extract_answer(text)
+        return DEFAULT_VERIFIER.extract_answer(text)
 
     def equivalent(self, a: str, b: str) -> bool:
         """Whether two answers are mathematically equal."""
-        return self.grader.equivalent(a, b)
+        return DEFAULT_VERIFIER.equivalent(a, b)
 
     def grade(self, problem: Problem, answer: str | None) -> Grade:
         """Ground-truth grading against the gold answer."""
-        return self.grader.grade(problem, answer)
+        return DEFAULT_VERIFIER.grade(problem, answer)

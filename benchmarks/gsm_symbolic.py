@@ -7,7 +7,7 @@ from typing import ClassVar
 import reasoning_gym
 from pydantic import Field
 
-from ttscale.benchmarks._common import MathBenchmark
+from ttscale.benchmarks._common import MathBenchmark, reasoning_gym_seed, take
 from ttscale.types import Problem
 
 
@@ -16,20 +16,25 @@ class GsmSymbolicBenchmark(MathBenchmark):
 
     name: ClassVar[str] = "gsm-symbolic"
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     size: int = Field(default=100, ge=1)
 
     def load(self, *, limit: int | None = None) -> list[Problem]:
         """The first `limit` of `size` generated problems (the same for the same options)."""
-        dataset = reasoning_gym.create_dataset("gsm_symbolic", seed=self.seed, size=self.size)
-        count = min(limit or self.size, self.size)
+        dataset = reasoning_gym.create_dataset("gsm_symbolic", seed=reasoning_gym_seed(self.seed), size=self.size)
         return [
             self.make_problem(
                 id=f"gsm-symbolic-s{self.seed}-{index}",
                 question=item["question"],
                 answer=item["answer"],
-                difficulty=float(item["metadata"].get("difficulty", 1.0)),
-                source_index=item["metadata"].get("source_index"),
+                # reasoning-gym's own difficulty is always 1.0; the reference solution's step
+                # count (lines before "#### answer") says more about how hard a problem is.
+                # The solution itself stays out of metadata: strategies see metadata.
+                difficulty=float(_steps(item["metadata"]["answer_cot"])),
             )
-            for index, item in zip(range(count), dataset)
+            for index, item in zip(range(take(self.size, limit)), dataset)
         ]
+
+
+def _steps(solution: str) -> int:
+    return sum(1 for line in solution.splitlines() if line.strip() and not line.startswith("####"))

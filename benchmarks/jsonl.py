@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from ttscale.benchmarks._common import MathBenchmark
+from ttscale.benchmarks._common import MathBenchmark, take
 from ttscale.errors import ConfigError
 from ttscale.types import Problem
 
@@ -25,7 +25,8 @@ class JsonlBenchmark(MathBenchmark):
     def load(self, *, limit: int | None = None) -> list[Problem]:
         """Read and check every line, then return the first `limit` problems."""
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig: files saved by spreadsheet tools often start with a byte-order mark.
+            lines = self.path.read_text(encoding="utf-8-sig").splitlines()
         except FileNotFoundError:
             raise ConfigError(f"benchmark file {self.path} does not exist; check the path") from None
         except (OSError, UnicodeDecodeError) as error:
@@ -44,7 +45,7 @@ class JsonlBenchmark(MathBenchmark):
             problems.append(problem)
         if not problems:
             raise ConfigError(f"{self.path} holds no problems; add one JSON object per line")
-        return problems[:limit] if limit else problems
+        return problems[: take(len(problems), limit)]
 
     def _row(self, line: str, lineno: int) -> dict:
         where = f"{self.path}:{lineno}"
@@ -63,12 +64,21 @@ class JsonlBenchmark(MathBenchmark):
         return row
 
     def _problem(self, row: dict, lineno: int) -> Problem:
-        has_id = self.id_field is not None and row.get(self.id_field) is not None
+        where = f"{self.path}:{lineno}"
+        raw_id = row.get(self.id_field) if self.id_field is not None else None
+        if raw_id is not None and not str(raw_id).strip():
+            raise ConfigError(f"{where}: empty {self.id_field!r}; give every line a non-empty id")
         difficulty = row.get(self.difficulty_field) if self.difficulty_field else None
+        try:
+            difficulty = float(difficulty) if difficulty is not None else None
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}: {self.difficulty_field!r} is {difficulty!r}, not a number; fix it or map another column"
+            ) from None
         return self.make_problem(
-            id=str(row[self.id_field]) if has_id else f"{self.path.stem}:{lineno}",
+            id=str(raw_id) if raw_id is not None else f"{self.path.stem}:{lineno}",
             question=str(row[self.question_field]),
             answer=row[self.answer_field],
-            difficulty=float(difficulty) if difficulty is not None else None,
+            difficulty=difficulty,
             line=lineno,
         )

@@ -4,7 +4,7 @@ import pytest
 
 from ttscale.errors import ConfigError
 from ttscale.types import ChatMessage, Problem
-from ttscale.verifiers.math_answer import MathAnswerVerifier
+from ttscale.verifiers.math_answer import DEFAULT_VERIFIER, MathAnswerVerifier
 
 verifier = MathAnswerVerifier()
 
@@ -12,21 +12,60 @@ verifier = MathAnswerVerifier()
 @pytest.mark.parametrize(
     "text, expected",
     [
+        # \boxed{} wins, the last non-empty one, braces balanced
         ("So the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
         ("First \\boxed{3}, then corrected: \\boxed{4}", "4"),
         ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
         ("The result is \\fbox{12}", "12"),
         ("\\boxed 5", "5"),
+        ("The answer is \\boxed 5.", "5"),
+        ("The final answer is $\\boxed{18}$. I hope it is correct.", "18"),
+        ("**Final Answer**\n\n\\[\n\\boxed{\\dfrac{7}{2}}\n\\]", "\\dfrac{7}{2}"),
+        ("3 + 4 = 7\n\nThe answer is 6\n\n**Final Answer**\n\\boxed{7}", "7"),
+        ("Final answer: \\boxed{1,000}", "1,000"),
+        ("\\boxed{18 \\text{ dollars}}", "18 \\text{ dollars}"),
+        ("We get \\boxed{5}. Put your answer in \\boxed{}.", "5"),
+        ("Put the answer in \\boxed{}. We get 6.", "6"),
+        # a "final answer" marker: the answer right after the last one
         ("The final answer is 42.", "42"),
         ("Final answer: $-3$", "-3"),
         ("**Final Answer**: 1,234", "1,234"),
         ("blah\n#### 28080", "28080"),
+        ("#### 1,234.", "1,234"),
         ("The answer is B", "B"),
+        ("The answer is (B).", "(B)"),
+        ("Final answer: yes", "yes"),
+        ("The answer is: 12", "12"),
+        ("Answer: 3.", "3"),
+        ("The answer is **15**.", "15"),
+        ("The final answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("The answer is $-\\frac{3}{4}$", "-\\frac{3}{4}"),
+        ("Therefore, the answer is \\(\\frac{3}{4}\\).", "\\frac{3}{4}"),
+        ("Final Answer: The final answer is $2x+1$. I hope it is correct.", "2x+1"),
+        ("**Final Answer**\n\\[\n\\frac{7}{2}\n\\]", "\\frac{7}{2}"),
+        ("**Final Answer**\nThe total is 18.", "18"),
+        ("So she has 42 dollars left.\nThe answer is 42 dollars.", "42"),
+        ("The answer is $18.", "18"),
+        ("The answer is x = 5", "5"),
+        ("The answer is $2^{10} = 1024$.", "1024"),
+        ("The answer is 2^{10}", "2^{10}"),
+        ("The final answer is 3/4.", "3/4"),
+        ("The answer is −4", "-4"),
+        ("The answer is 7.\n\nCheck: 3 + 4 = 7, and 7 - 2 = 5 apples? No.", "7"),
+        ("The answer is not obvious. Let's compute 3+4=7.", "7"),
+        # else the last number
         ("We get 3 + 4 = 7. Then 7 * 2 = 14", "14"),
         ("x = 3/4", "3/4"),
         ("The numbers are 1, 2 and 3.", "3"),
         ("It costs 1,000,000 dollars.", "1,000,000"),
+        ("so 10-3=7", "7"),
+        ("x is -3", "-3"),
+        ("The value is -.5", "-.5"),
+        ("cost is $5.50.", "5.50"),
+        ("The result is (-9 / 9) = -1", "-1"),
+        ("\\boxed{3", "3"),  # cut off inside the box
         ("nothing numeric here", None),
+        ("\\boxed{", None),
         ("", None),
     ],
 )
@@ -34,27 +73,45 @@ def test_extract_answer(text, expected):
     assert verifier.extract_answer(text) == expected
 
 
-def test_long_final_answer_prose_falls_back_to_last_number():
-    text = "We add 2 and 5.\nThe answer is a classic example of persistence and careful thought about sums"
-    assert verifier.extract_answer(text) == "5"
-
-
 @pytest.mark.parametrize(
     "a, b, same",
     [
         ("1/2", "0.5", True),
         ("\\frac{1}{2}", "0.5", True),
+        ("\\dfrac{7}{2}", "3.5", True),
         ("7", "7.0", True),
+        ("10", "10.", True),
         ("−4", "-4", True),
         ("1,234", "1234", True),
+        ("1,000,000", "1000000", True),
         ("x+1", "1+x", True),
+        ("5", "x = 5", True),
+        ("1024", "2^{10} = 1024", True),
+        ("18", "\\$18", True),
+        ("18", "18 \\text{ dollars}", True),
+        ("B", "b", True),
+        ("$5$", "5", True),
         ("5", "6", False),
+        ("-4", "4", False),
         ("abc", "abd", False),
         ("\\frac{1}{3}", "0.33", False),
+        ("1,234", "1.234", False),
     ],
 )
-def test_equivalent(a, b, same):
+def test_equivalent_is_symmetric(a, b, same):
     assert verifier.equivalent(a, b) is same
+    assert verifier.equivalent(b, a) is same
+
+
+@pytest.mark.parametrize("weird", ["", "}{", "\\frac{", "$$", "\\boxed{}", "x" * 5000, "1/0", "\\left(", "=="])
+def test_weird_input_never_raises(weird):
+    assert verifier.equivalent(weird, "1") is False
+    assert verifier.grade(problem("1"), weird).correct is False
+    verifier.extract_answer(weird)
+
+
+def test_non_string_input_is_not_equivalent():
+    assert verifier.equivalent(None, "1") is False  # type: ignore[arg-type]
 
 
 def problem(answer):
@@ -63,17 +120,39 @@ def problem(answer):
 
 def test_grade_uses_gold():
     assert verifier.grade(problem("-4"), "-4.0").correct
+    assert verifier.grade(problem("0.5"), "\\frac{1}{2}").correct
+    assert verifier.grade(problem("1024"), "2^{10} = 1024").correct
     wrong = verifier.grade(problem("-4"), "4")
     assert not wrong.correct and "expected '-4'" in wrong.reason
     assert verifier.grade(problem("-4"), None).reason == "no answer extracted"
+    assert not verifier.grade(problem("-4"), None).correct
     with pytest.raises(ConfigError, match="'q' has no gold answer"):
         verifier.grade(problem(None), "1")
+
+
+def test_grade_after_extraction():
+    text = "Adding up, 12 + 30 = 42.\n\nThe answer is \\boxed{42}."
+    assert verifier.grade(problem("42"), verifier.extract_answer(text)).correct
+    assert not verifier.grade(problem("41"), verifier.extract_answer(text)).correct
+
+
+def test_options_are_validated_by_name():
+    with pytest.raises(Exception, match="timeout_s"):
+        MathAnswerVerifier(timeout_s=0)
+    with pytest.raises(Exception, match="unknown"):
+        MathAnswerVerifier(unknown=1)
+    assert DEFAULT_VERIFIER == MathAnswerVerifier()
 
 
 def test_grading_works_off_the_main_thread():
     # math-verify's signal-based timeout only works in the main thread; we switch it off there.
     results = []
-    worker = threading.Thread(target=lambda: results.append(verifier.equivalent("1/2", "0.5")))
+
+    def work():
+        results.append(verifier.equivalent("\\frac{2}{3}", "4/6"))
+        results.append(verifier.grade(problem("0.25"), "1/4").correct)
+
+    worker = threading.Thread(target=work)
     worker.start()
     worker.join()
-    assert results == [True]
+    assert results == [True, True]
