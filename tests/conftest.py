@@ -5,10 +5,11 @@ import pytest_asyncio
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def vllm_backend():
-    """The in-process vLLM backend with the embedded SmolLM2, shared by every engine test."""
+    """The in-process vLLM backend with the embedded SmolLM2, started once and shared by every
+    engine test (mark them `engine` and `asyncio(loop_scope="session")`)."""
     from ttscale.backends.vllm import VLLMBackend
 
-    backend = VLLMBackend("smollm2-135m", max_model_len=2048)
+    backend = VLLMBackend("smollm2-135m")
     await backend.start()
     yield backend
     await backend.close()

