@@ -38,6 +38,9 @@ async def test_best_of_n_on_real_model_end_to_end(vllm_backend, tmp_path):
         assert record["cost"]["prompt_tokens"] > 0
         assert record["cost"]["flops"] > 0
         assert set(record["selections"]) == {"majority", "first", "oracle"}
+    served_by = json.loads((first.run_dir / "backend.json").read_text())
+    assert served_by["num_params"] == 134_515_008
+    assert served_by["engine_settings"]["enable_prefix_caching"] is True
     assert 0.0 <= first.summary["pass_at_k"]["1"] <= first.summary["pass_at_k"]["4"] <= 1.0
 
     # Same config, fresh directory: per-request seeds reproduce every sample exactly.

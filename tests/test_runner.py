@@ -127,3 +127,9 @@ async def test_concurrency_bound_is_respected(problems_file, tmp_path):
 
     await run_eval(config_for(problems_file, tmp_path, concurrency=2), backend=CountingBackend(delay_s=0.05))
     assert CountingBackend.peak == 2
+
+
+async def test_backend_description_is_stored_beside_the_samples(problems_file, tmp_path):
+    result = await run_eval(config_for(problems_file, tmp_path), backend=FakeBackend(num_params=123))
+    described = json.loads((result.run_dir / "backend.json").read_text())
+    assert described == {"backend": "FakeBackend", "model": "fake", "num_params": 123, "engine_settings": {}}

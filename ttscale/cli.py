@@ -60,6 +60,7 @@ def eval_command(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling top-p (default: 1.0)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Maximum generated tokens per sample (default: 256)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Problems in flight at once (default: 16)."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of a hub benchmark's data (JSON/JSONL/Parquet in the dataset's schema); same as -B data_file=PATH."),
     benchmark_option: Optional[list[str]] = typer.Option(None, "--benchmark-option", "-B", help="Benchmark option KEY=VALUE, e.g. -B terms=3 -B digits=2, or -B question_field=problem."),
     strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-S", help="Strategy option KEY=VALUE."),
     backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", help="Backend option KEY=VALUE, e.g. gpu_memory_utilization=0.3."),
@@ -86,6 +87,8 @@ def eval_command(
         strategy_options["selection"] = selection
     values["strategy_options"] = strategy_options
     values["benchmark_options"] = {**values.get("benchmark_options", {}), **parse_options(benchmark_option, "-B")}
+    if data_file is not None:
+        values["benchmark_options"]["data_file"] = str(data_file)
     values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}
     if "benchmark" not in values:
         raise ConfigError("no benchmark given; pass --benchmark arithmetic (or gsm-symbolic, or a .jsonl file)")

@@ -59,6 +59,16 @@ def build_backend(config: RunConfig) -> Backend:
     return _create(registry.backends, config.backend, options, "backend option")
 
 
+def describe_backend(backend: Backend) -> dict[str, Any]:
+    """What served the run: model, parameter count, and the engine settings actually chosen."""
+    return {
+        "backend": type(backend).__name__,
+        "model": backend.model.name,
+        "num_params": backend.model.num_params,
+        "engine_settings": getattr(backend, "engine_settings", {}),
+    }
+
+
 def _create(reg: registry.Registry, name: str, options: dict[str, Any], what: str) -> Any:
     factory = reg.factory(name)
     try:
@@ -144,6 +154,7 @@ async def run_eval(
             backend = backend or build_backend(config)
             try:
                 await _solve_all(todo, strategy, backend, benchmark, config, store, on_record)
+                store.write_json("backend.json", describe_backend(backend))
             finally:
                 if owned:
                     await backend.close()

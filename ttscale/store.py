@@ -75,9 +75,13 @@ class RunStore:
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write summary.json atomically."""
-        path = self.dir / "summary.json"
+        return self.write_json("summary.json", summary)
+
+    def write_json(self, name: str, data: dict[str, Any]) -> Path:
+        """Write one JSON file in the run directory atomically (write, then rename)."""
+        path = self.dir / name
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
         tmp.replace(path)
         return path
 
