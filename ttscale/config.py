@@ -14,8 +14,10 @@ from pydantic import Field, ValidationError
 from ttscale.errors import ConfigError, describe_validation_error
 from ttscale.types import Frozen, SampleParams
 
-# Fields that change where or how fast a run goes, not what it computes: left out of the hash.
+# Fields that change where or how fast a run goes, not what it computes: left out of the hash,
+# so a run resumes after a server comes back on another port or with other retry settings.
 NOT_HASHED = {"output", "concurrency"}
+CONNECTION_OPTIONS = {"base_url", "max_concurrency", "timeout_s", "max_retries", "backoff_s"}
 
 
 class RunConfig(Frozen):
@@ -36,9 +38,9 @@ class RunConfig(Frozen):
 
     def run_id(self) -> str:
         """A readable slug plus the hash of the canonical config (minus where/how-fast fields)."""
-        canonical = json.dumps(
-            self.model_dump(mode="json", exclude=NOT_HASHED), sort_keys=True, separators=(",", ":")
-        )
+        fields = self.model_dump(mode="json", exclude=NOT_HASHED)
+        fields["backend_options"] = {k: v for k, v in self.backend_options.items() if k not in CONNECTION_OPTIONS}
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(self.benchmark).stem}-{self.strategy}").strip("-")
         return f"{slug}-{digest}"

@@ -65,6 +65,7 @@ benchmarks: Registry[Any] = Registry("benchmark")
 # Built-in plugins, registered lazily so that importing ttscale never imports vLLM.
 backends.register("fake", "ttscale.backends.fake:FakeBackend")
 backends.register("vllm", "ttscale.backends.vllm:VLLMBackend")
+backends.register("openai", "ttscale.backends.openai_http:OpenAIBackend")
 strategies.register("best-of-n", "ttscale.strategies.best_of_n:BestOfN")
 verifiers.register("math", "ttscale.verifiers.math_answer:MathAnswerVerifier")
 benchmarks.register("arithmetic", "ttscale.benchmarks.arithmetic:ArithmeticBenchmark")
