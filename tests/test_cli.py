@@ -84,3 +84,11 @@ def test_sigkill_mid_run_then_resume_counts_every_problem_once(tmp_path):
     ids = [json.loads(line)["problem_id"] for line in samples.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 12
     assert json.loads((samples.parent / "summary.json").read_text())["problems"] == 12
+
+
+def test_flags_reach_the_backend_and_benchmark_options(tmp_path):
+    # The fake backend rejects an unknown option by name, which proves --base-url reached it.
+    message = one_line_error(ttscale("eval", "-b", "arithmetic", "--backend", "fake", "--base-url", "http://127.0.0.1:1/v1", cwd=tmp_path))
+    assert "base_url" in message
+    message = one_line_error(ttscale("eval", "-b", "arithmetic", "--backend", "fake", "--data-file", "x.jsonl", cwd=tmp_path))
+    assert "data_file" in message

@@ -88,11 +88,11 @@ def eval_command(
         strategy_options["selection"] = selection
     values["strategy_options"] = strategy_options
     values["benchmark_options"] = {**values.get("benchmark_options", {}), **parse_options(benchmark_option, "-B")}
+    values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}
     if base_url is not None:
         values["backend_options"]["base_url"] = base_url
     if data_file is not None:
         values["benchmark_options"]["data_file"] = str(data_file)
-    values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}
     if "benchmark" not in values:
         raise ConfigError("no benchmark given; pass --benchmark arithmetic (or gsm-symbolic, or a .jsonl file)")
     config = build_config(values, where=str(config_file) if config_file else "eval")
@@ -122,7 +122,8 @@ async def _eval_with_progress(config: RunConfig):
         if done:
             console.print(f"Resuming: {done} of {total} problems already finished in this run.")
         if done < total:
-            console.print(f"Starting the {config.backend} backend for {config.model} (the vLLM engine takes about a minute on CPU)...")
+            wait = " (the vLLM engine takes about a minute to start on CPU)" if config.backend == "vllm" else ""
+            console.print(f"Starting the {config.backend} backend for {config.model}{wait}...")
 
     def on_record(record: dict[str, Any]) -> None:
         generated["tokens"] += record["cost"]["generated_tokens"]
