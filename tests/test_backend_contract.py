@@ -116,3 +116,15 @@ async def test_openai_without_per_sample_counts_splits_n_and_says_so_once(vllm_s
     assert len(a.completions) == 2 and all(c.num_tokens == 5 for c in a.completions)
     assert texts(a) == texts(b)
     assert sum("separate requests" in r.message for r in caplog.records) == 1
+
+
+@pytest.fixture(params=["vllm_backend", "openai_backend"])
+def engine_backend(request):
+    return request.getfixturevalue(request.param)  # resolved here, outside the running loop
+
+
+@pytest.mark.engine
+async def test_logprobs_give_a_cumulative_logprob(engine_backend):
+    [generation] = await engine_backend.generate([GenRequest(prompt=QUESTION, params=SampleParams(max_tokens=5, seed=1, logprobs=1))])
+    [completion] = generation.completions
+    assert completion.cumulative_logprob is not None and completion.cumulative_logprob < 0

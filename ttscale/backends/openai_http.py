@@ -48,12 +48,14 @@ class OpenAIBackend:
         max_retries: int = 4,
         backoff_s: float = 1.0,
         vllm_extensions: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests inject failures here
     ):
         self.base_url = base_url.rstrip("/")
         self.model = ServedModel(model, num_params if num_params is not None else _known_num_params(model))
         api_key = os.environ.get("OPENAI_API_KEY", "EMPTY")
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=httpx.Timeout(timeout_s), headers={"Authorization": f"Bearer {api_key}"}
+            base_url=self.base_url, timeout=httpx.Timeout(timeout_s), headers={"Authorization": f"Bearer {api_key}"},
+            transport=transport,
         )
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_retries = max_retries
