@@ -28,6 +28,10 @@ NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?(?:\s*
 PLAIN_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # "dollars" but not "\frac"
 SENTENCE_END = re.compile(r"\.(?:\s|$)")
 THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# "1\,234": a LaTeX thin space between digit groups, which math-verify would read as 1 + 234.
+THIN_SPACE_GROUP = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
+# "\text{18 cm}": a number and its unit wrapped in text, which math-verify reads as one symbol.
+TEXT_NUMBER = re.compile(r"\\(?:text|textrm|mathrm)\{\s*(-?\d[\d,]*(?:\.\d+)?)\s+([^{}]*)\}")
 MAX_ANSWER_CHARS = 1000  # longer "answers" are not answers, and they can stall sympy
 
 
@@ -163,6 +167,10 @@ def _parse(answer: str, timeout: int | None) -> list:
 def _as_latex(answer: str) -> str:
     """Wrap a bare answer in $...$ so math-verify parses it as one math expression."""
     answer = _clean(answer.replace("\u2212", "-"))
+    answer = THIN_SPACE_GROUP.sub("", answer)
+    text_number = TEXT_NUMBER.fullmatch(answer)
+    if text_number:
+        answer = f"{text_number.group(1)} \\text{{ {text_number.group(2)}}}"
     if THOUSANDS.fullmatch(answer):
         answer = answer.replace(",", "")  # "1,234" is a number, not the set {1, 234}
     return f"${answer}$"
