@@ -47,7 +47,7 @@ def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
 
 @app.command("eval")
 def eval_command(
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark name (arithmetic, gsm-symbolic) or a .jsonl file with question/answer fields."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark: arithmetic, gsm-symbolic, champ, humaneval (offline); gsm8k, math500, aime24, mbpp (hub, or --data-file); or a .jsonl file with question/answer fields."),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, e.g. best-of-n."),
     n: Optional[int] = typer.Option(None, "--n", help="N: samples per problem (the strategy's budget). Must be >= 1."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Best-of-N selection rule reported as the accuracy: majority, first or oracle (all three are always recorded)."),
@@ -94,7 +94,7 @@ def eval_command(
     if data_file is not None:
         values["benchmark_options"]["data_file"] = str(data_file)
     if "benchmark" not in values:
-        raise ConfigError("no benchmark given; pass --benchmark arithmetic (or gsm-symbolic, or a .jsonl file)")
+        raise ConfigError(f"no benchmark given; pass --benchmark NAME ({', '.join(registry.benchmarks.names())}) or a .jsonl file")
     config = build_config(values, where=str(config_file) if config_file else "eval")
     result = asyncio.run(_eval_with_progress(config))
     print_summary(result.summary, result, config)
