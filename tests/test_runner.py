@@ -45,6 +45,7 @@ async def test_exact_selections_pass_at_k_and_tokens(problems_file, tmp_path):
     p1 = records["p1"]  # gold 5: two of four samples are right
     assert [c["answer"] for c in p1["candidates"]] == ["3", "5", "5", "7"]
     assert [c["correct"] for c in p1["candidates"]] == [False, True, True, False]
+    assert p1["candidates"][0]["grade_reason"] == "expected '5', got '3'"
     assert p1["selections"]["majority"] == {"answer": "5", "correct": True}
     assert p1["selections"]["first"] == {"answer": "3", "correct": False}
     assert p1["selections"]["oracle"] == {"answer": "5", "correct": True}

@@ -81,7 +81,8 @@ def _create(reg: registry.Registry, name: str, options: dict[str, Any], what: st
 
 def grade_trace(problem: Problem, trace: Trace, benchmark: Benchmark) -> dict[str, Any]:
     """Grade every candidate and every selection against the gold answer (never seen by strategies)."""
-    candidate_correct = [benchmark.grade(problem, c.answer).correct for c in trace.candidates]
+    candidate_grades = [benchmark.grade(problem, c.answer) for c in trace.candidates]
+    candidate_correct = [grade.correct for grade in candidate_grades]
     selections = {
         rule: {"answer": answer, "correct": benchmark.grade(problem, answer).correct}
         for rule, answer in trace.selections.items()
@@ -91,7 +92,8 @@ def grade_trace(problem: Problem, trace: Trace, benchmark: Benchmark) -> dict[st
     n, c = len(candidate_correct), sum(candidate_correct)
     return {
         "candidates": [
-            {**candidate.model_dump(), "correct": ok} for candidate, ok in zip(trace.candidates, candidate_correct)
+            {**candidate.model_dump(), "correct": grade.correct, "grade_reason": grade.reason}
+            for candidate, grade in zip(trace.candidates, candidate_grades)
         ],
         "selections": selections,
         "n": n,
