@@ -104,6 +104,7 @@ class BlindnessProbe(BestOfN):
 
     async def solve(self, problem, ctx):
         BlindnessProbe.seen_answers.append(problem.answer)
+        assert not hasattr(ctx.answers, "grade")  # no way to ask the grader either
         return await super().solve(problem, ctx)
 
 

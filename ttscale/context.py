@@ -26,3 +26,20 @@ class SolveContext:
     answers: "AnswerTools"
     params: SampleParams
     rng: random.Random = field(default_factory=random.Random)
+
+
+class AnswerView:
+    """A benchmark seen through extraction and equivalence only: no grade(), no gold data."""
+
+    __slots__ = ("_benchmark",)
+
+    def __init__(self, benchmark: "AnswerTools"):
+        self._benchmark = benchmark
+
+    def extract_answer(self, text: str) -> str | None:
+        """The final answer stated in a solution."""
+        return self._benchmark.extract_answer(text)
+
+    def equivalent(self, a: str, b: str) -> bool:
+        """Whether two answers are the same answer."""
+        return self._benchmark.equivalent(a, b)

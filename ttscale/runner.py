@@ -19,7 +19,7 @@ from ttscale import registry
 from ttscale.analysis.passk import k_values, pass_at_k
 from ttscale.analysis.summary import summarize
 from ttscale.config import RunConfig
-from ttscale.context import SolveContext
+from ttscale.context import AnswerView, SolveContext
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError, describe_validation_error
 from ttscale.protocols import Backend, Benchmark, Strategy
@@ -110,7 +110,7 @@ async def solve_and_record(
     seed = config.problem_seed(problem.id)
     ctx = SolveContext(
         backend=meter,
-        answers=benchmark,
+        answers=AnswerView(benchmark),  # strategies may extract and compare, never grade
         params=config.sampling.model_copy(update={"seed": seed}),
         rng=random.Random(seed),
     )
