@@ -12,7 +12,9 @@ async def vllm_backend():
     engine test (mark them `engine` and `asyncio(loop_scope="session")`)."""
     from ttscale.backends.vllm import VLLMBackend
 
-    backend = VLLMBackend("smollm2-135m")
+    # A small memory share (on CPU: of the node's RAM) so the test session's second engine,
+    # the OpenAI server, and anything else on the machine still fit.
+    backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=0.15)
     await backend.start()
     yield backend
     await backend.close()
@@ -52,7 +54,7 @@ def vllm_server(tmp_path_factory):
     if not _has_gpu():
         # The CPU settings of ttscale.backends.vllm.cpu_engine_settings; a smaller memory share,
         # because the in-process engine of the same test session holds one too.
-        command += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
+        command += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
                     "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
