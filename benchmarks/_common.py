@@ -1,8 +1,8 @@
-"""What every math benchmark shares: the prompt template, Problem building and grading."""
+"""What benchmarks share: the prompt template, Problem building, and math grading."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -28,12 +28,17 @@ def take(count: int, limit: int | None) -> int:
     return count if limit is None else max(0, min(limit, count))
 
 
-class MathBenchmark(BaseModel):
-    """Base for math benchmarks: options are pydantic fields, so bad ones name themselves."""
+class TemplatedBenchmark(BaseModel):
+    """Base for benchmarks whose prompt is one user message built from an overridable template.
+
+    Options are pydantic fields, so bad ones name themselves.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt_template: str | None = None  # overrides DEFAULT_MATH_TEMPLATE; must contain {question}
+    prompt_template: str | None = None  # overrides default_template; must contain {question}
+
+    default_template: ClassVar[str]
 
     @field_validator("prompt_template")
     @classmethod
@@ -46,8 +51,8 @@ class MathBenchmark(BaseModel):
         self, *, id: str, question: str, answer: Any, difficulty: float | None = None, **metadata: Any
     ) -> Problem:
         """A Problem whose prompt is one user message built from the template."""
-        # str.replace, not str.format: templates and questions hold LaTeX braces.
-        content = (self.prompt_template or DEFAULT_MATH_TEMPLATE).replace("{question}", question)
+        # str.replace, not str.format: templates and questions hold LaTeX and code braces.
+        content = (self.prompt_template or self.default_template).replace("{question}", question)
         return Problem(
             id=id,
             question=question,
@@ -56,6 +61,12 @@ class MathBenchmark(BaseModel):
             difficulty=difficulty,
             metadata=metadata,
         )
+
+
+class MathBenchmark(TemplatedBenchmark):
+    """Base for math benchmarks: \\boxed{} answers, graded with math-verify."""
+
+    default_template: ClassVar[str] = DEFAULT_MATH_TEMPLATE
 
     def extract_answer(self, text: str) -> str | None:
         """The final answer stated in a solution."""

@@ -12,13 +12,13 @@ import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from ttscale.benchmarks._common import take
+from ttscale.benchmarks._common import TemplatedBenchmark, take
 from ttscale.errors import ConfigError
-from ttscale.types import ChatMessage, Grade, Problem
+from ttscale.types import Grade, Problem
 from ttscale.verifiers.code_exec import extract_code, humaneval_program, same_code
 from ttscale.verifiers.sandbox import SandboxResult, run_python
 
@@ -28,34 +28,13 @@ DEFAULT_CODE_TEMPLATE = (
 )
 
 
-class CodeBenchmark(BaseModel):
+class CodeBenchmark(TemplatedBenchmark):
     """Base for code benchmarks: answers are programs, graded by running tests in the sandbox."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prompt_template: str | None = None  # overrides the benchmark's default; must contain {question}
     timeout_s: float = Field(default=10.0, gt=0, description="wall-clock limit for one test program")
     memory_mb: int = Field(default=1024, ge=64, description="address-space limit for one test program")
 
     default_template: ClassVar[str] = DEFAULT_CODE_TEMPLATE
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _template_has_question(cls, value: str | None) -> str | None:
-        if value is not None and "{question}" not in value:
-            raise ValueError("must contain the placeholder {question}, where the problem text goes")
-        return value
-
-    def make_problem(self, *, id: str, question: str, answer: str, **metadata: Any) -> Problem:
-        """A Problem whose prompt is one user message built from the template."""
-        content = (self.prompt_template or self.default_template).replace("{question}", question)
-        return Problem(
-            id=id,
-            question=question,
-            prompt=(ChatMessage(role="user", content=content),),
-            answer=answer,
-            metadata=metadata,
-        )
 
     def extract_answer(self, text: str) -> str | None:
         """The program in the last ```python block (else the last ``` block)."""

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttscale.context import SolveContext
-from ttscale.types import ORACLE_RULE, Candidate, GenRequest, Problem, Trace
+from ttscale.types import Candidate, GenRequest, Problem, Trace
 from ttscale.strategies._selection import first_answer, majority_vote
 
 
