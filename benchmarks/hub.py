@@ -142,16 +142,21 @@ class HubBenchmark(MathBenchmark):
 
     def field(self, row: dict[str, Any], name: str, index: int) -> Any:
         """`row[name]`, or a ConfigError naming the row, the field and the fields there are."""
-        value = row.get(name)
-        if value is None:
-            raise ConfigError(
-                f"{self._source()}: row {index} has no {name!r} field (has {', '.join(map(repr, row)) or 'none'}); "
-                f"the {self.name} benchmark expects the schema of {self.dataset}"
-            )
-        return value
+        expects = f"the {self.name} benchmark expects the schema of {self.dataset}"
+        return required_field(row, name, index, source=self._source(), expects=expects)
 
     def _source(self) -> str:
         return str(self.data_file) if self.data_file is not None else f"{self.dataset} ({self.split})"
+
+
+def required_field(row: dict[str, Any], name: str, index: int, *, source: str, expects: str) -> Any:
+    """`row[name]`, or a ConfigError naming the source, the row, the field and the fields there are."""
+    value = row.get(name)
+    if value is None:
+        raise ConfigError(
+            f"{source}: row {index} has no {name!r} field (has {', '.join(map(repr, row)) or 'none'}); {expects}"
+        )
+    return value
 
 
 def _first_hop(endpoint: str) -> tuple[str, int]:

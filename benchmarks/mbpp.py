@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import Field, PrivateAttr
 
 from ttscale.benchmarks._common import take
-from ttscale.benchmarks.hub import load_rows
+from ttscale.benchmarks.hub import load_rows, required_field
 from ttscale.benchmarks.humaneval import CodeBenchmark
 from ttscale.errors import ConfigError
 from ttscale.types import Grade, Problem
@@ -74,13 +74,8 @@ class MbppBenchmark(CodeBenchmark):
         return problem, (tuple(map(str, test_list)), tuple(map(str, test_imports)))
 
     def _field(self, row: dict[str, Any], name: str, index: int) -> Any:
-        value = row.get(name)
-        if value is None:
-            raise ConfigError(
-                f"{self._source()}: row {index} has no {name!r} field (has {', '.join(map(repr, row)) or 'none'}); "
-                f"the {self.name} benchmark expects the schema of {self.dataset} ({self.config})"
-            )
-        return value
+        expects = f"the {self.name} benchmark expects the schema of {self.dataset} ({self.config})"
+        return required_field(row, name, index, source=self._source(), expects=expects)
 
     def _source(self) -> str:
         return str(self.data_file) if self.data_file is not None else f"{self.dataset} ({self.config}, {self.split})"
