@@ -65,6 +65,14 @@ def eval_command(
     benchmark_option: Optional[list[str]] = typer.Option(None, "--benchmark-option", "-B", help="Benchmark option KEY=VALUE, e.g. -B terms=3 -B digits=2, or -B question_field=problem."),
     strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-S", help="Strategy option KEY=VALUE."),
     backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", help="Backend option KEY=VALUE, e.g. gpu_memory_utilization=0.3."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", "-v", help="Verifier that scores solutions: llm-judge-prm (a judge model's P(Yes) per step; runs on CPU), vllm-prm (a PRM served by vLLM's pooling API; GPU), oracle-orm (final-answer correctness from gold answers: an upper bound)."),
+    verifier_option: Optional[list[str]] = typer.Option(None, "--verifier-option", "-V", help="Verifier option KEY=VALUE, e.g. -V aggregation=min."),
+    beam_width: Optional[int] = typer.Option(None, "--beam-width", help="Beam search / DVTS beam width M: each step keeps N/M beams (subtrees) and expands each into M children."),
+    lookahead: Optional[int] = typer.Option(None, "--lookahead", help="Beam search lookahead k: greedy steps rolled out only to score a beam (0 = none)."),
+    aggregation: Optional[str] = typer.Option(None, "--aggregation", help="How step scores become one score: last, min, prod or mean (defaults: last for beam search/DVTS, prod for particle filtering)."),
+    ratio: Optional[str] = typer.Option(None, "--ratio", help="Revision: sequential:parallel split of N, e.g. 4:2 = 2 chains of 4 attempts."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding on the vllm backend: 'ngram' (prompt lookup, no draft model) or a draft model (embedded name, HF directory or hub id)."),
+    num_speculative_tokens: Optional[int] = typer.Option(None, "--num-speculative-tokens", help="Draft length: tokens proposed per speculative step (default 4)."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of RunConfig fields; flags given on the command line override it."),
 ) -> None:
     """Evaluate a strategy on a benchmark and print accuracy, pass@k and compute.
@@ -84,9 +92,17 @@ def eval_command(
     strategy_options = {**values.get("strategy_options", {}), **parse_options(strategy_option, "-S")}
     if n is not None:
         strategy_options["n"] = n
-    if selection is not None:
-        strategy_options["selection"] = selection
+    strategy_flags = {
+        "selection": selection, "beam_width": beam_width, "lookahead": lookahead,
+        "aggregation": aggregation, "ratio": ratio,
+    }
+    strategy_options.update({key: value for key, value in strategy_flags.items() if value is not None})
     values["strategy_options"] = strategy_options
+    if verifier is not None:
+        values["verifier"] = verifier
+    values["verifier_options"] = {**values.get("verifier_options", {}), **parse_options(verifier_option, "-V")}
+    if speculative is not None or num_speculative_tokens is not None:
+        values["speculative"] = speculative_section(values.get("speculative"), speculative, num_speculative_tokens)
     values["benchmark_options"] = {**values.get("benchmark_options", {}), **parse_options(benchmark_option, "-B")}
     values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}
     if base_url is not None:
@@ -98,6 +114,21 @@ def eval_command(
     config = build_config(values, where=str(config_file) if config_file else "eval")
     result = asyncio.run(_eval_with_progress(config))
     print_summary(result.summary, result, config)
+
+
+def speculative_section(current: dict[str, Any] | None, method: str | None, num_tokens: int | None) -> dict[str, Any]:
+    """The run config's `speculative` section from --speculative / --num-speculative-tokens."""
+    section = dict(current or {})
+    if method is not None:
+        if method == "ngram":
+            section["method"] = "ngram"
+        else:
+            section.update({"method": "draft_model", "model": method})
+    if num_tokens is not None:
+        section["num_speculative_tokens"] = num_tokens
+    if "method" not in section:
+        raise ConfigError("--num-speculative-tokens needs --speculative ngram or --speculative DRAFT_MODEL")
+    return section
 
 
 async def _eval_with_progress(config: RunConfig):

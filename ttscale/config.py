@@ -29,6 +29,9 @@ class RunConfig(Frozen):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     backend: str = "vllm"
     backend_options: dict[str, Any] = Field(default_factory=dict)
+    verifier: str | None = None
+    verifier_options: dict[str, Any] = Field(default_factory=dict)
+    speculative: dict[str, Any] | None = None
     model: str = "smollm2-135m"
     sampling: SampleParams = SampleParams(max_tokens=256, temperature=0.8)
     limit: int | None = Field(default=None, ge=1)

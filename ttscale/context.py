@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
-from ttscale.types import SampleParams
+from ttscale.types import Problem, SampleParams
 
 if TYPE_CHECKING:
     from ttscale.cost import CostMeter
-    from ttscale.protocols import AnswerTools
+    from ttscale.protocols import AnswerTools, Verifier
 
 
 @dataclass
@@ -26,6 +26,44 @@ class SolveContext:
     answers: "AnswerTools"
     params: SampleParams
     rng: random.Random = field(default_factory=random.Random)
+    verifier: "VerifierView | None" = None
+
+    def require_verifier(self, strategy: str) -> "VerifierView":
+        """The verifier, or a clear error for a strategy that cannot run without one."""
+        if self.verifier is None:
+            raise ValueError(
+                f"strategy {strategy!r} needs a verifier; pass --verifier llm-judge-prm (runs on CPU), "
+                "vllm-prm (GPU) or oracle-orm (upper bound)"
+            )
+        return self.verifier
+
+
+class VerifierView:
+    """A verifier bound to one problem and one metered backend: what a strategy calls.
+
+    Oracle verifiers (uses_gold) are handed the problem with its gold answer; the strategy
+    itself still only sees scores.
+    """
+
+    def __init__(self, verifier: "Verifier", problem: Problem, meter: "CostMeter"):
+        self._verifier = verifier
+        self._problem = problem if verifier.uses_gold else problem.blind()
+        self._meter = meter
+        self.name: str = verifier.name
+        self.uses_gold: bool = verifier.uses_gold
+
+    @property
+    def meter(self) -> "CostMeter":
+        """The verifier-role meter that books this verifier's cost for this problem."""
+        return self._meter
+
+    async def score(self, solutions: Sequence[str]) -> list[float]:
+        """One outcome score per full solution."""
+        return await self._verifier.score(self._problem, solutions, self._meter)
+
+    async def score_steps(self, steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """One score per step, for each partial or full solution given as its list of steps."""
+        return await self._verifier.score_steps(self._problem, steps, self._meter)
 
 
 class AnswerView:

@@ -4,15 +4,21 @@ FLOPs for now are 2 x params x processed tokens, where processed tokens are the 
 the engine actually computed (prompt minus cached) plus the generated tokens. Prompt tokens are
 counted once per request, however many samples (n) it asks for: the engine prefills once.
 A later cost model adds the attention term 2·n_layers·d_model·L (Large Language Monkeys §2.3).
+
+A meter has a role. The "generator" meter wraps the policy model's backend; a "verifier" meter
+wraps whatever a verifier runs on (a judge model, a PRM served for pooling), and books its
+tokens and FLOPs as verifier cost, so every strategy's total includes its verifier.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Literal, Sequence
 
 from ttscale.protocols import Backend, ModelInfo
-from ttscale.types import Cost, Generation, GenRequest
+from ttscale.types import Cost, Generation, GenRequest, PoolRequest, PoolResult
+
+MeterRole = Literal["generator", "verifier"]
 
 
 def forward_flops(num_params: int, tokens: int) -> float:
@@ -23,9 +29,10 @@ def forward_flops(num_params: int, tokens: int) -> float:
 class CostMeter:
     """Wraps a backend and adds up the cost of every call made through it."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, *, role: MeterRole = "generator"):
         self._backend = backend
         self.model: ModelInfo = backend.model
+        self.role = role
         self._cost = Cost()
 
     @property
@@ -38,8 +45,29 @@ class CostMeter:
         started = time.perf_counter()
         generations = await self._backend.generate(requests)
         wall_s = time.perf_counter() - started
-        self._cost = self._cost + self._cost_of(generations, wall_s)
+        self._record(self._cost_of(generations, wall_s))
         return generations
+
+    async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
+        """Run a pooling model (e.g. a PRM's step classifier) and record its prefill cost."""
+        pool = getattr(self._backend, "pool", None)
+        if pool is None:
+            raise TypeError(f"{type(self._backend).__name__} has no pooling API; serve the model with a pooling backend")
+        started = time.perf_counter()
+        results = await pool(requests)
+        wall_s = time.perf_counter() - started
+        prompt = sum(r.prompt_tokens for r in results)
+        cached = sum(r.cached_prompt_tokens for r in results)
+        self._record(
+            Cost(
+                calls=len(results),
+                prompt_tokens=prompt,
+                cached_prompt_tokens=cached,
+                flops=forward_flops(self.model.num_params, prompt - cached),
+                wall_s=wall_s,
+            )
+        )
+        return results
 
     def _cost_of(self, generations: Sequence[Generation], wall_s: float) -> Cost:
         prompt = sum(g.prompt_tokens for g in generations)
@@ -54,5 +82,22 @@ class CostMeter:
             wall_s=wall_s,
         )
 
+    def _record(self, cost: Cost) -> None:
+        if self.role == "verifier":
+            cost = as_verifier_cost(cost)
+        self._cost = self._cost + cost
+
     async def close(self) -> None:
         """Closing a meter leaves the shared backend open; the runner owns it."""
+
+
+def as_verifier_cost(cost: Cost) -> Cost:
+    """Re-book a call's cost as verifier cost: the tokens it read and wrote, and its FLOPs."""
+    return Cost(
+        verifier_calls=cost.calls,
+        verifier_tokens=cost.prompt_tokens + cost.generated_tokens,
+        verifier_flops=cost.flops,
+        flops=cost.flops,
+        eflops=cost.eflops,
+        wall_s=cost.wall_s,
+    )

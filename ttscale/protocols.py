@@ -8,6 +8,7 @@ from ttscale.types import Generation, GenRequest, Grade, Problem, Trace
 
 if TYPE_CHECKING:
     from ttscale.context import SolveContext
+    from ttscale.cost import CostMeter
 
 
 class ModelInfo(Protocol):
@@ -46,6 +47,29 @@ class Benchmark(AnswerTools, Protocol):
     def load(self, *, limit: int | None = None) -> list[Problem]: ...
 
     def grade(self, problem: Problem, answer: str | None) -> Grade: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores solutions: outcome scores (ORMs) or one score per step (PRMs), higher is better.
+
+    Verifiers that run a model get it metered as `meter` (a verifier-role CostMeter), so their
+    tokens and FLOPs land in the problem's cost. `backend` is the verifier's own backend, or
+    None to run on the generation backend (e.g. the policy model judging its own steps).
+    `uses_gold` marks oracle verifiers: they get the gold answer and give upper bounds.
+    """
+
+    name: str
+    uses_gold: bool
+    backend: Backend | None
+
+    async def score(self, problem: Problem, solutions: Sequence[str], meter: "CostMeter") -> list[float]: ...
+
+    async def score_steps(
+        self, problem: Problem, steps: Sequence[Sequence[str]], meter: "CostMeter"
+    ) -> list[list[float]]: ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -19,10 +19,10 @@ from ttscale import registry
 from ttscale.analysis.passk import k_values, pass_at_k
 from ttscale.analysis.summary import summarize
 from ttscale.config import RunConfig
-from ttscale.context import AnswerView, SolveContext
+from ttscale.context import AnswerView, SolveContext, VerifierView
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError, describe_validation_error
-from ttscale.protocols import Backend, Benchmark, Strategy
+from ttscale.protocols import Backend, Benchmark, Strategy, Verifier
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 
@@ -56,7 +56,21 @@ def build_strategy(config: RunConfig) -> Strategy:
 def build_backend(config: RunConfig) -> Backend:
     """The backend named in the config, for the config's model."""
     options = {"model": config.model, **config.backend_options}
+    if config.speculative is not None:
+        options["speculative"] = config.speculative
     return _create(registry.backends, config.backend, options, "backend option")
+
+
+def build_verifier(config: RunConfig, benchmark: Benchmark) -> Verifier | None:
+    """The verifier named in the config (None when the run uses none).
+
+    Every verifier factory receives the benchmark as `benchmark`, for answer extraction;
+    only oracle verifiers (marked `uses_gold`) may call its grader.
+    """
+    if config.verifier is None:
+        return None
+    options = {"benchmark": benchmark, **config.verifier_options}
+    return _create(registry.verifiers, config.verifier, options, "verifier option")
 
 
 def describe_backend(backend: Backend) -> dict[str, Any]:
@@ -103,18 +117,27 @@ def grade_trace(problem: Problem, trace: Trace, benchmark: Benchmark) -> dict[st
 
 
 async def solve_and_record(
-    problem: Problem, *, strategy: Strategy, backend: Backend, benchmark: Benchmark, config: RunConfig
+    problem: Problem,
+    *,
+    strategy: Strategy,
+    backend: Backend,
+    benchmark: Benchmark,
+    config: RunConfig,
+    verifier: Verifier | None = None,
 ) -> dict[str, Any]:
     """Solve one problem blind, grade it, and build its samples.jsonl record."""
     meter = CostMeter(backend)
+    verifier_meter = CostMeter(verifier.backend or backend, role="verifier") if verifier else None
     seed = config.problem_seed(problem.id)
     ctx = SolveContext(
         backend=meter,
         answers=AnswerView(benchmark),  # strategies may extract and compare, never grade
         params=config.sampling.model_copy(update={"seed": seed}),
         rng=random.Random(seed),
+        verifier=VerifierView(verifier, problem, verifier_meter) if verifier else None,
     )
     trace = await strategy.solve(problem.blind(), ctx)
+    cost = meter.cost + verifier_meter.cost if verifier_meter else meter.cost
     return {
         "problem_id": problem.id,
         "question": problem.question,
@@ -122,10 +145,12 @@ async def solve_and_record(
         "difficulty": problem.difficulty,
         "seed": seed,
         "strategy": config.strategy,
+        "verifier": verifier.name if verifier else None,
+        "verifier_uses_gold": bool(verifier and verifier.uses_gold),
         "chosen_rule": trace.chosen_rule,
         **grade_trace(problem, trace, benchmark),
         "trace_metadata": trace.metadata,
-        "cost": meter.cost.model_dump(),
+        "cost": cost.model_dump(),
     }
 
 
@@ -144,6 +169,7 @@ async def run_eval(
     started = time.perf_counter()
     benchmark = build_benchmark(config)
     strategy = build_strategy(config)
+    verifier = build_verifier(config, benchmark)
     problems = benchmark.load(limit=config.limit)
     wanted = {p.id for p in problems}
     with RunStore(config) as store:
@@ -155,9 +181,11 @@ async def run_eval(
             owned = backend is None
             backend = backend or build_backend(config)
             try:
-                await _solve_all(todo, strategy, backend, benchmark, config, store, on_record)
+                await _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier)
                 store.write_json("backend.json", describe_backend(backend))
             finally:
+                if verifier is not None:
+                    await verifier.close()
                 if owned:
                     await backend.close()
         records = [r for r in store.records() if r["problem_id"] in wanted]
@@ -166,13 +194,13 @@ async def run_eval(
     return RunResult(store.dir, summary, len(done), len(todo), time.perf_counter() - started)
 
 
-async def _solve_all(todo, strategy, backend, benchmark, config, store, on_record) -> None:
+async def _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier) -> None:
     semaphore = asyncio.Semaphore(config.concurrency)
 
     async def one(problem: Problem) -> None:
         async with semaphore:
             record = await solve_and_record(
-                problem, strategy=strategy, backend=backend, benchmark=benchmark, config=config
+                problem, strategy=strategy, backend=backend, benchmark=benchmark, config=config, verifier=verifier
             )
         store.append(record)  # durable before it is reported
         if on_record:

@@ -92,6 +92,20 @@ class Generation(Frozen):
         return self
 
 
+class PoolRequest(Frozen):
+    """A prompt for a pooling model (e.g. a PRM's step classifier): read, not continued."""
+
+    prompt: tuple[ChatMessage, ...] | str
+
+
+class PoolResult(Frozen):
+    """A pooling model's output for one PoolRequest: one vector per pooled position."""
+
+    data: tuple[tuple[float, ...], ...]
+    prompt_tokens: int = Field(ge=0)
+    cached_prompt_tokens: int = Field(default=0, ge=0)
+
+
 class Candidate(Frozen):
     """A finished solution a strategy proposes: text, extracted answer, and any verifier scores."""
 
@@ -99,7 +113,8 @@ class Candidate(Frozen):
     answer: str | None
     num_tokens: int = Field(ge=0)
     finish_reason: FinishReason
-    score: float | None = None
+    score: float | None = None  # the verifier's aggregated score, when a verifier scored it
+    step_scores: tuple[float, ...] | None = None  # a PRM's score for each step
 
 
 ORACLE_RULE = "oracle"  # "any candidate is correct": applied at grading time, from gold answers
@@ -138,14 +153,25 @@ class Grade(Frozen):
 
 
 class Cost(Frozen):
-    """Compute spent on one problem. Only the CostMeter builds these."""
+    """Compute spent on one problem. Only the CostMeter builds these.
+
+    `flops` is the total (generation, verifier and draft model); `verifier_flops` and
+    `draft_flops` say how much of it those parts spent. Verifier tokens are every token a
+    verifier model read or wrote (its prompts, cached or not, plus its own generated tokens).
+    """
 
     calls: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     generated_tokens: int = 0
+    verifier_calls: int = 0
     verifier_tokens: int = 0
+    verifier_flops: float = 0.0
     flops: float = 0.0
+    eflops: float = 0.0  # Kinetics: compute plus arithmetic intensity x memory traffic
+    draft_tokens: int = 0  # speculative decoding: tokens the drafter proposed
+    accepted_draft_tokens: int = 0
+    draft_flops: float = 0.0
     wall_s: float = 0.0
 
     def __add__(self, other: "Cost") -> "Cost":

@@ -6,7 +6,9 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Any, Iterable
 
-COST_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "verifier_tokens", "flops", "wall_s")
+from ttscale.types import Cost
+
+COST_FIELDS = tuple(Cost.model_fields)
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -27,6 +29,6 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         # pass@k is averaged over the problems that drew at least k samples.
         "pass_at_k": {k: fmean(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
         "pass_at_k_problems": {k: len(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
-        "cost": {name: sum(r["cost"][name] for r in records) for name in COST_FIELDS},
+        "cost": {name: sum(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
         "samples": sum(len(r["candidates"]) for r in records),
     }
