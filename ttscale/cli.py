@@ -205,6 +205,15 @@ def models_prepare(name: str = typer.Argument("smollm2-135m", help="Embedded mod
     console.print(f"{resolved.name}: {resolved.path} ({resolved.num_params:,} parameters)")
 
 
+from ttscale.cli_allocate import register as _register_allocate  # noqa: E402  (fit, allocate fit|eval)
+
+_register_allocate(app)
+
+from ttscale.cli_compare import register as _register_compare  # noqa: E402  (compare, report)
+
+_register_compare(app)
+
+
 def main() -> None:
     """Entry point: run the app, printing user errors as one line instead of a traceback."""
     try:

@@ -1,0 +1,66 @@
+"""`ttscale.solve`: run one strategy on one prompt through a CostMeter, outside any benchmark."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import TYPE_CHECKING, Any
+
+from ttscale import registry
+from ttscale.context import AnswerView, SolveContext, VerifierView
+from ttscale.cost import CostMeter
+from ttscale.types import ChatMessage, Problem, SampleParams, Trace
+
+if TYPE_CHECKING:
+    from ttscale.protocols import AnswerTools, Backend, Verifier
+
+
+def as_problem(prompt: str | Problem, template: str | None = None) -> Problem:
+    """A Problem for a bare prompt: one user message (the template filled in, if given), no gold."""
+    if isinstance(prompt, Problem):
+        return prompt.blind()
+    if not prompt.strip():
+        raise ValueError("prompt is empty; pass the question to solve")
+    content = template.replace("{question}", prompt) if template else prompt
+    problem_id = "prompt-" + hashlib.sha256(content.encode()).hexdigest()[:12]
+    return Problem(id=problem_id, question=prompt, prompt=(ChatMessage(role="user", content=content),))
+
+
+def problem_seed(problem: Problem, seed: int) -> int:
+    """A per-problem request seed derived from `seed` and the problem id (as the runner does)."""
+    digest = hashlib.sha256(f"{seed}|{problem.id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+async def solve(
+    prompt: str | Problem,
+    *,
+    backend: "Backend",
+    strategy: str = "best-of-n",
+    options: dict[str, Any] | None = None,
+    verifier: "Verifier | None" = None,
+    answers: "AnswerTools | None" = None,
+    params: SampleParams | None = None,
+    seed: int = 0,
+) -> Trace:
+    """Solve one prompt with a registered strategy; the Trace's metadata["cost"] is what it spent.
+
+    `answers` extracts and compares answers (default: math answers, \\boxed{} or a final number).
+    """
+    from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+
+    problem = as_problem(prompt)
+    solver = registry.strategies.factory(strategy)(**(options or {}))
+    meter = CostMeter(backend)
+    verifier_meter = CostMeter(verifier.backend or backend, role="verifier") if verifier else None
+    request_seed = problem_seed(problem, seed)
+    ctx = SolveContext(
+        backend=meter,
+        answers=AnswerView(answers or DEFAULT_VERIFIER),
+        params=(params or SampleParams()).model_copy(update={"seed": request_seed}),
+        rng=random.Random(request_seed),
+        verifier=VerifierView(verifier, problem, verifier_meter) if verifier else None,
+    )
+    trace = await solver.solve(problem, ctx)
+    cost = meter.cost + verifier_meter.cost if verifier_meter else meter.cost
+    return trace.model_copy(update={"metadata": {**trace.metadata, "cost": cost.model_dump()}})
