@@ -183,7 +183,38 @@ def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> No
     table.add_row("generation time, summed over problems", f"{cost['wall_s']:.1f} s")
     table.add_row("wall time, this invocation", f"{result.elapsed_s:.1f} s")
     console.print(table)
+    print_optional_sections(summary)
     console.print(f"Run directory: {result.run_dir}  (resumed {result.resumed}, solved now {result.solved_now})")
+
+
+def print_optional_sections(summary: dict[str, Any]) -> None:
+    """Revision runs: accuracy and cost per depth, and answer flips; speculative runs: acceptance."""
+    revision = summary.get("revision")
+    if revision:
+        table = Table(title="revision · per depth (depth 1 = first attempt)")
+        for column in ("depth", "attempts", "accuracy", "prompt tokens (cached)", "generated tokens", "FLOPs"):
+            table.add_column(column, justify="right")
+        for row in revision["depths"]:
+            table.add_row(
+                str(row["depth"]), str(row["attempts"]), f"{row['accuracy']:.3f}",
+                f"{row.get('prompt_tokens', 0):,} ({row.get('cached_prompt_tokens', 0):,})",
+                f"{row.get('generated_tokens', 0):,}", f"{row.get('flops', 0):.3e}",
+            )
+        console.print(table)
+        flips = revision["flips"]
+        rate = lambda value: "n/a" if value is None else f"{value:.1%}"  # noqa: E731
+        console.print(
+            f"Revisions that turned a correct attempt incorrect: {rate(flips['correct_to_incorrect'])} "
+            f"of {flips['pairs_from_correct']}; incorrect to correct: {rate(flips['incorrect_to_correct'])} "
+            f"of {flips['pairs_from_incorrect']}"
+        )
+    spec = summary.get("speculative")
+    if spec:
+        console.print(
+            f"Speculative decoding: {spec['drafted_tokens']:,} drafted, {spec['accepted_tokens']:,} accepted, "
+            f"{spec['emitted_tokens']:,} emitted tokens; acceptance rate {spec['acceptance_rate']:.3f}, "
+            f"mean acceptance length {spec['mean_acceptance_length']:.2f}; draft FLOPs {spec['draft_flops']:.3e}"
+        )
 
 
 @models_app.command("list")

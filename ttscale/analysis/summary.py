@@ -6,6 +6,8 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Any, Iterable
 
+from ttscale.analysis.revision import revision_summary
+from ttscale.analysis.speculative import speculative_summary
 from ttscale.types import Cost
 
 COST_FIELDS = tuple(Cost.model_fields)
@@ -22,7 +24,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for k, value in record["pass_at_k"].items():
             pass_at_k[k].append(value)
     chosen_rules = {record["chosen_rule"] for record in records}
-    return {
+    summary = {
         "problems": len(records),
         "chosen_rule": chosen_rules.pop() if len(chosen_rules) == 1 else sorted(chosen_rules),
         "accuracy": {rule: fmean(values) for rule, values in sorted(accuracy.items())},
@@ -32,3 +34,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "cost": {name: sum(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
         "samples": sum(len(r["candidates"]) for r in records),
     }
+    # Sections only some runs have: per-depth figures of revision, speculative decoding metrics.
+    optional = {"revision": revision_summary(records), "speculative": speculative_summary(summary["cost"])}
+    summary.update({name: section for name, section in optional.items() if section is not None})
+    return summary
