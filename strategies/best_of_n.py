@@ -2,10 +2,12 @@
 
     samples = LLM(prompt, n=N)
     answers = [extract(s) for s in samples]
-    return select(answers)          # majority vote | first sample | oracle (graded later)
+    if verifier: scores = [aggregate(PRM(s)) for s in samples]     # or an ORM's score
+    return select(answers, scores)   # majority | first | max-score | weighted-vote | oracle
 
-The oracle rule ("any of the N is correct", i.e. coverage) needs the gold answer, so the runner
-applies it when grading; the strategy never sees gold answers.
+max-score is "ORM/PRM best-of-N"; weighted-vote sums the scores of equivalent answers (Snell et
+al.'s "best-of-N weighted"). The oracle rule ("any of the N is correct", i.e. coverage) needs the
+gold answer, so the runner applies it when grading; the strategy never sees gold answers.
 """
 
 from __future__ import annotations
@@ -15,24 +17,30 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttscale.context import SolveContext
+from ttscale.strategies._selection import first_answer, majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate, GenRequest, Problem, Trace
-from ttscale.strategies._selection import first_answer, majority_vote
+from ttscale.verifiers._steps import Aggregation, aggregate, split_steps
+
+VERIFIER_RULES = ("max-score", "weighted-vote")
 
 
 class BestOfN(BaseModel):
-    """N parallel samples; selection by majority vote, first sample, or oracle."""
+    """N parallel samples; selection by majority vote, first sample, verifier max or weighted vote."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: ClassVar[str] = "best-of-n"
 
     n: int = Field(default=8, ge=1, description="N: the number of samples drawn for one problem")
-    selection: Literal["majority", "first", "oracle"] = "majority"
+    selection: Literal["majority", "first", "max-score", "weighted-vote", "oracle"] = "majority"
+    aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
         """Sample N completions of the problem's prompt and apply every selection rule."""
+        if self.selection in VERIFIER_RULES:
+            ctx.require_verifier(f"{self.name} --selection {self.selection}")
         params = ctx.params.model_copy(update={"n": self.n})
         [generation] = await ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
-        candidates = tuple(
+        candidates = [
             Candidate(
                 text=c.text,
                 answer=ctx.answers.extract_answer(c.text),
@@ -40,9 +48,17 @@ class BestOfN(BaseModel):
                 finish_reason=c.finish_reason,
             )
             for c in generation.completions
-        )
+        ]
         selections = {
             "majority": majority_vote(candidates, ctx.answers.equivalent),
             "first": first_answer(candidates),
         }
-        return Trace(candidates=candidates, selections=selections, chosen_rule=self.selection)
+        if ctx.verifier is not None:
+            step_scores = await ctx.verifier.score_steps([split_steps(c.text) for c in candidates])
+            candidates = [
+                c.model_copy(update={"score": aggregate(s, self.aggregation), "step_scores": tuple(s)})
+                for c, s in zip(candidates, step_scores)
+            ]
+            selections["max-score"] = max_score(candidates)
+            selections["weighted-vote"] = weighted_vote(candidates, ctx.answers.equivalent)
+        return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING, Sequence
 
+from ttscale.errors import ConfigError
 from ttscale.types import Problem, SampleParams
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class SolveContext:
     def require_verifier(self, strategy: str) -> "VerifierView":
         """The verifier, or a clear error for a strategy that cannot run without one."""
         if self.verifier is None:
-            raise ValueError(
+            raise ConfigError(
                 f"strategy {strategy!r} needs a verifier; pass --verifier llm-judge-prm (runs on CPU), "
                 "vllm-prm (GPU) or oracle-orm (upper bound)"
             )

@@ -170,6 +170,11 @@ async def run_eval(
     benchmark = build_benchmark(config)
     strategy = build_strategy(config)
     verifier = build_verifier(config, benchmark)
+    if verifier is None and (getattr(strategy, "needs_verifier", False) or getattr(strategy, "selection", "") in ("max-score", "weighted-vote")):
+        raise ConfigError(
+            f"strategy {config.strategy!r} (selection {getattr(strategy, 'selection', '-')}) needs a verifier: "
+            "pass --verifier llm-judge-prm (runs on CPU), vllm-prm (GPU) or oracle-orm (an upper bound)"
+        )
     problems = benchmark.load(limit=config.limit)
     wanted = {p.id for p in problems}
     with RunStore(config) as store:

@@ -1,12 +1,15 @@
 """A seeded fake backend for tests, registered like the real ones so the whole CLI runs on it.
 
-It has three modes:
+It has four modes:
+- responder: a function from the rendered prompt (and sample index) to the completion text,
+  so a test can script a multi-step search or a judge whatever order requests arrive in;
 - scripted: completions are taken from `script` in turn;
 - answer-keyed: for a prompt containing a question in `answer_key`, each sample ends in
   `\\boxed{gold}` with probability `accuracy`, otherwise in a wrong number;
 - default: each sample ends in `\\boxed{d}` for a random digit d.
 
 Tokens are words and punctuation marks (regex `\\w+|[^\\w\\s]`), so tests can count them by hand.
+With `logprobs` asked for, each generated token is reported as certain ({token: 0.0}).
 A tiny prefix cache in blocks of `block_size` tokens reports cached prompt tokens like vLLM's.
 """
 
@@ -17,8 +20,10 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
+from ttscale.modelshape import ModelShape
+from ttscale.errors import ConfigError
 from ttscale.types import Completion, Generation, GenRequest, SampleParams
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
@@ -43,6 +48,7 @@ class FakeModel:
 
     name: str
     num_params: int
+    shape: ModelShape | None = None  # None: priced at 2·P per token
 
 
 class FakeBackend:
@@ -53,17 +59,24 @@ class FakeBackend:
         model: str = "fake",
         *,
         script: Sequence[str] | None = None,
+        responder: Callable[[str, int], str] | None = None,
         answer_key: dict[str, str] | None = None,
         accuracy: float = 0.5,
         seed: int = 0,
         num_params: int = 1_000_000,
+        shape: dict[str, int] | None = None,  # n_layers, d_model, n_heads, n_kv_heads, head_dim
         block_size: int = 4,
         delay_s: float = 0.0,
+        speculative: object = None,
     ):
+        if speculative is not None:
+            raise ConfigError("the fake backend does not do speculative decoding; drop --speculative "
+                              "(or the config's speculative section), or use --backend vllm")
         if not 0.0 <= accuracy <= 1.0:
             raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
-        self.model = FakeModel(name=model, num_params=num_params)
+        self.model = FakeModel(model, num_params, ModelShape(num_params=num_params, **shape) if shape else None)
         self.script = list(script) if script else None
+        self.responder = responder
         self.answer_key = dict(answer_key or {})
         self.accuracy = accuracy
         self.block_size = block_size
@@ -107,6 +120,8 @@ class FakeBackend:
         return random.Random(f"{params.seed}|{prompt}|{index}")
 
     def _raw_text(self, request: GenRequest, prompt: str, index: int) -> str:
+        if self.responder is not None:
+            return self.responder(prompt, index)
         if self.script:
             text = self.script[self._script_position % len(self.script)]
             self._script_position += 1
@@ -130,7 +145,8 @@ class FakeBackend:
             text = text[: tokens[params.max_tokens - 1].end()]
             tokens = tokens[: params.max_tokens]
             finish = "length"
-        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish)
+        top_logprobs = tuple({t.group(): 0.0} for t in tokens) if params.logprobs is not None else None
+        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish, top_logprobs=top_logprobs)
 
     def _lookup_and_fill_cache(self, prompt_tokens: list[str]) -> int:
         """Cached tokens = leading full blocks whose whole prefix was seen before (vLLM-style)."""

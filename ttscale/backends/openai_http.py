@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import httpx
 
-from ttscale.errors import TtscaleError
+from ttscale.errors import ConfigError, TtscaleError
+from ttscale.modelshape import ModelShape, shape_for_model
 from ttscale.types import Completion, Generation, GenRequest
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ServedModel:
 
     name: str
     num_params: int
+    shape: ModelShape | None = None  # known for embedded models and local directories
 
 
 class OpenAIBackend:
@@ -49,9 +51,16 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         vllm_extensions: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,  # tests inject failures here
+        speculative: object = None,
     ):
+        if speculative is not None:
+            raise ConfigError(
+                "speculative decoding of an OpenAI-compatible server is set where the server starts "
+                "(vllm: --speculative-config '{\"method\": \"ngram\", \"num_speculative_tokens\": 4}'); "
+                "drop --speculative here"
+            )
         self.base_url = base_url.rstrip("/")
-        self.model = ServedModel(model, num_params if num_params is not None else _known_num_params(model))
+        self.model = ServedModel(model, num_params if num_params is not None else _known_num_params(model), shape_for_model(model))
         api_key = os.environ.get("OPENAI_API_KEY", "EMPTY")
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=httpx.Timeout(timeout_s), headers={"Authorization": f"Bearer {api_key}"},
@@ -112,6 +121,7 @@ class OpenAIBackend:
                     num_tokens=count,
                     finish_reason=FINISH_REASONS.get(c.get("finish_reason") or "", "error"),
                     cumulative_logprob=_cumulative_logprob(c, chat),
+                    top_logprobs=_top_logprobs(c, chat),
                 )
                 for c, count in zip(choices, counts)
             ),
@@ -194,6 +204,19 @@ def _cumulative_logprob(choice: dict[str, Any], chat: bool) -> float | None:
     if chat:
         return sum(item["logprob"] for item in logprobs.get("content") or [])
     return sum(value for value in logprobs.get("token_logprobs") or [] if value is not None)
+
+
+def _top_logprobs(choice: dict[str, Any], chat: bool) -> tuple[dict[str, float], ...] | None:
+    """Each generated token's top alternatives as {token: logprob}, from either API's shape."""
+    logprobs = choice.get("logprobs")
+    if not logprobs:
+        return None
+    if chat:
+        return tuple(
+            {alt["token"]: alt["logprob"] for alt in item.get("top_logprobs") or []} or {item["token"]: item["logprob"]}
+            for item in logprobs.get("content") or []
+        )
+    return tuple(dict(alternatives or {}) for alternatives in logprobs.get("top_logprobs") or [])
 
 
 def _known_num_params(model: str) -> int:

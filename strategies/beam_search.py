@@ -1,0 +1,107 @@
+"""PRM-guided beam search (Snell et al. 2024), in the search-and-learn convention.
+
+N is the number of beams generated per step and M the beam width: every step keeps the best
+N/M unfinished beams and expands each into M children (when fewer than N/M are left, the
+survivors are repeated so the step still generates N children, as search-and-learn does).
+
+    active = [empty solution]
+    for step in 1..max_steps:
+        children = N children of `active`, one new step each (the last step runs to the end)
+        if lookahead k: roll each child k greedy steps further, for scoring only
+        score children with the PRM; aggregate step scores (default: last)
+        finished += children that end (\\boxed, EOS, out of tokens)
+        active = top N/M unfinished children (duplicates dropped if filter_duplicates)
+    candidates = the N best finished beams (repeated if fewer finished)
+    answer = weighted vote over candidates: sum of scores per equivalent answer (Snell et al.)
+
+Snell et al.'s sweep: --beam-width = sqrt(N) or 4, --lookahead 0, 1 or 3.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ttscale.context import SolveContext
+from ttscale.strategies._search import Beam, expand, lookahead_texts, score
+from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
+from ttscale.types import Problem, Trace
+from ttscale.verifiers._steps import Aggregation
+
+
+def top_beams(beams: list[Beam], keep: int) -> list[Beam]:
+    """The `keep` best-scored beams, best first; ties keep the earlier beam (stable sort)."""
+    return sorted(beams, key=lambda beam: -beam.score)[:keep]
+
+
+def unique_beams(beams: list[Beam]) -> list[Beam]:
+    """Beams with distinct texts, first occurrence kept (search-and-learn's filter_duplicates)."""
+    seen: set[str] = set()
+    return [b for b in beams if not (b.text in seen or seen.add(b.text))]
+
+
+def repeat_to(beams: list[Beam], count: int) -> list[Beam]:
+    """`beams` repeated in order until there are `count` of them."""
+    return [beams[i % len(beams)] for i in range(count)] if beams else []
+
+
+def children_per_beam(num_beams: int, total: int) -> list[int]:
+    """How many of `total` children each of `num_beams` beams gets: M each when N/M are kept,
+    and the survivors share all N when fewer are left (search-and-learn repeats them to N)."""
+    return [total // num_beams + (i < total % num_beams) for i in range(num_beams)]
+
+
+class BeamSearch(BaseModel):
+    """PRM-guided beam search: keep N/M beams, expand each into M children per step."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: ClassVar[str] = "beam-search"
+    needs_verifier: ClassVar[bool] = True
+
+    n: int = Field(default=8, ge=1, description="N: children generated per step, and solutions returned")
+    beam_width: int = Field(default=4, ge=1, description="M: children per kept beam; N/M beams are kept")
+    max_steps: int = Field(default=10, ge=1, description="the last step is generated to the end")
+    lookahead: int = Field(default=0, ge=0, description="greedy steps rolled out only for scoring")
+    aggregation: Aggregation = "last"
+    filter_duplicates: bool = False
+    selection: Literal["weighted-vote", "max-score", "majority", "oracle"] = "weighted-vote"
+
+    @model_validator(mode="after")
+    def _width_divides_n(self) -> "BeamSearch":
+        if self.n % self.beam_width:
+            raise ValueError(f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}): N/M beams are kept")
+        return self
+
+    async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
+        """Search step by step, then vote over the finished beams."""
+        ctx.require_verifier(self.name)
+        keep = self.n // self.beam_width
+        active, finished, log = [Beam()], [], []
+        for step in range(self.max_steps):
+            last = step == self.max_steps - 1
+            widths = children_per_beam(len(active), self.n)
+            children = [kid for kids in await expand(problem, ctx, active, widths, to_the_end=last) for kid in kids]
+            extra = await lookahead_texts(problem, ctx, children, self.lookahead) if self.lookahead else None
+            children = await score(ctx, children, self.aggregation, extra)
+            finished += [c for c in children if c.finished]
+            active = [c for c in children if not c.finished]
+            if self.filter_duplicates:
+                active = unique_beams(active)
+            active = top_beams(active, keep)
+            log.append({"children": len(children), "finished": len(finished), "kept_scores": [b.score for b in active]})
+            if not active:
+                break
+        best = repeat_to(top_beams(finished, self.n), self.n)
+        candidates = [beam.to_candidate(ctx) for beam in best]
+        selections = {
+            "weighted-vote": weighted_vote(candidates, ctx.answers.equivalent),
+            "max-score": max_score(candidates),
+            "majority": majority_vote(candidates, ctx.answers.equivalent),
+        }
+        return Trace(
+            candidates=tuple(candidates),
+            selections=selections,
+            chosen_rule=self.selection,
+            metadata={"steps": log, "finished_beams": len(finished)},
+        )
