@@ -76,6 +76,9 @@ class Completion(Frozen):
     num_tokens: int = Field(ge=0)
     finish_reason: FinishReason
     cumulative_logprob: float | None = None
+    # With SampleParams.logprobs = K: for each generated token, its top-K alternatives as
+    # {token text: logprob} (judges read P("Yes") from the first token's).
+    top_logprobs: tuple[dict[str, float], ...] | None = None
 
 
 class Generation(Frozen):
@@ -84,6 +87,11 @@ class Generation(Frozen):
     completions: tuple[Completion, ...]
     prompt_tokens: int = Field(ge=0)
     cached_prompt_tokens: int = Field(default=0, ge=0)
+    # Speculative decoding, summed over the completions: verification steps that had a draft,
+    # tokens drafted, and tokens of those the target accepted (0 without speculation).
+    drafts: int = Field(default=0, ge=0)
+    draft_tokens: int = Field(default=0, ge=0)
+    accepted_draft_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _cached_within_prompt(self) -> "Generation":
@@ -169,6 +177,7 @@ class Cost(Frozen):
     verifier_flops: float = 0.0
     flops: float = 0.0
     eflops: float = 0.0  # Kinetics: compute plus arithmetic intensity x memory traffic
+    drafts: int = 0  # speculative decoding: verification steps that had a draft
     draft_tokens: int = 0  # speculative decoding: tokens the drafter proposed
     accepted_draft_tokens: int = 0
     draft_flops: float = 0.0
