@@ -22,7 +22,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttscale.analysis import difficulty as diff
-from ttscale.cost import forward_flops
 from ttscale.errors import ConfigError, TtscaleError
 from ttscale.store import read_samples
 from ttscale.strategies._selection import first_answer, majority_vote, max_score, weighted_vote
@@ -185,8 +184,7 @@ def _rule_correct(rule: str, subset: Sequence[Candidate], correct: set[str]) -> 
     return answer is not None and answer in correct
 
 
-def subsample_outcome(record: dict[str, Any], n: int, rule: str, num_params: int, rng: random.Random,
-                      probe: int = 0) -> tuple[float, float]:
+def subsample_outcome(record: dict[str, Any], n: int, rule: str, rng: random.Random, probe: int = 0) -> tuple[float, float]:
     """Expected (accuracy, FLOPs) of best-of-n with `rule` on n of a record's N samples.
 
     Accuracy averages SUBSETS random subsets (exact for n = N); FLOPs are the prompt's once
@@ -203,12 +201,24 @@ def subsample_outcome(record: dict[str, Any], n: int, rule: str, num_params: int
         rule = "majority"  # a reused probe already gives several samples; vote over them
     draws = 1 if extra in (0, len(rest)) else SUBSETS
     hits = sum(_rule_correct(rule, fixed + rng.sample(rest, extra), correct) for _ in range(draws))
-    cost = record["cost"]
-    prompt = cost["prompt_tokens"] - cost["cached_prompt_tokens"]
     rest_tokens = sum(c.num_tokens for c in rest) / len(rest) if rest else 0.0
     tokens = sum(c.num_tokens for c in fixed) + extra * rest_tokens
-    flops = forward_flops(num_params, prompt + tokens) + cost.get("verifier_flops", 0.0) * size / total
-    return hits / draws, flops
+    return hits / draws, share_flops(record, tokens, size)
+
+
+def share_flops(record: dict[str, Any], sample_tokens: float, samples: int) -> float:
+    """A best-of-N record's recorded FLOPs pro rata for `samples` of its samples with
+    `sample_tokens` generated tokens: the prompt once, decoding by tokens, the verifier by samples.
+
+    Exact under 2·P per token and exact at the full set under any cost model; with an
+    attention term it is off by the few percent that later positions cost more.
+    """
+    cost = record["cost"]
+    verifier = cost.get("verifier_flops", 0.0)
+    prompt = cost["prompt_tokens"] - cost["cached_prompt_tokens"]
+    generated = sum(c["num_tokens"] for c in record["candidates"])
+    generator = (cost["flops"] - verifier) * (prompt + sample_tokens) / max(prompt + generated, 1)
+    return generator + verifier * samples / max(len(record["candidates"]), 1)
 
 
 Outcomes = dict[str, tuple[Setting, dict[str, tuple[float, float]]]]
@@ -244,7 +254,7 @@ def run_outcomes(run: Run, problem_ids: set[str], seed: int = 0, probe: int = 0,
                     verifier_options=config.get("verifier_options", {}) if uses_verifier else {},
                 )
                 rng = random.Random(f"{seed}|{n}|{rule}")
-                outcomes = {r["problem_id"]: subsample_outcome(r, n, rule, run.num_params, rng, probe) for r in records}
+                outcomes = {r["problem_id"]: subsample_outcome(r, n, rule, rng, probe) for r in records}
                 out[setting.key()] = (setting, outcomes)
         return out
     setting = Setting(
@@ -297,7 +307,7 @@ def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: in
     if min(rec["n"] for rec in reference.records) < k0:
         raise ConfigError(f"{reference.path}: the probe needs k0={k0} samples per problem; pass --k0 up to its n")
     data = FitData(runs, reference, problems)
-    probe_cost = {p: probe_flops(r, k0, reference.num_params) for p, r in data.reference_records.items()}
+    probe_cost = {p: probe_flops(r, k0) for p, r in data.reference_records.items()}
     for run in runs:
         data.outcomes.update(run_outcomes(run, set(problems), seed))
         # Only the reference run's samples are the probe's, so only its settings reuse them.
@@ -316,11 +326,15 @@ def data_hash(runs: Sequence[Run], problems: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def probe_flops(record: dict[str, Any], k0: int, num_params: int) -> float:
-    """What the probe costs on a problem: its prompt once and the first k0 samples' tokens."""
-    cost = record["cost"]
-    tokens = cost["prompt_tokens"] - cost["cached_prompt_tokens"] + sum(c["num_tokens"] for c in record["candidates"][:k0])
-    return forward_flops(num_params, tokens)
+def probe_flops(record: dict[str, Any], k0: int) -> float:
+    """What the probe costs on a problem: its prompt once and the first k0 samples' decoding."""
+    probe = record["candidates"][:k0]
+    return share_flops(record, sum(c["num_tokens"] for c in probe), len(probe)) - _verifier_share(record, len(probe))
+
+
+def _verifier_share(record: dict[str, Any], samples: int) -> float:
+    # The agreement probe reads answers only; no verifier scores it.
+    return record["cost"].get("verifier_flops", 0.0) * samples / max(len(record["candidates"]), 1)
 
 
 def bins_of(data: FitData, oracle_edges: Sequence[float], probe: Probe) -> dict[BinSource, dict[str, int]]:
@@ -650,7 +664,7 @@ def fit_policy(run_dirs: Sequence[Path | str], *, split: Split = "all", num_bins
     oracle_edges = diff.quantile_edges([diff.oracle_pass1(records[p]) for p in ids], num_bins)
     probe_edges = diff.quantile_edges([diff.probe_of_record(records[p], k0, statistic) for p in ids], num_bins)
     probe = Probe(k0=k0, statistic=statistic, edges=probe_edges,
-                  mean_flops=float(np.mean([probe_flops(records[p], k0, data.reference.num_params) for p in ids])))
+                  mean_flops=float(np.mean([probe_flops(records[p], k0) for p in ids])))
     bins = bins_of(data, oracle_edges, probe)
     config = data.reference.config
     from ttscale import registry

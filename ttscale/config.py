@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ttscale.errors import ConfigError, describe_validation_error
+from ttscale.speculative import SpeculativeConfig
 from ttscale.types import Frozen, SampleParams
 
 # Fields that change where or how fast a run goes, not what it computes: left out of the hash,
@@ -31,7 +32,7 @@ class RunConfig(Frozen):
     backend_options: dict[str, Any] = Field(default_factory=dict)
     verifier: str | None = None
     verifier_options: dict[str, Any] = Field(default_factory=dict)
-    speculative: dict[str, Any] | None = None
+    speculative: SpeculativeConfig | None = None  # speculative decoding (vllm backend only)
     model: str = "smollm2-135m"
     sampling: SampleParams = SampleParams(max_tokens=256, temperature=0.8)
     limit: int | None = Field(default=None, ge=1)

@@ -46,6 +46,7 @@ class CostMeter:
         generations = await self._backend.generate(requests)
         wall_s = time.perf_counter() - started
         self._record(self._cost_of(generations, wall_s))
+        self._record(speculative_cost(self.model, generations))  # zero without speculation
         return generations
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
@@ -100,4 +101,34 @@ def as_verifier_cost(cost: Cost) -> Cost:
         flops=cost.flops,
         eflops=cost.eflops,
         wall_s=cost.wall_s,
+    )
+
+
+# --- Speculative decoding: kept apart from the FLOPs formula above --------------------------------
+
+
+def speculative_cost(model: ModelInfo, generations: Sequence[Generation]) -> Cost:
+    """What speculative decoding adds to a call: the drafter's work and the target's wasted checks.
+
+    The drafted, accepted and draft-step counts come from the backend. Accepted tokens are
+    already priced as generated tokens; the target also computes every rejected draft token
+    while verifying, priced here at 2·P each (no attention term: drafts are a few tokens). The
+    draft model costs 2·P_draft per drafted token (`model.draft_num_params`; 0 for n-gram
+    lookup, which runs no model). Both count in `flops` and `eflops`; `draft_flops` says how
+    much of that the draft model spent.
+    """
+    drafts = sum(g.drafts for g in generations)
+    drafted = sum(g.draft_tokens for g in generations)
+    accepted = sum(g.accepted_draft_tokens for g in generations)
+    if not drafted:
+        return Cost()
+    draft_flops = forward_flops(getattr(model, "draft_num_params", 0), drafted)
+    rejected_flops = forward_flops(model.num_params, drafted - accepted)
+    return Cost(
+        drafts=drafts,
+        draft_tokens=drafted,
+        accepted_draft_tokens=accepted,
+        draft_flops=draft_flops,
+        flops=draft_flops + rejected_flops,
+        eflops=draft_flops + rejected_flops,
     )

