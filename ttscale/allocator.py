@@ -193,14 +193,16 @@ def subsample_outcome(record: dict[str, Any], n: int, rule: str, rng: random.Ran
     on), and only the other n - k0 are drawn at random.
     """
     candidates, correct = _candidates(record)
-    total = len(candidates)
     fixed, rest = candidates[:probe], candidates[probe:]
     extra = max(n - probe, 0)
     size = len(fixed) + extra
     if size > 1 and rule == "first":
         rule = "majority"  # a reused probe already gives several samples; vote over them
-    draws = 1 if extra in (0, len(rest)) else SUBSETS
-    hits = sum(_rule_correct(rule, fixed + rng.sample(rest, extra), correct) for _ in range(draws))
+    if extra in (0, len(rest)):  # one possible set: the samples as drawn, in their order
+        hits, draws = _rule_correct(rule, fixed + rest[:extra], correct), 1
+    else:
+        draws = SUBSETS
+        hits = sum(_rule_correct(rule, fixed + rng.sample(rest, extra), correct) for _ in range(draws))
     rest_tokens = sum(c.num_tokens for c in rest) / len(rest) if rest else 0.0
     tokens = sum(c.num_tokens for c in fixed) + extra * rest_tokens
     return hits / draws, share_flops(record, tokens, size)
