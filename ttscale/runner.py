@@ -75,11 +75,14 @@ def build_verifier(config: RunConfig, benchmark: Benchmark) -> Verifier | None:
 
 def describe_backend(backend: Backend) -> dict[str, Any]:
     """What served the run: model, parameter count, and the engine settings actually chosen."""
+    # Speculative decoding: the engine's drafted/accepted/emitted counters for this run.
+    speculative = backend.speculative_metrics() if hasattr(backend, "speculative_metrics") else None
     return {
         "backend": type(backend).__name__,
         "model": backend.model.name,
         "num_params": backend.model.num_params,
         "engine_settings": getattr(backend, "engine_settings", {}),
+        **({"speculative": speculative} if speculative else {}),
     }
 
 
