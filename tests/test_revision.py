@@ -264,3 +264,14 @@ def test_revision_summary_counts_flips_by_hand():
         (1, 3, 2 / 3), (2, 3, 1.0), (3, 1, 0.0), (4, 1, 0.0)
     ]
     assert revision_summary([{"candidates": [], "trace_metadata": {}}]) is None
+
+
+def test_eval_refuses_hierarchical_selection_without_a_verifier_before_generating(tmp_path):
+    import asyncio
+
+    config = RunConfig(benchmark="arithmetic", backend="fake", strategy="revision", output=tmp_path,
+                       strategy_options={"n": 4, "ratio": "2:2", "selection": "hierarchical"})
+    backend = FakeBackend()
+    with pytest.raises(ConfigError, match="needs a verifier"):
+        asyncio.run(run_eval(config, backend=backend))
+    assert backend.requests == []

@@ -192,7 +192,7 @@ def print_optional_sections(summary: dict[str, Any]) -> None:
     revision = summary.get("revision")
     if revision:
         table = Table(title="revision · per depth (depth 1 = first attempt)")
-        for column in ("depth", "attempts", "accuracy", "prompt tokens (cached)", "generated tokens", "FLOPs"):
+        for column in ("depth", "attempts", "accuracy", "prompt tok (cached)", "generated tok", "FLOPs"):
             table.add_column(column, justify="right")
         for row in revision["depths"]:
             table.add_row(
