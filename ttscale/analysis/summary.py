@@ -33,6 +33,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "pass_at_k_problems": {k: len(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
         "cost": {name: sum(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
         "samples": sum(len(r["candidates"]) for r in records),
+        # Oracle verifiers score with gold answers: their selections are upper bounds.
+        "verifier_uses_gold": any(r.get("verifier_uses_gold") for r in records),
     }
     # Sections only some runs have: per-depth figures of revision, speculative decoding metrics.
     optional = {"revision": revision_summary(records), "speculative": speculative_summary(summary["cost"])}
