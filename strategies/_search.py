@@ -9,7 +9,8 @@ solution, as it bounds one best-of-N sample).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, replace
 
 from ttscale.context import SolveContext
 from ttscale.types import Candidate, FinishReason, GenRequest, Problem
@@ -43,6 +44,17 @@ class Beam:
             score=self.score,
             step_scores=self.step_scores,
         )
+
+
+def resolve_beam_width(data: object) -> object:
+    """Accept beam_width="sqrt" (Snell et al.'s M = sqrt(N)) in a strategy's raw options."""
+    if isinstance(data, dict) and data.get("beam_width") == "sqrt":
+        n = int(data.get("n", 8))
+        root = math.isqrt(n)
+        if root * root != n:
+            raise ValueError(f"beam_width=sqrt needs a square n (4, 16, 64, ...), got n={n}")
+        data = {**data, "beam_width": root}
+    return data
 
 
 def step_finished(text: str, finish_reason: str) -> bool:

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttscale.context import SolveContext
-from ttscale.strategies._search import Beam, expand, lookahead_texts, score
+from ttscale.strategies._search import Beam, resolve_beam_width, expand, lookahead_texts, score
 from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
 from ttscale.types import Problem, Trace
 from ttscale.verifiers._steps import Aggregation
@@ -60,12 +60,14 @@ class BeamSearch(BaseModel):
     needs_verifier: ClassVar[bool] = True
 
     n: int = Field(default=8, ge=1, description="N: children generated per step, and solutions returned")
-    beam_width: int = Field(default=4, ge=1, description="M: children per kept beam; N/M beams are kept")
+    beam_width: int = Field(default=4, ge=1, description="M: children per kept beam; N/M beams are kept; 'sqrt' = sqrt(N)")
     max_steps: int = Field(default=10, ge=1, description="the last step is generated to the end")
     lookahead: int = Field(default=0, ge=0, description="greedy steps rolled out only for scoring")
     aggregation: Aggregation = "last"
     filter_duplicates: bool = False
     selection: Literal["weighted-vote", "max-score", "majority", "oracle"] = "weighted-vote"
+
+    _sqrt_width = model_validator(mode="before")(resolve_beam_width)
 
     @model_validator(mode="after")
     def _width_divides_n(self) -> "BeamSearch":

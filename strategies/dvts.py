@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttscale.context import SolveContext
-from ttscale.strategies._search import Beam, expand, score
+from ttscale.strategies._search import Beam, resolve_beam_width, expand, score
 from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
 from ttscale.types import Problem, Trace
 from ttscale.verifiers._steps import Aggregation
@@ -37,10 +37,12 @@ class DVTS(BaseModel):
     needs_verifier: ClassVar[bool] = True
 
     n: int = Field(default=8, ge=1, description="N: solutions returned (N/M subtrees x M children)")
-    beam_width: int = Field(default=4, ge=1, description="M: children per subtree per step")
+    beam_width: int = Field(default=4, ge=1, description="M: children per subtree per step; 'sqrt' = sqrt(N)")
     max_steps: int = Field(default=10, ge=1, description="the last step is generated to the end")
     aggregation: Aggregation = "last"
     selection: Literal["weighted-vote", "max-score", "majority", "oracle"] = "weighted-vote"
+
+    _sqrt_width = model_validator(mode="before")(resolve_beam_width)
 
     @model_validator(mode="after")
     def _width_divides_n(self) -> "DVTS":

@@ -236,3 +236,13 @@ async def test_runner_books_verifier_cost_and_labels_the_oracle(tmp_path):
         else:  # the oracle runs no model
             assert record["cost"]["verifier_tokens"] == 0
             assert all(c["score"] == 1.0 for c in record["candidates"])
+
+
+def test_snell_sweep_beam_widths_are_expressible():
+    assert BeamSearch(n=16, beam_width="sqrt").beam_width == 4
+    assert DVTS(n=64, beam_width="sqrt").beam_width == 8
+    assert BeamSearch(n=16, beam_width="4", lookahead=3).beam_width == 4
+    with pytest.raises(ValueError, match="square n"):
+        BeamSearch(n=8, beam_width="sqrt")
+    with pytest.raises(ValueError, match="multiple of beam_width"):
+        DVTS(n=8, beam_width=3)

@@ -67,7 +67,7 @@ def eval_command(
     backend_option: Optional[list[str]] = typer.Option(None, "--backend-option", help="Backend option KEY=VALUE, e.g. gpu_memory_utilization=0.3."),
     verifier: Optional[str] = typer.Option(None, "--verifier", "-v", help="Verifier that scores solutions: llm-judge-prm (a judge model's P(Yes) per step; runs on CPU), vllm-prm (a PRM served by vLLM's pooling API; GPU), oracle-orm (final-answer correctness from gold answers: an upper bound)."),
     verifier_option: Optional[list[str]] = typer.Option(None, "--verifier-option", "-V", help="Verifier option KEY=VALUE, e.g. -V aggregation=min."),
-    beam_width: Optional[int] = typer.Option(None, "--beam-width", help="Beam search / DVTS beam width M: each step keeps N/M beams (subtrees) and expands each into M children."),
+    beam_width: Optional[str] = typer.Option(None, "--beam-width", help="Beam search / DVTS beam width M (a number, or sqrt for M = sqrt(N)): each step keeps N/M beams (subtrees) and expands each into M children."),
     lookahead: Optional[int] = typer.Option(None, "--lookahead", help="Beam search lookahead k: greedy steps rolled out only to score a beam (0 = none)."),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="How step scores become one score: last, min, prod or mean (defaults: last for beam search/DVTS, prod for particle filtering)."),
     ratio: Optional[str] = typer.Option(None, "--ratio", help="Revision: sequential:parallel split of N, e.g. 4:2 = 2 chains of 4 attempts."),
