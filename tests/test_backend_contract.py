@@ -128,3 +128,18 @@ async def test_logprobs_give_a_cumulative_logprob(engine_backend):
     [generation] = await engine_backend.generate([GenRequest(prompt=QUESTION, params=SampleParams(max_tokens=5, seed=1, logprobs=1))])
     [completion] = generation.completions
     assert completion.cumulative_logprob is not None and completion.cumulative_logprob < 0
+
+
+@pytest.mark.engine
+async def test_top_logprobs_list_alternatives_per_token(engine_backend):
+    params = SampleParams(max_tokens=3, temperature=0.0, logprobs=5)
+    [generation] = await engine_backend.generate([GenRequest(prompt=QUESTION, params=params)])
+    [completion] = generation.completions
+    assert len(completion.top_logprobs) == completion.num_tokens
+    for alternatives in completion.top_logprobs:
+        assert 5 <= len(alternatives) <= 6  # top 5, plus the sampled token when it is not among them
+        assert all(isinstance(token, str) and logprob <= 0 for token, logprob in alternatives.items())
+    # Greedy: the first token is the most likely alternative, and it begins the text.
+    first = completion.top_logprobs[0]
+    best = max(first, key=first.get)
+    assert completion.text.startswith(best.strip()) or completion.text.startswith(best)

@@ -47,3 +47,29 @@ async def test_best_of_n_on_real_model_end_to_end(vllm_backend, tmp_path):
     second = await run_eval(engine_config(tmp_path, "b"), backend=vllm_backend)
     texts = lambda run: [[c["text"] for c in json.loads(l)["candidates"]] for l in sorted((run.run_dir / "samples.jsonl").read_text().splitlines())]
     assert texts(first) == texts(second)
+
+
+async def test_beam_search_with_the_model_judging_its_own_steps(vllm_backend, tmp_path):
+    config = RunConfig(
+        benchmark="arithmetic",
+        backend="vllm",
+        model="smollm2-135m",
+        strategy="beam-search",
+        strategy_options={"n": 2, "beam_width": 2, "max_steps": 3},
+        verifier="llm-judge-prm",
+        sampling=SampleParams(max_tokens=48, temperature=0.8),
+        limit=1,
+        output=tmp_path / "beam",
+    )
+    result = await run_eval(config, backend=vllm_backend)
+    [record] = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(record["candidates"]) == 2
+    for candidate in record["candidates"]:
+        # Judge scores are probabilities read from the engine's logprobs, one per step.
+        assert candidate["step_scores"] and all(0.0 <= s <= 1.0 for s in candidate["step_scores"])
+        assert candidate["score"] == candidate["step_scores"][-1]  # aggregation "last"
+        assert candidate["num_tokens"] <= 48
+    cost = record["cost"]
+    assert cost["generated_tokens"] > 0 and cost["cached_prompt_tokens"] >= 0
+    assert cost["verifier_calls"] > 0 and cost["verifier_tokens"] > cost["verifier_calls"]
+    assert cost["flops"] > cost["verifier_flops"] > 0
