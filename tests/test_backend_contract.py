@@ -137,7 +137,9 @@ async def test_top_logprobs_list_alternatives_per_token(engine_backend):
     [completion] = generation.completions
     assert len(completion.top_logprobs) == completion.num_tokens
     for alternatives in completion.top_logprobs:
-        assert 5 <= len(alternatives) <= 6  # top 5, plus the sampled token when it is not among them
+        # Top 5 (plus the sampled token where it is not among them); token ids that decode to
+        # the same text share one key, so there may be fewer.
+        assert 1 <= len(alternatives) <= 6
         assert all(isinstance(token, str) and logprob <= 0 for token, logprob in alternatives.items())
     # Greedy: the first token is the most likely alternative, and it begins the text.
     first = completion.top_logprobs[0]
