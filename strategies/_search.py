@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttscale.context import SolveContext
+from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate, FinishReason, GenRequest, Problem
 from ttscale.verifiers._steps import STEP_SEPARATOR, Aggregation, aggregate, split_steps
 
@@ -46,15 +50,44 @@ class Beam:
         )
 
 
-def resolve_beam_width(data: object) -> object:
-    """Accept beam_width="sqrt" (Snell et al.'s M = sqrt(N)) in a strategy's raw options."""
-    if isinstance(data, dict) and data.get("beam_width") == "sqrt":
-        n = int(data.get("n", 8))
-        root = math.isqrt(n)
-        if root * root != n:
-            raise ValueError(f"beam_width=sqrt needs a square n (4, 16, 64, ...), got n={n}")
-        data = {**data, "beam_width": root}
-    return data
+class TreeSearchOptions(BaseModel):
+    """Options every PRM-guided tree search shares: N, beam width M, steps, aggregation, rule."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    needs_verifier: ClassVar[bool] = True
+
+    n: int = Field(default=8, ge=1, description="N: children generated per step, and solutions returned")
+    beam_width: int = Field(default=4, ge=1, description="M: children per beam per step; N/M beams (subtrees); 'sqrt' = sqrt(N)")
+    max_steps: int = Field(default=10, ge=1, description="the last step is generated to the end")
+    aggregation: Aggregation = "last"
+    selection: Literal["weighted-vote", "max-score", "majority", "oracle"] = "weighted-vote"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sqrt_width(cls, data: object) -> object:
+        # Snell et al.'s sweep uses M = sqrt(N): accept beam_width="sqrt".
+        if isinstance(data, dict) and data.get("beam_width") == "sqrt":
+            n = int(data.get("n", 8))
+            root = math.isqrt(n)
+            if root * root != n:
+                raise ValueError(f"beam_width=sqrt needs a square n (4, 16, 64, ...), got n={n}")
+            data = {**data, "beam_width": root}
+        return data
+
+    @model_validator(mode="after")
+    def _width_divides_n(self) -> "TreeSearchOptions":
+        if self.n % self.beam_width:
+            raise ValueError(f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}): the search keeps N/M beams")
+        return self
+
+
+def verifier_selections(candidates: list[Candidate], ctx: SolveContext) -> dict[str, str | None]:
+    """The rules a verifier-guided search reports: weighted vote, verifier max, plain majority."""
+    return {
+        "weighted-vote": weighted_vote(candidates, ctx.answers.equivalent),
+        "max-score": max_score(candidates),
+        "majority": majority_vote(candidates, ctx.answers.equivalent),
+    }
 
 
 def step_finished(text: str, finish_reason: str) -> bool:

@@ -19,15 +19,13 @@ Snell et al.'s sweep: --beam-width = sqrt(N) or 4, --lookahead 0, 1 or 3.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from ttscale.context import SolveContext
-from ttscale.strategies._search import Beam, resolve_beam_width, expand, lookahead_texts, score
-from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
+from ttscale.strategies._search import Beam, TreeSearchOptions, expand, lookahead_texts, score, verifier_selections
 from ttscale.types import Problem, Trace
-from ttscale.verifiers._steps import Aggregation
 
 
 def top_beams(beams: list[Beam], keep: int) -> list[Beam]:
@@ -52,28 +50,13 @@ def children_per_beam(num_beams: int, total: int) -> list[int]:
     return [total // num_beams + (i < total % num_beams) for i in range(num_beams)]
 
 
-class BeamSearch(BaseModel):
+class BeamSearch(TreeSearchOptions):
     """PRM-guided beam search: keep N/M beams, expand each into M children per step."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     name: ClassVar[str] = "beam-search"
-    needs_verifier: ClassVar[bool] = True
 
-    n: int = Field(default=8, ge=1, description="N: children generated per step, and solutions returned")
-    beam_width: int = Field(default=4, ge=1, description="M: children per kept beam; N/M beams are kept; 'sqrt' = sqrt(N)")
-    max_steps: int = Field(default=10, ge=1, description="the last step is generated to the end")
     lookahead: int = Field(default=0, ge=0, description="greedy steps rolled out only for scoring")
-    aggregation: Aggregation = "last"
     filter_duplicates: bool = False
-    selection: Literal["weighted-vote", "max-score", "majority", "oracle"] = "weighted-vote"
-
-    _sqrt_width = model_validator(mode="before")(resolve_beam_width)
-
-    @model_validator(mode="after")
-    def _width_divides_n(self) -> "BeamSearch":
-        if self.n % self.beam_width:
-            raise ValueError(f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}): N/M beams are kept")
-        return self
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
         """Search step by step, then vote over the finished beams."""
@@ -96,14 +79,9 @@ class BeamSearch(BaseModel):
                 break
         best = repeat_to(top_beams(finished, self.n), self.n)
         candidates = [beam.to_candidate(ctx) for beam in best]
-        selections = {
-            "weighted-vote": weighted_vote(candidates, ctx.answers.equivalent),
-            "max-score": max_score(candidates),
-            "majority": majority_vote(candidates, ctx.answers.equivalent),
-        }
         return Trace(
             candidates=tuple(candidates),
-            selections=selections,
+            selections=verifier_selections(candidates, ctx),
             chosen_rule=self.selection,
             metadata={"steps": log, "finished_beams": len(finished)},
         )

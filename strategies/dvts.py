@@ -18,37 +18,17 @@ subsample whole subtrees from one run.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import ClassVar
 
 from ttscale.context import SolveContext
-from ttscale.strategies._search import Beam, resolve_beam_width, expand, score
-from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
+from ttscale.strategies._search import Beam, TreeSearchOptions, expand, score, verifier_selections
 from ttscale.types import Problem, Trace
-from ttscale.verifiers._steps import Aggregation
 
 
-class DVTS(BaseModel):
+class DVTS(TreeSearchOptions):
     """N/M independent greedy PRM searches, each expanding M children per step."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     name: ClassVar[str] = "dvts"
-    needs_verifier: ClassVar[bool] = True
-
-    n: int = Field(default=8, ge=1, description="N: solutions returned (N/M subtrees x M children)")
-    beam_width: int = Field(default=4, ge=1, description="M: children per subtree per step; 'sqrt' = sqrt(N)")
-    max_steps: int = Field(default=10, ge=1, description="the last step is generated to the end")
-    aggregation: Aggregation = "last"
-    selection: Literal["weighted-vote", "max-score", "majority", "oracle"] = "weighted-vote"
-
-    _sqrt_width = model_validator(mode="before")(resolve_beam_width)
-
-    @model_validator(mode="after")
-    def _width_divides_n(self) -> "DVTS":
-        if self.n % self.beam_width:
-            raise ValueError(f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}): N/M subtrees")
-        return self
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
         """Grow every subtree greedily until it ends; return each one's last M children."""
@@ -68,14 +48,9 @@ class DVTS(BaseModel):
                 subtrees[i] = max(kids, key=lambda beam: beam.score)  # first of equal scores
         finals = [kid for kids in last_children for kid in kids]
         candidates = [beam.to_candidate(ctx) for beam in finals]
-        selections = {
-            "weighted-vote": weighted_vote(candidates, ctx.answers.equivalent),
-            "max-score": max_score(candidates),
-            "majority": majority_vote(candidates, ctx.answers.equivalent),
-        }
         return Trace(
             candidates=tuple(candidates),
-            selections=selections,
+            selections=verifier_selections(candidates, ctx),
             chosen_rule=self.selection,
             metadata={"subtree": [beam.origin for beam in finals]},
         )

@@ -24,8 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttscale.context import SolveContext
-from ttscale.strategies._search import Beam, expand, score
-from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
+from ttscale.strategies._search import Beam, expand, score, verifier_selections
 from ttscale.types import Problem, Trace
 from ttscale.verifiers._steps import Aggregation
 
@@ -89,9 +88,9 @@ class ParticleFilter(BaseModel):
             particles = [particles[i] for i in chosen]  # frozen beams: copies share nothing mutable
             log.append({"probabilities": probabilities.round(6).tolist(), "chosen": chosen})
         candidates = [p.to_candidate(ctx) for p in particles]
-        selections = {
-            "max-score": max_score(candidates),
-            "weighted-vote": weighted_vote(candidates, ctx.answers.equivalent),
-            "majority": majority_vote(candidates, ctx.answers.equivalent),
-        }
-        return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata={"steps": log})
+        return Trace(
+            candidates=tuple(candidates),
+            selections=verifier_selections(candidates, ctx),
+            chosen_rule=self.selection,
+            metadata={"steps": log},
+        )
