@@ -75,6 +75,7 @@ class Entry(BaseModel):
     setting: Setting
     accuracy: float
     flops: float
+    samples: int  # samples drawn per prompt, the probe's included
     problems: int  # fitting problems in the bin (0: an empty bin borrowing a neighbour's)
 
 
@@ -106,7 +107,7 @@ def frontier(entries: Sequence[Entry], cost: str = "flops", min_gain: float = 0.
     Picking the last frontier entry within a budget is the smoothing: the feasible set only
     grows with the budget, so the expected accuracy picked never falls.
     """
-    cost_of = (lambda e: e.flops) if cost == "flops" else (lambda e: e.setting.samples)
+    cost_of = (lambda e: e.flops) if cost == "flops" else (lambda e: e.samples)
     kept: list[Entry] = []
     for entry in sorted(entries, key=lambda e: (cost_of(e), -e.accuracy)):
         if not kept or entry.accuracy > kept[-1].accuracy + min_gain:
@@ -351,7 +352,15 @@ def bins_of(data: FitData, oracle_edges: Sequence[float], probe: Probe) -> dict[
     }
 
 
-def bin_tables(data: FitData, bins: dict[str, int], num_bins: int, min_gain: float, outcomes: Outcomes) -> list[BinTable]:
+def drawn_samples(setting: Setting, probe_k0: int = 0) -> int:
+    """Samples a setting draws per prompt; after a probe, best-of-n reuses the probe's."""
+    if setting.strategy == "best-of-n" and not setting.verifier:
+        return max(setting.samples, probe_k0)
+    return setting.samples + probe_k0
+
+
+def bin_tables(data: FitData, bins: dict[str, int], num_bins: int, min_gain: float, outcomes: Outcomes,
+               probe_k0: int = 0) -> list[BinTable]:
     """Mean accuracy and cost of every setting in every bin, and the bins' frontiers.
 
     A bin with no fitting problems (quantile edges tie where many problems share a pass@1)
@@ -367,6 +376,7 @@ def bin_tables(data: FitData, bins: dict[str, int], num_bins: int, min_gain: flo
                 setting=setting,
                 accuracy=float(np.mean([per_problem[p][0] for p in own])),
                 flops=float(np.mean([per_problem[p][1] for p in own])),
+                samples=drawn_samples(setting, probe_k0),
                 problems=len(members[b]),
             )
             for setting, per_problem in outcomes.values()
@@ -406,6 +416,7 @@ class AllocationPolicy(BaseModel):
     probe: Probe
     oracle_tables: list[BinTable]
     predicted_tables: list[BinTable]
+    unprobed: BinTable  # every fitting problem, no probe: for budgets where probing does not pay
 
     # -- persistence --
 
@@ -448,24 +459,26 @@ class AllocationPolicy(BaseModel):
 
         strict=False returns the cheapest setting when the budget is below it, instead of raising.
         """
-        if (budget_flops is None) == (budget_samples is None):
-            raise AllocationError("give exactly one budget: budget_flops=... or budget_samples=...")
-        table = self.table(bin, source)
-        steps = table.frontier_flops if budget_flops is not None else table.frontier_samples
-        if not steps:
-            raise AllocationError(f"bin {bin} had no fitting problems; refit on more problems")
-        cost = (lambda e: e.flops) if budget_flops is not None else (lambda e: e.setting.samples)
-        budget = budget_flops if budget_flops is not None else budget_samples
-        fitting = [e for e in steps if cost(e) <= budget]
-        if not fitting:
-            if strict:
-                unit = "FLOPs" if budget_flops is not None else "samples"
-                raise AllocationError(
-                    f"budget {budget:.4g} {unit} is below the cheapest setting for bin {bin} "
-                    f"({steps[0].setting.label()}: {cost(steps[0]):.4g} {unit}); raise the budget"
-                )
-            return steps[0]
-        return fitting[-1]
+        return _pick(self.table(bin, source), f"bin {bin}", budget_flops, budget_samples, strict)
+
+    def choose_unprobed(self, *, budget_flops: float | None = None, budget_samples: int | None = None,
+                        strict: bool = True) -> Entry:
+        """The most accurate setting within the budget for a prompt of unknown difficulty."""
+        return _pick(self.unprobed, "a prompt with no probe", budget_flops, budget_samples, strict)
+
+    def probe_pays(self, *, budget_flops: float | None = None, budget_samples: int | None = None) -> bool:
+        """Whether probing, then planning per predicted bin, beats the best unprobed setting at
+        this per-prompt budget, in expected accuracy on the fitting problems (the probe's cost
+        counts against the budget, so at small budgets it rarely pays)."""
+        budget = dict(budget_flops=budget_flops, budget_samples=budget_samples)
+        tables = [t for t in self.predicted_tables if t.entries and t.entries[0].problems]
+        try:
+            picks = [(t.entries[0].problems, self.choose(t.bin, source="predicted", **budget)) for t in tables]
+            cold = self.choose_unprobed(**budget).accuracy
+        except AllocationError:  # the probe alone, or every setting, is over this budget
+            return False
+        probed = sum(w * e.accuracy for w, e in picks) / sum(w for w, _ in picks)
+        return probed > cold
 
     def check_model(self, name: str) -> None:
         """Raise unless `name` is the model this policy was fitted for."""
@@ -482,10 +495,12 @@ class AllocationPolicy(BaseModel):
         return as_problem(prompt, self.prompt_template)
 
     def allocate(self, prompt: str | Problem, *, budget_flops: float | None = None, budget_samples: int | None = None,
-                 difficulty: int | None = None, backend: "Backend | None" = None, model: str | None = None) -> "Plan":
+                 difficulty: int | None = None, backend: "Backend | None" = None, model: str | None = None,
+                 probe: bool | None = None) -> "Plan":
         """A Plan for one prompt. With `difficulty` (an oracle bin) this is cheap: no probe runs.
 
-        Without it the probe runs on `backend` (k0 samples; their cost goes into the Plan).
+        Without it the probe runs on `backend` (k0 samples; their cost goes into the Plan) where
+        it pays at this budget (probe=None), or always (True), or never (False).
         Inside a running event loop use `await policy.allocate_async(...)` instead.
         """
         if difficulty is None:
@@ -494,7 +509,7 @@ class AllocationPolicy(BaseModel):
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                return asyncio.run(self.allocate_async(prompt, backend, budget_flops=budget_flops, budget_samples=budget_samples))
+                return asyncio.run(self.allocate_async(prompt, backend, budget_flops=budget_flops, budget_samples=budget_samples, probe=probe))
             raise AllocationError("allocate() with a probe cannot run inside an event loop; use `await policy.allocate_async(...)`")
         if model is not None or backend is not None:
             self.check_model(model if model is not None else backend.model.name)
@@ -502,17 +517,23 @@ class AllocationPolicy(BaseModel):
         return Plan(self, self.problem(prompt), entry, difficulty, "given")
 
     async def allocate_async(self, prompt: str | Problem, backend: "Backend", *, budget_flops: float | None = None,
-                             budget_samples: int | None = None) -> "Plan":
-        """Run the probe on `backend`, predict the bin, and plan for the budget."""
+                             budget_samples: int | None = None, probe: bool | None = None) -> "Plan":
+        """Run the probe on `backend`, predict the bin, and plan for the budget.
+
+        Where the probe does not pay at this budget (probe_pays), plan without it.
+        """
         from ttscale.solve import solve
 
         self.check_model(backend.model.name)
         problem = self.problem(prompt)
-        probe = await solve(problem, backend=backend, options={"n": self.probe.k0}, params=self.sampling, answers=self._answers())
-        stat = diff.probe_statistic([c.model_dump() for c in probe.candidates], self.probe.statistic)
+        if probe is False or (probe is None and not self.probe_pays(budget_flops=budget_flops, budget_samples=budget_samples)):
+            entry = self.choose_unprobed(budget_flops=budget_flops, budget_samples=budget_samples)
+            return Plan(self, problem, entry, None, "unprobed")
+        probe_trace = await solve(problem, backend=backend, options={"n": self.probe.k0}, params=self.sampling, answers=self._answers())
+        stat = diff.probe_statistic([c.model_dump() for c in probe_trace.candidates], self.probe.statistic)
         bin = diff.assign_bins([stat], self.probe.edges)[0]
         entry = self.choose(bin, budget_flops=budget_flops, budget_samples=budget_samples, source="predicted")
-        return Plan(self, problem, entry, bin, "predicted", probe)
+        return Plan(self, problem, entry, bin, "predicted", probe_trace)
 
     def _answers(self):
         from ttscale import registry
@@ -536,7 +557,7 @@ class AllocationPolicy(BaseModel):
             curves = [[(e.flops, e.accuracy) for e in s] for s in steps]
         else:
             steps = [t.frontier_samples for t in tables]
-            curves = [[(float(e.setting.samples), e.accuracy) for e in s] for s in steps]
+            curves = [[(float(e.samples), e.accuracy) for e in s] for s in steps]
         picks = greedy_allocation(curves, total_flops if total_flops is not None else total_samples)
         return [s[i] for s, i in zip(steps, picks)]
 
@@ -588,6 +609,27 @@ def greedy_allocation(curves: Sequence[Sequence[tuple[float, float]]], total: fl
     return [hull[p] for hull, p in zip(hulls, position)]
 
 
+def _pick(table: BinTable, what: str, budget_flops: float | None, budget_samples: int | None, strict: bool) -> Entry:
+    """The last frontier entry within the budget (see `frontier`), or the cheapest if not strict."""
+    if (budget_flops is None) == (budget_samples is None):
+        raise AllocationError("give exactly one budget: budget_flops=... or budget_samples=...")
+    steps = table.frontier_flops if budget_flops is not None else table.frontier_samples
+    if not steps:
+        raise AllocationError(f"{what} had no fitting problems; refit on more problems")
+    cost = (lambda e: e.flops) if budget_flops is not None else (lambda e: e.samples)
+    budget = budget_flops if budget_flops is not None else budget_samples
+    fitting = [e for e in steps if cost(e) <= budget]
+    if fitting:
+        return fitting[-1]
+    if not strict:
+        return steps[0]
+    unit = "FLOPs" if budget_flops is not None else "samples"
+    raise AllocationError(
+        f"budget {budget:.4g} {unit} is below the cheapest setting for {what} "
+        f"({steps[0].setting.label()}: {cost(steps[0]):.4g} {unit}); raise the budget"
+    )
+
+
 @dataclass
 class Plan:
     """What the policy chose for one prompt; `await plan.run(backend)` carries it out."""
@@ -595,8 +637,8 @@ class Plan:
     policy: AllocationPolicy
     problem: Problem
     entry: Entry
-    bin: int
-    bin_source: str  # "given" (difficulty=) or "predicted" (the probe)
+    bin: int | None
+    bin_source: str  # "given" (difficulty=), "predicted" (the probe) or "unprobed" (probe did not pay)
     probe: Trace | None = None
 
     @property
@@ -689,7 +731,8 @@ def fit_policy(run_dirs: Sequence[Path | str], *, split: Split = "all", num_bins
         oracle_edges=oracle_edges,
         probe=probe,
         oracle_tables=bin_tables(data, bins["oracle"], num_bins, min_gain, data.outcomes),
-        predicted_tables=bin_tables(data, bins["predicted"], num_bins, min_gain, data.probed),
+        predicted_tables=bin_tables(data, bins["predicted"], num_bins, min_gain, data.probed, k0),
+        unprobed=bin_tables(data, {p: 0 for p in data.problems}, 1, min_gain, data.outcomes)[0].model_copy(update={"bin": -1}),
     )
 
 
@@ -763,6 +806,14 @@ def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *,
     for budget in budgets:
         for mode in ("oracle", "predicted", "predicted-batch"):
             source: BinSource = "oracle" if mode == "oracle" else "predicted"
+            if source == "predicted" and not policy.probe_pays(budget_flops=budget):
+                if mode == "predicted-batch":
+                    continue  # no probe, so no bins to spread a batch over: the same as "predicted"
+                entries = [policy.choose_unprobed(budget_flops=budget, strict=False)] * len(data.problems)
+                values = [outcome(e, p, "oracle") for e, p in zip(entries, data.problems)]
+                rows.append(_row(budget, mode + " (probe does not pay: none run)", values, curve,
+                                 [e.setting.label() for e in entries]))
+                continue
             if mode == "predicted-batch":
                 try:
                     entries = policy.allocate_batch([bins[source][p] for p in data.problems], total_flops=budget * len(data.problems), source=source)
@@ -771,16 +822,8 @@ def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *,
             else:
                 entries = [policy.choose(bins[source][p], budget_flops=budget, source=source, strict=False) for p in data.problems]
             values = [outcome(e, p, source) for e, p in zip(entries, data.problems)]
-            accuracy = float(np.mean([v[0] for v in values]))
-            flops = float(np.mean([v[1] for v in values]))
-            needed = bon_flops_for(curve, accuracy)
-            rows.append({
-                "budget_flops": budget, "mode": mode, "accuracy": accuracy, "flops": flops,
-                "bon_accuracy_at_flops": bon_accuracy_at(curve, flops),
-                "bon_flops_for_accuracy": needed,
-                "saving": needed / flops if needed is not None else None,
-                "settings": dict(sorted(_count(describe_setting(e.setting, policy.probe.k0 if source == "predicted" else 0) for e in entries).items())),
-            })
+            labels = [describe_setting(e.setting, policy.probe.k0 if source == "predicted" else 0) for e in entries]
+            rows.append(_row(budget, mode, values, curve, labels))
     return {
         "problems": len(data.problems),
         "split": split,
@@ -789,6 +832,20 @@ def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *,
         "predicted_bin_counts": _count(bins["predicted"].values()),
         "best_of_n": [{"n": n, "flops": f, "accuracy": a} for n, f, a in curve],
         "rows": rows,
+    }
+
+
+def _row(budget: float, mode: str, values: Sequence[tuple[float, float]], curve, labels: Sequence[str]) -> dict[str, Any]:
+    """One evaluation row: the policy's accuracy and FLOPs against best-of-N's."""
+    accuracy = float(np.mean([v[0] for v in values]))
+    flops = float(np.mean([v[1] for v in values]))
+    needed = bon_flops_for(curve, accuracy)
+    return {
+        "budget_flops": budget, "mode": mode, "accuracy": accuracy, "flops": flops,
+        "bon_accuracy_at_flops": bon_accuracy_at(curve, flops),
+        "bon_flops_for_accuracy": needed,
+        "saving": needed / flops if needed is not None else None,
+        "settings": dict(sorted(_count(labels).items())),
     }
 
 
