@@ -101,7 +101,12 @@ def allocate_fit(
         raise typer.BadParameter(f"--probe must be agreement or verifier, got {statistic!r}")
     policy = fit_policy(run_dirs, split=split, k0=k0, statistic=statistic, min_gain=min_gain)
     policy.save(output)
-    for source, tables, k in (("oracle bins", policy.oracle_tables, 0), (f"predicted bins (probe k0={k0}, its cost included)", policy.predicted_tables, k0)):
+    sources = (
+        ("oracle bins", policy.oracle_tables, 0),
+        (f"predicted bins (probe k0={k0}, its cost included)", policy.predicted_tables, k0),
+        ("no probe (all fitting problems; bin -1)", [policy.unprobed], 0),
+    )
+    for source, tables, k in sources:
         table = Table(title=f"policy frontier · {source}")
         for column in ("bin", "problems", "setting", "accuracy", "mean FLOPs"):
             table.add_column(column)
@@ -110,6 +115,8 @@ def allocate_fit(
             for i, entry in enumerate(t.frontier_flops):
                 table.add_row(str(t.bin) if i == 0 else "", str(problems) if i == 0 else "", describe_setting(entry.setting, k), f"{entry.accuracy:.3f}", f"{entry.flops:.3e}")
         console.print(table)
+    pays = [n for n in range(1, 65) if policy.probe_pays(budget_samples=n)]
+    console.print(f"The probe pays at per-prompt budgets of {', '.join(map(str, pays))} samples." if pays else "The probe pays at no budget up to 64 samples: prompts run unprobed.")
     console.print(f"Policy ({policy.problems} problems, split {split}, data {policy.data_hash[:12]}): {output}")
 
 
