@@ -278,3 +278,17 @@ def test_import_allocation_policy_imports_no_vllm():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_solve_runs_a_registered_strategy_on_a_bare_prompt():
+    import asyncio
+
+    import ttscale
+
+    backend = FakeBackend("fake", answer_key={"2 + 2": "4"}, accuracy=1.0, num_params=1000)
+    trace = asyncio.run(ttscale.solve("What is 2 + 2?", backend=backend, options={"n": 3}))
+    assert trace.answer == "4" and len(trace.candidates) == 3
+    assert trace.metadata["cost"]["calls"] == 1
+    assert trace.metadata["cost"]["generated_tokens"] == sum(c.num_tokens for c in trace.candidates)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        asyncio.run(ttscale.solve("  ", backend=backend))
