@@ -292,3 +292,15 @@ def test_solve_runs_a_registered_strategy_on_a_bare_prompt():
     assert trace.metadata["cost"]["generated_tokens"] == sum(c.num_tokens for c in trace.candidates)
     with pytest.raises(ValueError, match="prompt is empty"):
         asyncio.run(ttscale.solve("  ", backend=backend))
+
+
+def test_runs_of_one_setting_over_different_problems_pool(tmp_path, run_dir):
+    first = write_run(tmp_path, "first", [0.0, 0.3, 0.6, 1.0] * 5, seed=4)
+    second = write_run(tmp_path, "second", [0.1, 0.5, 0.9] * 5, seed=5)
+    for path, prefix in ((first, "first"), (second, "second")):  # other benchmark options: other ids
+        lines = [json.loads(line) for line in (path / "samples.jsonl").read_text().splitlines()]
+        for record in lines:
+            record["problem_id"] = f"{prefix}-{record['problem_id']}"
+        (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    policy = fit_policy([first, second])
+    assert policy.problems == 35 and len(policy.runs) == 2

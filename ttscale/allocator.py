@@ -277,8 +277,8 @@ def run_outcomes(run: Run, problem_ids: set[str], seed: int = 0, probe: int = 0,
 class FitData:
     """Runs read for fitting or evaluating, restricted to one split's shared problems."""
 
-    runs: list[Run]
-    reference: Run  # the best-of-n run with the most samples: oracle difficulty and the probe
+    runs: list[Run]  # as read, before pooling
+    reference: Run  # the best-of-n run (pooled) with the most samples: oracle difficulty and the probe
     problems: list[str]
     outcomes: Outcomes = field(default_factory=dict)  # settings run cold
     probed: Outcomes = field(default_factory=dict)  # settings run after the probe, reusing its samples
@@ -289,16 +289,44 @@ class FitData:
         return {r["problem_id"]: r for r in self.reference.records if r["problem_id"] in set(self.problems)}
 
 
+# Config fields that make two runs the same setting; runs that share them pool their problems.
+SETTING_FIELDS = ("model", "strategy", "strategy_options", "verifier", "verifier_options", "sampling", "speculative", "seed")
+
+
+def pool_runs(runs: Sequence[Run]) -> list[Run]:
+    """Runs of one setting over different problems (e.g. other benchmark options) as one run.
+
+    A problem found in several of them keeps its first record.
+    """
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        key = json.dumps({k: run.config.get(k) for k in SETTING_FIELDS}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    pooled = []
+    for members in groups.values():
+        records: dict[str, dict[str, Any]] = {}
+        for member in members:
+            for record in member.records:
+                records.setdefault(record["problem_id"], record)
+        first = members[0]
+        pooled.append(Run(first.path, first.config, list(records.values()), first.num_params))
+    return pooled
+
+
 def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: int = 0, k0: int = 4) -> FitData:
     """Read runs of one model and benchmark, keep the problems they share in the split, and
-    score every setting cold and after a probe of k0 samples."""
-    runs = [load_run(p) for p in run_dirs]
-    if not runs:
+    score every setting cold and after a probe of k0 samples.
+
+    Runs of the same setting over different problems pool their problems (pool_runs).
+    """
+    loaded = [load_run(p) for p in run_dirs]
+    if not loaded:
         raise ConfigError("no run directories given; pass one or more runs/<id>")
     for key in ("model", "benchmark"):
-        values = {r.config.get(key) for r in runs}
+        values = {r.config.get(key) for r in loaded}
         if len(values) > 1:
             raise ConfigError(f"runs differ in {key} ({', '.join(map(str, sorted(values)))}); fit one policy per {key}")
+    runs = pool_runs(loaded)
     bon = [r for r in runs if r.config["strategy"] == "best-of-n"]
     if not bon:
         raise ConfigError("no best-of-n run among the runs; one (with many samples) sets the difficulty bins")
@@ -309,13 +337,16 @@ def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: in
         raise ConfigError(f"only {len(problems)} problems are shared by the runs in split {split!r}; need at least {diff.NUM_BINS}")
     if min(rec["n"] for rec in reference.records) < k0:
         raise ConfigError(f"{reference.path}: the probe needs k0={k0} samples per problem; pass --k0 up to its n")
-    data = FitData(runs, reference, problems)
+    data = FitData(loaded, reference, problems)
     probe_cost = {p: probe_flops(r, k0) for p, r in data.reference_records.items()}
-    for run in runs:
-        data.outcomes.update(run_outcomes(run, set(problems), seed))
-        # Only the reference run's samples are the probe's, so only its settings reuse them.
+    # The reference first: a setting that several runs stand for keeps its numbers, and only
+    # the reference run's samples are the probe's, so only its settings reuse them.
+    for run in [reference] + [r for r in runs if r is not reference]:
         reuse = k0 if run is reference else 0
-        data.probed.update(run_outcomes(run, set(problems), seed, reuse, probe_cost if run is not reference else None))
+        for key, value in run_outcomes(run, set(problems), seed).items():
+            data.outcomes.setdefault(key, value)
+        for key, value in run_outcomes(run, set(problems), seed, reuse, probe_cost if run is not reference else None).items():
+            data.probed.setdefault(key, value)
     return data
 
 
