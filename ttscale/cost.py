@@ -1,38 +1,220 @@
-"""CostMeter: the ONLY place that counts tokens and FLOPs.
+"""CostMeter and the cost model: the ONLY place that counts tokens, FLOPs and eFLOPs.
 
-FLOPs for now are 2 x params x processed tokens, where processed tokens are the prompt tokens
-the engine actually computed (prompt minus cached) plus the generated tokens. Prompt tokens are
-counted once per request, however many samples (n) it asks for: the engine prefills once.
-A later cost model adds the attention term 2·n_layers·d_model·L (Large Language Monkeys §2.3).
+FLOPs (Large Language Monkeys, Brown et al. 2024, §2.3). A token at context length L costs
+
+    2·(P + 2·n_layers·d_model·L)
+
+with P the parameters (embeddings included). A token's context length is its 1-based position
+in the sequence: prompt tokens sit at 1..L_in, a completion's i-th generated token (i = 1..ℓ)
+at L_in + i. Prompt tokens are counted once per request however many samples it asks for (the
+engine prefills once), and cached prompt tokens (positions 1..cached) are not recomputed.
+Decode tokens are counted at their positions for every completion. Summed in closed form:
+
+    prefill = 2·P·(L_in − c) + 4·n_layers·d_model·Σ_{p=c+1..L_in} p
+    decode  = 2·P·ℓ + 4·n_layers·d_model·(ℓ·L_in + ℓ(ℓ+1)/2)        per completion
+
+eFLOPs (Kinetics, Sadhukhan et al. 2025; repo Infini-AI-Lab/Kinetics, cost_model/utils.py
+`dense_cost`): decode compute plus I × memory traffic. For N samples of lengths ℓ_j from a prompt
+of L_in tokens, with D = 2·n_layers·n_kv_heads·head_dim (KV elements per token) and r the GQA
+ratio n_heads/n_kv_heads:
+
+    Σ_j [2·P·ℓ_j + r·(2·L_in·D·ℓ_j + D·ℓ_j²)] + I·(2·L_in·D·max_j ℓ_j + D·Σ_j ℓ_j²)
+
+The prompt's KV is read once per decode step for all samples together, for as long as any
+of them runs (max ℓ_j steps); with equal lengths this is Kinetics' formula exactly. Kinetics
+leaves prefill out (negligible for long chains of thought); here prefill is compute-bound and
+adds its FLOPs to eFLOPs, so short answers to long prompts are not free. I, the arithmetic
+intensity, defaults to Kinetics' 562.5 (B200: FLOPs per byte of memory bandwidth).
+
+When a model's shape is unknown (an HTTP server of a model not on disk), every computed token
+costs 2·P, eFLOPs equal FLOPs, and a warning says so once per model.
 
 A meter has a role. The "generator" meter wraps the policy model's backend; a "verifier" meter
-wraps whatever a verifier runs on (a judge model, a PRM served for pooling), and books its
-tokens and FLOPs as verifier cost, so every strategy's total includes its verifier.
+wraps whatever a verifier runs on (a judge model, a PRM served for pooling), prices it with
+that model's own shape, and books its tokens and FLOPs as verifier cost (a verifier's FLOPs are
+the prefill of everything it reads plus whatever it generates), so every strategy's total
+includes its verifier.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
 
+import numpy as np
+
+from ttscale.modelshape import ModelShape
 from ttscale.protocols import Backend, ModelInfo
 from ttscale.types import Cost, Generation, GenRequest, PoolRequest, PoolResult
 
+log = logging.getLogger(__name__)
+
 MeterRole = Literal["generator", "verifier"]
+KINETICS_INTENSITY = 562.5  # Kinetics' default E_flops (cost_model/best_of_N/cost_model_ntrial.py)
+_warned_unknown_shape: set[str] = set()
 
 
 def forward_flops(num_params: int, tokens: int) -> float:
-    """Forward-pass FLOPs for `tokens` tokens of a dense model with `num_params` parameters."""
+    """2·P FLOPs per token: the fallback when the model's shape is unknown."""
     return 2.0 * num_params * tokens
+
+
+def token_flops(shape: ModelShape, context_length: float) -> float:
+    """FLOPs of one token at context length L: 2·(P + 2·n_layers·d_model·L)."""
+    return 2.0 * (shape.num_params + 2.0 * shape.n_layers * shape.d_model * context_length)
+
+
+def _attention_flops(shape: ModelShape, position_sum):
+    return 4.0 * shape.n_layers * shape.d_model * position_sum
+
+
+def prefill_flops(shape: ModelShape | None, num_params: int, prompt_tokens, cached_tokens=0):
+    """FLOPs to prefill positions cached+1..prompt_tokens (works on numpy arrays too)."""
+    computed = np.subtract(prompt_tokens, cached_tokens, dtype=np.float64)
+    if shape is None:
+        return 2.0 * num_params * computed
+    prompt = np.asarray(prompt_tokens, dtype=np.float64)
+    cached = np.asarray(cached_tokens, dtype=np.float64)
+    positions = (prompt * (prompt + 1) - cached * (cached + 1)) / 2.0
+    return 2.0 * shape.num_params * computed + _attention_flops(shape, positions)
+
+
+def decode_flops(shape: ModelShape | None, num_params: int, prompt_tokens, num_tokens):
+    """FLOPs to generate ℓ tokens at positions L_in+1..L_in+ℓ; elementwise on arrays of ℓ."""
+    tokens = np.asarray(num_tokens, dtype=np.float64)
+    if shape is None:
+        return 2.0 * num_params * tokens
+    positions = tokens * float(prompt_tokens) + tokens * (tokens + 1) / 2.0
+    return 2.0 * shape.num_params * tokens + _attention_flops(shape, positions)
+
+
+def kinetics_decode_eflops(shape: ModelShape, prompt_tokens, lengths, intensity: float = KINETICS_INTENSITY):
+    """Kinetics eFLOPs of decoding samples of `lengths` (last axis) from one shared prompt."""
+    ell = np.asarray(lengths, dtype=np.float64)
+    L_in, D, r, P = float(prompt_tokens), float(shape.kv_per_token), shape.gqa_ratio, float(shape.num_params)
+    compute = np.sum(2.0 * P * ell + r * (2.0 * L_in * D * ell + D * ell**2), axis=-1)
+    longest = np.max(ell, axis=-1) if ell.shape[-1] else np.zeros(ell.shape[:-1])
+    memory = 2.0 * L_in * D * longest + D * np.sum(ell**2, axis=-1)
+    return compute + intensity * memory
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Prices tokens for one model: its shape (None = unknown) and parameter count."""
+
+    shape: ModelShape | None
+    num_params: int
+    intensity: float = KINETICS_INTENSITY
+    name: str = "model"
+
+    @classmethod
+    def for_model(cls, model: ModelInfo, intensity: float = KINETICS_INTENSITY) -> "CostModel":
+        """The cost model of a backend's model, warning once per model if its shape is unknown."""
+        shape = getattr(model, "shape", None)
+        num_params = shape.num_params if shape is not None else model.num_params
+        if shape is None and model.name not in _warned_unknown_shape:
+            _warned_unknown_shape.add(model.name)
+            log.warning(
+                "model shape of %r unknown (no config.json): FLOPs count 2·P per token without the "
+                "attention term, and eFLOPs equal FLOPs", model.name,
+            )
+        return cls(shape, num_params, intensity, model.name)
+
+    def prefill(self, prompt_tokens, cached_tokens=0):
+        """FLOPs (= eFLOPs) of prefilling the uncached part of a prompt."""
+        return prefill_flops(self.shape, self.num_params, prompt_tokens, cached_tokens)
+
+    def generation(self, prompt_tokens: int, cached_tokens: int, lengths) -> tuple[Any, Any]:
+        """(FLOPs, eFLOPs) of one request: prefill once, then samples of `lengths` (last axis).
+
+        `lengths` may be a matrix (subsets × samples) to price many subsets at once.
+        """
+        ell = np.asarray(lengths, dtype=np.float64)
+        prefill = self.prefill(prompt_tokens, cached_tokens)
+        decode = np.sum(decode_flops(self.shape, self.num_params, prompt_tokens, ell), axis=-1)
+        if self.shape is None:
+            return prefill + decode, prefill + decode
+        return prefill + decode, prefill + kinetics_decode_eflops(self.shape, prompt_tokens, ell, self.intensity)
+
+
+def generation_cost(model: CostModel, generations: Sequence[Generation], wall_s: float) -> Cost:
+    """The cost of answering requests: prompt once per request, every completion's tokens."""
+    flops = eflops = 0.0
+    for g in generations:
+        f, e = model.generation(g.prompt_tokens, g.cached_prompt_tokens, [c.num_tokens for c in g.completions])
+        flops, eflops = flops + float(f), eflops + float(e)
+    return Cost(
+        calls=len(generations),
+        prompt_tokens=sum(g.prompt_tokens for g in generations),
+        cached_prompt_tokens=sum(g.cached_prompt_tokens for g in generations),
+        generated_tokens=sum(c.num_tokens for g in generations for c in g.completions),
+        flops=flops,
+        eflops=eflops,
+        wall_s=wall_s,
+    )
+
+
+def pool_cost(model: CostModel, results: Sequence[PoolResult], wall_s: float) -> Cost:
+    """The cost of a pooling model reading prompts: the prefill of their uncached tokens."""
+    flops = sum(float(model.prefill(r.prompt_tokens, r.cached_prompt_tokens)) for r in results)
+    return Cost(
+        calls=len(results),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        cached_prompt_tokens=sum(r.cached_prompt_tokens for r in results),
+        flops=flops,
+        eflops=flops,
+        wall_s=wall_s,
+    )
+
+
+def subsample_costs(model: CostModel, record_cost: Mapping[str, Any], candidate_tokens: Sequence[int],
+                    subsets: np.ndarray) -> dict[str, np.ndarray]:
+    """What a one-request best-of-N problem would have cost with only some of its samples.
+
+    `subsets` is a (subsets × k) matrix of candidate indices. Each subset pays the prompt once
+    (as recorded, cached tokens free) plus its own samples' decoding. Parts that the record
+    holds only as totals (verifier, speculative decoding, wall time) are pro-rated: verifier by
+    the share of candidates kept (each candidate is scored once; its eFLOPs taken as its FLOPs),
+    wall time and speculation (the drafter plus the target's rejected checks, as
+    `speculative_cost` prices them) by the share of generated tokens. Returns per-subset
+    arrays: flops, eflops, generated_tokens, prompt_tokens, wall_s.
+    """
+    tokens = np.asarray(candidate_tokens, dtype=np.float64)
+    subsets = np.asarray(subsets, dtype=np.int64)
+    lengths = tokens[subsets]
+    prompt, cached = int(record_cost.get("prompt_tokens", 0)), int(record_cost.get("cached_prompt_tokens", 0))
+    flops, eflops = model.generation(prompt, cached, lengths)
+    kept = subsets.shape[-1] / max(len(tokens), 1)
+    token_share = lengths.sum(axis=-1) / tokens.sum() if tokens.sum() else np.full(subsets.shape[:-1], kept)
+    verifier = float(record_cost.get("verifier_flops", 0.0)) * kept
+    rejected = float(record_cost.get("draft_tokens", 0)) - float(record_cost.get("accepted_draft_tokens", 0))
+    speculation = float(record_cost.get("draft_flops", 0.0)) + forward_flops(model.num_params, rejected)
+    draft = speculation * token_share
+    return {
+        "flops": flops + verifier + draft,
+        "eflops": eflops + verifier + draft,
+        "generated_tokens": lengths.sum(axis=-1),
+        "prompt_tokens": np.full(subsets.shape[:-1], float(prompt)),
+        "wall_s": float(record_cost.get("wall_s", 0.0)) * token_share,
+    }
+
+
+def scaled_cost(record_cost: Mapping[str, Any], fraction: float) -> dict[str, float]:
+    """A recorded cost scaled by `fraction`: the cost of running a share of independent
+    searches (e.g. some of DVTS's subtrees, each an equal, independent search)."""
+    return {name: float(record_cost.get(name, 0.0)) * fraction for name in Cost.model_fields}
 
 
 class CostMeter:
     """Wraps a backend and adds up the cost of every call made through it."""
 
-    def __init__(self, backend: Backend, *, role: MeterRole = "generator"):
+    def __init__(self, backend: Backend, *, role: MeterRole = "generator", intensity: float = KINETICS_INTENSITY):
         self._backend = backend
         self.model: ModelInfo = backend.model
         self.role = role
+        self.cost_model = CostModel.for_model(backend.model, intensity)
         self._cost = Cost()
 
     @property
@@ -44,8 +226,7 @@ class CostMeter:
         """Generate through the wrapped backend and record what it cost."""
         started = time.perf_counter()
         generations = await self._backend.generate(requests)
-        wall_s = time.perf_counter() - started
-        self._record(self._cost_of(generations, wall_s))
+        self._record(generation_cost(self.cost_model, generations, time.perf_counter() - started))
         self._record(speculative_cost(self.model, generations))  # zero without speculation
         return generations
 
@@ -56,32 +237,8 @@ class CostMeter:
             raise TypeError(f"{type(self._backend).__name__} has no pooling API; serve the model with a pooling backend")
         started = time.perf_counter()
         results = await pool(requests)
-        wall_s = time.perf_counter() - started
-        prompt = sum(r.prompt_tokens for r in results)
-        cached = sum(r.cached_prompt_tokens for r in results)
-        self._record(
-            Cost(
-                calls=len(results),
-                prompt_tokens=prompt,
-                cached_prompt_tokens=cached,
-                flops=forward_flops(self.model.num_params, prompt - cached),
-                wall_s=wall_s,
-            )
-        )
+        self._record(pool_cost(self.cost_model, results, time.perf_counter() - started))
         return results
-
-    def _cost_of(self, generations: Sequence[Generation], wall_s: float) -> Cost:
-        prompt = sum(g.prompt_tokens for g in generations)
-        cached = sum(g.cached_prompt_tokens for g in generations)
-        generated = sum(c.num_tokens for g in generations for c in g.completions)
-        return Cost(
-            calls=len(generations),
-            prompt_tokens=prompt,
-            cached_prompt_tokens=cached,
-            generated_tokens=generated,
-            flops=forward_flops(self.model.num_params, prompt - cached + generated),
-            wall_s=wall_s,
-        )
 
     def _record(self, cost: Cost) -> None:
         if self.role == "verifier":

@@ -9,6 +9,7 @@ from ttscale.types import Generation, GenRequest, Grade, Problem, Trace
 if TYPE_CHECKING:
     from ttscale.context import SolveContext
     from ttscale.cost import CostMeter
+    from ttscale.modelshape import ModelShape
 
 
 class ModelInfo(Protocol):
@@ -16,6 +17,9 @@ class ModelInfo(Protocol):
 
     name: str
     num_params: int
+    # Layers, d_model, heads (ttscale.modelshape.ModelShape), or None when unknown: then the
+    # cost model prices 2·P per token and says so once. Objects without it count as None.
+    shape: "ModelShape | None"
 
 
 @runtime_checkable

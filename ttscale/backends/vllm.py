@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from ttscale.analysis.speculative import speculative_metrics
 from ttscale.errors import TtscaleError
 from ttscale.models import DEFAULT_MODEL, count_parameters, prepare_model
+from ttscale.modelshape import ModelShape, load_shape
 from ttscale.speculative import SpeculativeConfig
 from ttscale.types import Completion, Generation, GenRequest, SampleParams
 
@@ -28,6 +29,7 @@ class EngineModel:
 
     name: str
     num_params: int
+    shape: ModelShape | None = None  # from config.json; None for a hub id (2·P per token)
     draft_num_params: int = 0  # speculative decoding's draft model (0: none, or n-gram lookup)
 
 
@@ -79,7 +81,7 @@ class VLLMBackend:
         progress: Callable[[str], None] | None = None,
     ):
         self._resolved = prepare_model(model, progress=progress)
-        self.model = EngineModel(self._resolved.name, self._resolved.num_params or 0)
+        self.model = EngineModel(self._resolved.name, self._resolved.num_params or 0, load_shape(self._resolved.path))
         # None / "auto" mean "the platform's default" (chosen at start).
         self._overrides = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
         self._max_model_len = max_model_len

@@ -1,0 +1,136 @@
+"""`ttscale compare` and `ttscale report`: strategies side by side at matched compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ttscale.analysis.model_vs_search import SNELL_RATIOS
+from ttscale.cost import KINETICS_INTENSITY
+
+console = Console()
+
+RUNS = typer.Argument(..., help="Run directories written by `ttscale eval` (e.g. runs/arithmetic-best-of-n-1a2b3c4d5e6f).")
+
+
+def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio):
+    return {
+        "rules": rule or None, "subsets": subsets, "bootstrap": bootstrap, "seed": seed, "intensity": intensity,
+        "budgets": budgets or None, "budget_count": budget_count, "ratios": tuple(ratio) if ratio else SNELL_RATIOS,
+    }
+
+
+RULE = typer.Option(None, "--rule", help="Selection rules to show: majority, first, max-score, weighted-vote, oracle (default: all recorded).")
+SUBSETS = typer.Option(200, "--subsets", help="Random subsets per N and problem when subsampling (all subsets when there are fewer).")
+BOOTSTRAP = typer.Option(1000, "--bootstrap", help="Bootstrap resamples over problems for the 95% bands (0 = none).")
+SEED = typer.Option(0, "--seed", help="Seed of the subsampling and the bootstrap.")
+INTENSITY = typer.Option(KINETICS_INTENSITY, "--intensity", help="Kinetics arithmetic intensity I (FLOPs per byte of memory traffic) for eFLOPs.")
+BUDGETS = typer.Option(None, "--budget", help="FLOPs budget(s) per problem for the matched view (default: a log-spaced grid).")
+BUDGET_COUNT = typer.Option(8, "--budgets", help="How many log-spaced budgets in the matched view's default grid.")
+RATIO = typer.Option(None, "--ratio", help="R = D_inference/D_pretrain for the small-vs-large-model view (default: 0.16, 0.79, 22).")
+
+
+def compare_command(
+    run_dirs: list[Path] = RUNS,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the plots (PNG and SVG; default: compare/ beside the first run)."),
+    rule: Optional[list[str]] = RULE,
+    subsets: int = SUBSETS,
+    bootstrap: int = BOOTSTRAP,
+    seed: int = SEED,
+    intensity: float = INTENSITY,
+    budgets: Optional[list[float]] = BUDGETS,
+    budget_count: int = BUDGET_COUNT,
+    ratio: Optional[list[float]] = RATIO,
+) -> None:
+    """Compare runs: accuracy vs cost per strategy and budget, the winner at matched FLOPs, plots.
+
+    Smaller budgets of best-of-N and DVTS runs come from subsampling their samples (no new generation).
+    """
+    from ttscale.analysis.report import build_comparison
+
+    out = out or run_dirs[0].parent / "compare"
+    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio))
+    print_comparison(comparison)
+    console.print("Plots:")
+    for paths in comparison.plots.values():
+        console.print("  " + "  ".join(str(p) for p in paths))
+
+
+def report_command(
+    run_dirs: list[Path] = RUNS,
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write (self-contained)."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots-dir", help="Where the plot files go too (default: OUTPUT's name + _plots)."),
+    rule: Optional[list[str]] = RULE,
+    subsets: int = SUBSETS,
+    bootstrap: int = BOOTSTRAP,
+    seed: int = SEED,
+    intensity: float = INTENSITY,
+    budgets: Optional[list[float]] = BUDGETS,
+    budget_count: int = BUDGET_COUNT,
+    ratio: Optional[list[float]] = RATIO,
+) -> None:
+    """Write one self-contained HTML report comparing runs: tables and plots inline."""
+    from ttscale.analysis.report import build_comparison, write_report
+
+    plots_dir = plots_dir or output.with_name(output.stem + "_plots")
+    comparison = build_comparison(run_dirs, out_dir=plots_dir, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio))
+    console.print(f"Report: {write_report(comparison, output)}")
+
+
+def print_comparison(comparison) -> None:
+    """The comparison's tables on the terminal."""
+    from ttscale.analysis.compare import common_label, table_points
+    from ttscale.analysis.report import fmt_acc, fmt_sci
+
+    for warning in comparison.warnings:
+        console.print(f"[yellow]Note:[/] {warning}")
+    labels = comparison.labels
+    common = common_label(comparison.curves)
+    table = Table(title=f"Accuracy against cost{' · ' + common if common else ''} (means per problem; * = subsampled)")
+    for name, justify in [("curve", "left"), ("N", "right"), ("accuracy", "right"), ("95% CI", "right"),
+                          ("FLOPs", "right"), ("eFLOPs", "right"), ("gen. tokens", "right"), ("wall s", "right")]:
+        table.add_column(name, justify=justify)
+    for curve in comparison.curves:
+        for p in table_points(curve):
+            table.add_row(labels[id(curve)] + (" (uses gold)" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
+                          fmt_acc(p.accuracy), f"{fmt_acc(p.ci_low)}–{fmt_acc(p.ci_high)}", fmt_sci(p.flops),
+                          fmt_sci(p.eflops), f"{p.generated_tokens:,.0f}", f"{p.wall_s:.2f}")
+        table.add_section()
+    console.print(table)
+
+    competing = [labels[id(c)] for c in comparison.curves if not c.uses_gold]
+    gold = [labels[id(c)] for c in comparison.curves if c.uses_gold]
+    matched = Table(title="Matched FLOPs: accuracy interpolated in log FLOPs (— = budget outside the curve)")
+    matched.add_column("FLOPs per problem", justify="right")
+    for label in competing:
+        matched.add_column(label, justify="right")
+    for label in gold:
+        matched.add_column(f"{label} (upper bound)", justify="right", style="dim")
+    matched.add_column("winner")
+    for row in comparison.budgets:
+        cells = [fmt_sci(row.budget)]
+        cells += [(f"[bold green]{fmt_acc(row.accuracy.get(l))}[/]" if l in row.winners else fmt_acc(row.accuracy.get(l))) for l in competing]
+        cells += [fmt_acc(row.upper_bound.get(l)) for l in gold]
+        cells.append(row.winner)
+        matched.add_row(*cells)
+    console.print(matched)
+
+    console.print("[bold]Small model + search vs a larger model (Snell et al. §7)[/]: " + comparison.model_vs_search_note)
+    if comparison.model_vs_search:
+        snell = Table()
+        for name in ("R", "bin", "k = M+3(M-1)/R", "larger pass@1", "small best", "small strategy", "small reaches it at x", "winner"):
+            snell.add_column(name)
+        for m in comparison.model_vs_search:
+            snell.add_row(f"{m.ratio:g}", m.bin, f"{m.matched:.3g}", fmt_acc(m.large_accuracy), fmt_acc(m.small_accuracy),
+                          m.small_strategy or "—", "—" if m.reaches_at is None else f"{m.reaches_at:.3g}", m.verdict)
+        console.print(snell)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `compare` and `report` to the ttscale app."""
+    app.command("compare")(compare_command)
+    app.command("report")(report_command)
