@@ -207,3 +207,28 @@ def test_scored_candidates_add_verifier_rules_marked_gold_when_the_verifier_read
     gold = load_run(make_run(tmp_path, "g", [{**rec, "verifier_uses_gold": True}]))
     flags = {c.rule: c.uses_gold for c in scaling_curves(gold, bootstrap=0)}
     assert flags == {"majority": False, "weighted-vote": True, "max-score": True, "first": False, "oracle": True}
+
+
+async def test_a_real_dvts_run_subsamples_by_subtree(tmp_path):
+    """DVTS from the runner (fake policy, scripted PRM): fewer subtrees cost their share."""
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "p1", "question": "What is 1 + 1?", "answer": "2"}) + "\n")
+
+    def respond(prompt: str, index: int) -> str:  # step 0 then an answer; subtree samples differ
+        depth = prompt.split("assistant: ", 1)[1].count("\n\n")
+        return f"S{depth}c{index} work.\n\nmore" if depth == 0 else f"S1c{index} so \\boxed{{{2 if index else 3}}}"
+
+    from ttscale.backends.fake import FakeBackend
+
+    config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=tmp_path / "runs", strategy="dvts",
+                       strategy_options={"n": 8, "beam_width": 2, "max_steps": 3}, verifier="scripted-prm",
+                       verifier_options={"rules": {"S0c1": 0.9}}, backend_options={"num_params": P, "shape": SHAPE})
+    result = await run_eval(config, backend=FakeBackend(responder=respond, num_params=P, shape=SHAPE))
+    run = load_run(result.run_dir)
+    assert run.kind == "dvts" and run.records[0]["trace_metadata"]["subtree"] == [0, 0, 1, 1, 2, 2, 3, 3]
+    curves = {c.rule: c for c in scaling_curves(run, bootstrap=0)}
+    recorded = run.records[0]["cost"]
+    assert [p.n for p in curves["oracle"].points] == [2, 4, 6, 8]
+    assert [p.flops for p in curves["oracle"].points] == pytest.approx([recorded["flops"] * s / 4 for s in (1, 2, 3, 4)])
+    assert curves["oracle"].points[-1].accuracy == 1.0  # every subtree's second child answers 2
+    assert curves["first"].points[0].accuracy == 0.0  # each subtree's first child answers 3

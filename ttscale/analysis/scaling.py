@@ -382,7 +382,7 @@ def _subsample_dvts(run: Run, count: int, seed: int, ns: Sequence[int] | None) -
             scaled = scaled_cost(record["cost"], s / len(ids))
             for key in COST_KEYS:
                 cost[key][i, j] = scaled[key]
-    return {"n": [float(x) for x in kept_n.mean(axis=1)], "rules": rules, "correct": correct, "cost": cost,
+    return {"n": [round(float(x), 6) for x in kept_n.mean(axis=1)], "rules": rules, "correct": correct, "cost": cost,
             "measured": [s == s_max for s in sizes]}
 
 
