@@ -124,7 +124,8 @@ def plot_coverage(coverage: dict[str, tuple[list[int], list[float]]], out_dir: P
         return _save(fig, out_dir, "coverage_vs_k")
 
 
-def plot_difficulty(curves: Sequence[Curve], bins: dict[str, int], out_dir: Path, source: str = "") -> list[Path]:
+def plot_difficulty(curves: Sequence[Curve], bins: dict[str, int], out_dir: Path, source: str = "",
+                    ranges: dict[int, tuple[float, float]] | None = None) -> list[Path]:
     """Accuracy per difficulty bin (0 = easiest) of each curve at its largest budget."""
     labels = unique_labels(curves)
     num_bins = max(bins.values()) + 1 if bins else 0
@@ -140,7 +141,18 @@ def plot_difficulty(curves: Sequence[Curve], bins: dict[str, int], out_dir: Path
                 per_bin.append(sum(values) / len(values) if values else float("nan"))
             n = curve.points[-1].n
             ax.plot(range(num_bins), per_bin, label=f"{labels[id(curve)]} (N={n:g})", **styles[id(curve)])
-        ax.set_xticks(range(num_bins), [f"bin {i}\n({c} problems)" for i, c in enumerate(counts)])
+        pass_at_1 = source.startswith("quantiles of 1 − pass@1")
+        ticks = []
+        for i, c in enumerate(counts):
+            text = f"bin {i}\n({c} problems)"
+            if ranges and i in ranges:
+                lo, hi = ranges[i]
+                if pass_at_1:  # show pass@1 itself, which reads more naturally than 1 − pass@1
+                    lo, hi = 1 - hi, 1 - lo
+                span = f"{lo:.2g}" if lo == hi else f"{lo:.2g}–{hi:.2g}"
+                text += f"\n{'pass@1 ' if pass_at_1 else 'difficulty '}{span}"
+            ticks.append(text)
+        ax.set_xticks(range(num_bins), ticks)
         ax.set_xlabel("difficulty bin (0 = easiest)" + (f"; bins: {source}" if source else ""), fontsize=9)
         ax.set_ylabel("accuracy")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))

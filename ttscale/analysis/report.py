@@ -12,7 +12,9 @@ from typing import Sequence
 
 from ttscale.analysis.compare import BudgetRow, common_label, matched_budgets, table_points, unique_labels
 from ttscale.analysis.model_vs_search import SNELL_RATIOS, MatchRow, small_vs_large
-from ttscale.analysis.scaling import Curve, Run, coverage_curve, difficulty_bins, load_run, scaling_curves
+from ttscale.analysis.scaling import (
+    Curve, Run, bin_ranges, coverage_curve, difficulty_bins, difficulty_values, load_run, scaling_curves,
+)
 from ttscale.cost import KINETICS_INTENSITY
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ def build_comparison(
             "accuracy_vs_flops": plots.plot_accuracy_vs_cost(curves, out_dir, "flops"),
             "accuracy_vs_eflops": plots.plot_accuracy_vs_cost(curves, out_dir, "eflops"),
             "coverage_vs_k": plots.plot_coverage(coverage, out_dir),
-            "accuracy_by_difficulty": plots.plot_difficulty(curves, bins, out_dir, bins_source),
+            "accuracy_by_difficulty": plots.plot_difficulty(
+                curves, bins, out_dir, bins_source, bin_ranges(bins, difficulty_values(runs[0])[0])),
         }
     return comparison
 

@@ -403,6 +403,25 @@ def coverage_curve(run: Run) -> tuple[list[int], list[float]]:
     return ks, [float(np.mean([pass_at_k(n, c, k) for n, c in counts])) for k in ks]
 
 
+def difficulty_values(run: Run) -> tuple[dict[str, float], str]:
+    """Each problem's difficulty, higher = harder, and what it is (see `difficulty_bins`)."""
+    given = [r.get("difficulty") for r in run.records]
+    if all(d is not None for d in given) and len(set(given)) > 1:
+        return {r["problem_id"]: float(r["difficulty"]) for r in run.records}, "the benchmark's difficulty"
+    values = {r["problem_id"]: 1.0 - float(np.mean([bool(c.get("correct")) for c in r["candidates"]] or [0.0]))
+              for r in run.records}
+    return values, f"quantiles of 1 − pass@1 over the samples of {run.name}"
+
+
+def bin_ranges(bins: dict[str, int], values: dict[str, float]) -> dict[int, tuple[float, float]]:
+    """The lowest and highest difficulty in each bin."""
+    ranges: dict[int, tuple[float, float]] = {}
+    for pid, b in bins.items():
+        lo, hi = ranges.get(b, (values[pid], values[pid]))
+        ranges[b] = (min(lo, values[pid]), max(hi, values[pid]))
+    return ranges
+
+
 def difficulty_bins(run: Run, num_bins: int = 5) -> tuple[dict[str, int], str]:
     """Each problem's difficulty bin (0 = easiest) and what the bins are of.
 
@@ -410,14 +429,7 @@ def difficulty_bins(run: Run, num_bins: int = 5) -> tuple[dict[str, int], str]:
     (few distinct values: one bin each); else Snell et al.'s oracle bins, quantiles of 1 − pass@1
     over the run's samples.
     """
-    given = [r.get("difficulty") for r in run.records]
-    if all(d is not None for d in given) and len(set(given)) > 1:
-        values = {r["problem_id"]: float(r["difficulty"]) for r in run.records}
-        source = "the benchmark's difficulty"
-    else:
-        values = {r["problem_id"]: 1.0 - float(np.mean([bool(c.get("correct")) for c in r["candidates"]] or [0.0]))
-                  for r in run.records}
-        source = f"quantiles of 1 − pass@1 over the samples of {run.name}"
+    values, source = difficulty_values(run)
     distinct = sorted(set(values.values()))
     if len(distinct) <= num_bins:
         return {pid: distinct.index(v) for pid, v in values.items()}, source
