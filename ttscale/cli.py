@@ -184,6 +184,7 @@ def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> No
         table.add_row(f"verifier {config.verifier}{oracle}: calls, tokens", f"{cost['verifier_calls']:,}, {cost['verifier_tokens']:,}")
         table.add_row("verifier FLOPs (included in FLOPs)", f"{cost['verifier_flops']:.3e}")
     table.add_row("FLOPs", f"{cost['flops']:.3e}")
+    table.add_row("eFLOPs (Kinetics: compute + I x memory traffic)", f"{cost['eflops']:.3e}")
     table.add_row("generation time, summed over problems", f"{cost['wall_s']:.1f} s")
     table.add_row("wall time, this invocation", f"{result.elapsed_s:.1f} s")
     console.print(table)

@@ -214,6 +214,7 @@ class VLLMBackend:
                 num_tokens=len(sample.token_ids),
                 finish_reason=FINISH_REASONS.get(sample.finish_reason or "", "error"),
                 cumulative_logprob=sample.cumulative_logprob,
+                top_logprobs=_top_logprobs(sample.logprobs),
             )
             for sample in sorted(final.outputs, key=lambda s: s.index)
         )
@@ -232,6 +233,13 @@ class VLLMBackend:
             # AsyncLLM.__del__ calls shutdown() again; at interpreter exit vLLM's module globals
             # may be gone and it prints a TypeError. It is already down, so make that a no-op.
             engine.shutdown = lambda *args, **kwargs: None
+
+
+def _top_logprobs(logprobs) -> tuple[dict[str, float], ...] | None:
+    """vLLM's per-token {token id: Logprob} as {token text: logprob} (None when not asked for)."""
+    if logprobs is None:
+        return None
+    return tuple({lp.decoded_token or "": lp.logprob for lp in position.values()} for position in logprobs)
 
 
 def _start_failure_hint(error: Exception, speculative: SpeculativeConfig | None = None) -> str:
