@@ -14,7 +14,6 @@ from ttscale.analysis.speculative import (
     expected_tokens_per_step,
     speculative_summary,
 )
-from ttscale.backends.fake import FakeBackend
 from ttscale.backends.vllm import (
     VLLMBackend,
     request_spec_counts,
@@ -24,7 +23,7 @@ from ttscale.backends.vllm import (
 from ttscale.cli import speculative_section
 from ttscale.config import RunConfig, build_config
 from ttscale.cost import CostMeter
-from ttscale.errors import ConfigError, TtscaleError
+from ttscale.errors import ConfigError
 from ttscale.runner import build_backend
 from ttscale.speculative import SpeculativeConfig
 from ttscale.types import ChatMessage, Completion, Generation, GenRequest, SampleParams
