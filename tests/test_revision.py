@@ -1,5 +1,6 @@
 """Sequential revision on the fake backend: chains and contexts, selection, cost, per-depth summary."""
 
+import asyncio
 import json
 
 import pytest
@@ -95,7 +96,6 @@ def test_cli_error_names_the_ratio(tmp_path):
     config = RunConfig(benchmark="arithmetic", backend="fake", strategy="revision", output=tmp_path,
                        strategy_options={"n": 8, "ratio": "4:4"})
     with pytest.raises(ConfigError, match="strategy 'revision'.*ratio 4:4 means 4 chains of 4 = 16 attempts, but n is 8"):
-        import asyncio
         asyncio.run(run_eval(config))
 
 
@@ -267,8 +267,6 @@ def test_revision_summary_counts_flips_by_hand():
 
 
 def test_eval_refuses_hierarchical_selection_without_a_verifier_before_generating(tmp_path):
-    import asyncio
-
     config = RunConfig(benchmark="arithmetic", backend="fake", strategy="revision", output=tmp_path,
                        strategy_options={"n": 4, "ratio": "2:2", "selection": "hierarchical"})
     backend = FakeBackend()
