@@ -18,7 +18,7 @@ from ttscale.strategies.beam_search import BeamSearch, children_per_beam
 from ttscale.strategies.best_of_n import BestOfN
 from ttscale.strategies.dvts import DVTS
 from ttscale.strategies.particle_filter import ParticleFilter, logit, resample, resampling_probabilities
-from ttscale.types import ChatMessage, GenRequest, Problem, SampleParams
+from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifiers._steps import aggregate
 from ttscale.verifiers.prm import LLMJudgePRM, ScriptedPRM, yes_probability
 from ttscale.benchmarks.jsonl import JsonlBenchmark
@@ -149,15 +149,17 @@ async def test_particle_filter_resamples_by_softmax_of_logit_prod_scores():
 
 
 async def test_particle_filter_keeps_finished_particles_in_the_pool():
-    # Particle 0 finishes at once with a high score; the rest keep working with low scores.
-    def respond(prompt, index):
-        return "S0 done \\boxed{2}" if "seed-first" in prompt else "S0 work.\n\nmore"
-
-    backend = FakeBackend(responder=lambda p, i: "S0 done \\boxed{2}" if depth_of(p) == 0 else "S1 \\boxed{3}")
-    prm = ScriptedPRM(rules={"done": 0.99, "S1": 0.01})
-    trace = await ParticleFilter(n=3, max_steps=3, resampling="systematic").solve(PROBLEM.blind(), context(backend, prm))
-    assert all(c.answer == "2" for c in trace.candidates)
-    assert len(trace.metadata["steps"]) == 1  # all finished in step 1
+    # Step 1 gives particle A a finished answer scored 0.9 and B, C unfinished steps scored
+    # 0.5; later steps (script entries D...) score 0.1. A stays in the pool with its weight.
+    script = ["A done \\boxed{2}", "B work.\n\n", "C work.\n\n"] + ["D \\boxed{3}"] * 10
+    prm = ScriptedPRM(rules={"done": 0.9, "work": 0.5, "D": 0.1})
+    trace = await ParticleFilter(n=3, max_steps=3, resampling="systematic").solve(PROBLEM.blind(), context(FakeBackend(script=script), prm))
+    first = trace.metadata["steps"][0]["probabilities"]
+    assert first == pytest.approx([9 / 11, 1 / 11, 1 / 11], abs=1e-6)  # softmax(logit): e^logit(0.9) = 9
+    finished_a = [c for c in trace.candidates if c.text.startswith("A done")]
+    assert len(finished_a) >= 2  # systematic resampling gives A at least floor(3 * 9/11) copies
+    assert all(c.score == pytest.approx(0.9) and c.step_scores == (0.9,) for c in finished_a)
+    assert trace.selections["max-score"] == "2"
 
 
 def test_aggregations():
