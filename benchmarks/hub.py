@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 from urllib.parse import urlparse
 from urllib.request import getproxies, proxy_bypass
 
@@ -124,17 +124,7 @@ class HubBenchmark(MathBenchmark):
     def load(self, *, limit: int | None = None) -> list[Problem]:
         """The first `limit` problems (of the first `size`), ids checked unique."""
         rows = load_rows(self.dataset, self.config, self.split, self.data_file)
-        if self.size is not None:
-            rows = rows[: self.size]
-        problems: list[Problem] = []
-        seen: set[str] = set()
-        for index, row in enumerate(rows[: take(len(rows), limit)]):
-            problem = self.problem(index, row)
-            if problem.id in seen:
-                raise ConfigError(f"{self._source()}: problem id {problem.id!r} appears twice; ids must be unique")
-            seen.add(problem.id)
-            problems.append(problem)
-        return problems
+        return problems_from_rows(rows, self.problem, size=self.size, limit=limit, source=self._source())
 
     def problem(self, index: int, row: dict[str, Any]) -> Problem:
         """The Problem for row `index` of the split."""
@@ -147,6 +137,28 @@ class HubBenchmark(MathBenchmark):
 
     def _source(self) -> str:
         return str(self.data_file) if self.data_file is not None else f"{self.dataset} ({self.split})"
+
+
+def problems_from_rows(
+    rows: list[dict[str, Any]],
+    make: Callable[[int, dict[str, Any]], Problem],
+    *,
+    size: int | None,
+    limit: int | None,
+    source: str,
+) -> list[Problem]:
+    """Problems built by `make` from the first `limit` of the first `size` rows, ids checked unique."""
+    if size is not None:
+        rows = rows[:size]
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows[: take(len(rows), limit)]):
+        problem = make(index, row)
+        if problem.id in seen:
+            raise ConfigError(f"{source}: problem id {problem.id!r} appears twice; ids must be unique")
+        seen.add(problem.id)
+        problems.append(problem)
+    return problems
 
 
 def required_field(row: dict[str, Any], name: str, index: int, *, source: str, expects: str) -> Any:

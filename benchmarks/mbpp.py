@@ -14,8 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
-from ttscale.benchmarks._common import take
-from ttscale.benchmarks.hub import load_rows, required_field
+from ttscale.benchmarks.hub import load_rows, problems_from_rows, required_field
 from ttscale.benchmarks.humaneval import CodeBenchmark
 from ttscale.errors import ConfigError
 from ttscale.types import Grade, Problem
@@ -43,20 +42,14 @@ class MbppBenchmark(CodeBenchmark):
     _tests: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = PrivateAttr(default_factory=dict)
 
     def load(self, *, limit: int | None = None) -> list[Problem]:
-        """The first `limit` problems (of the first `size`), ids checked unique."""
+        """The first `limit` problems (of the first `size`), ids checked unique; their tests kept."""
         rows = load_rows(self.dataset, self.config, self.split, self.data_file)
-        if self.size is not None:
-            rows = rows[: self.size]
-        problems: list[Problem] = []
-        seen: set[str] = set()
-        for index, row in enumerate(rows[: take(len(rows), limit)]):
-            problem, tests = self._problem(index, row)
-            if problem.id in seen:
-                raise ConfigError(f"{self._source()}: problem id {problem.id!r} appears twice; ids must be unique")
-            seen.add(problem.id)
-            self._tests[problem.id] = tests
-            problems.append(problem)
-        return problems
+        return problems_from_rows(rows, self._problem_keeping_tests, size=self.size, limit=limit, source=self._source())
+
+    def _problem_keeping_tests(self, index: int, row: dict[str, Any]) -> Problem:
+        problem, tests = self._problem(index, row)
+        self._tests[problem.id] = tests
+        return problem
 
     def _problem(self, index: int, row: dict[str, Any]) -> tuple[Problem, tuple[tuple[str, ...], tuple[str, ...]]]:
         task_id = self._field(row, "task_id", index)
