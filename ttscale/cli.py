@@ -176,15 +176,17 @@ def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> No
     for k, value in summary["pass_at_k"].items():
         table.add_row(f"pass@{k}", f"{value:.3f}")
     cost = summary["cost"]
+    # Calls whose tokens nobody could count (an HTTP server without token ids or usage): never a silent 0.
+    unknown = f"unknown ({cost['uncounted_calls']:,} calls uncounted)" if cost.get("uncounted_calls") else None
     table.add_row("samples", f"{summary['samples']}")
-    table.add_row("prompt tokens (cached)", f"{cost['prompt_tokens']:,} ({cost['cached_prompt_tokens']:,})")
-    table.add_row("generated tokens", f"{cost['generated_tokens']:,}")
+    table.add_row("prompt tokens (cached)", unknown or f"{cost['prompt_tokens']:,} ({cost['cached_prompt_tokens']:,})")
+    table.add_row("generated tokens", unknown or f"{cost['generated_tokens']:,}")
     if config.verifier:
         oracle = " (oracle: uses gold answers, an upper bound)" if summary.get("verifier_uses_gold") else ""
         table.add_row(f"verifier {config.verifier}{oracle}: calls, tokens", f"{cost['verifier_calls']:,}, {cost['verifier_tokens']:,}")
         table.add_row("verifier FLOPs (included in FLOPs)", f"{cost['verifier_flops']:.3e}")
-    table.add_row("FLOPs", f"{cost['flops']:.3e}")
-    table.add_row("eFLOPs (Kinetics: compute + I x memory traffic)", f"{cost['eflops']:.3e}")
+    table.add_row("FLOPs", unknown or f"{cost['flops']:.3e}")
+    table.add_row("eFLOPs (Kinetics: compute + I x memory traffic)", unknown or f"{cost['eflops']:.3e}")
     table.add_row("generation time, summed over problems", f"{cost['wall_s']:.1f} s")
     table.add_row("wall time, this invocation", f"{result.elapsed_s:.1f} s")
     console.print(table)

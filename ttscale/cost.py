@@ -153,6 +153,7 @@ def generation_cost(model: CostModel, generations: Sequence[Generation], wall_s:
         flops=flops,
         eflops=eflops,
         wall_s=wall_s,
+        uncounted_calls=sum(not g.cost_known for g in generations),
     )
 
 
@@ -258,6 +259,7 @@ def as_verifier_cost(cost: Cost) -> Cost:
         flops=cost.flops,
         eflops=cost.eflops,
         wall_s=cost.wall_s,
+        uncounted_calls=cost.uncounted_calls,
     )
 
 

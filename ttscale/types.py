@@ -92,6 +92,9 @@ class Generation(Frozen):
     drafts: int = Field(default=0, ge=0)
     draft_tokens: int = Field(default=0, ge=0)
     accepted_draft_tokens: int = Field(default=0, ge=0)
+    # False when nobody could count the tokens (an HTTP server sent neither token ids nor usage,
+    # and the model's tokenizer is unknown): the counts read 0 and the cost is unknown.
+    cost_known: bool = True
 
     @model_validator(mode="after")
     def _cached_within_prompt(self) -> "Generation":
@@ -182,6 +185,9 @@ class Cost(Frozen):
     accepted_draft_tokens: int = 0
     draft_flops: float = 0.0
     wall_s: float = 0.0
+    # Calls whose tokens nobody could count (Generation.cost_known False): their tokens and
+    # FLOPs are missing from the totals above, so any total with uncounted_calls > 0 is unknown.
+    uncounted_calls: int = 0
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(**{name: getattr(self, name) + getattr(other, name) for name in Cost.model_fields})

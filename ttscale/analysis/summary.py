@@ -32,6 +32,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "pass_at_k": {k: fmean(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
         "pass_at_k_problems": {k: len(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
         "cost": {name: sum(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
+        # False when some calls' tokens could not be counted (cost.uncounted_calls): totals are unknown.
+        "cost_known": not any(r["cost"].get("uncounted_calls", 0) for r in records),
         "samples": sum(len(r["candidates"]) for r in records),
         # Oracle verifiers score with gold answers: their selections are upper bounds.
         "verifier_uses_gold": any(r.get("verifier_uses_gold") for r in records),
