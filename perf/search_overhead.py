@@ -71,7 +71,7 @@ async def main(args: argparse.Namespace) -> None:
         limit=args.problems,
         concurrency=args.problems,
     )
-    backend = VLLMBackend(config.model, gpu_memory_utilization=args.memory_share)
+    backend = VLLMBackend(config.model, sequences=args.problems * args.n, max_tokens=args.max_tokens)
     started = time.perf_counter()
     await backend.start()
     print(f"Engine started in {time.perf_counter() - started:.0f} s", flush=True)
@@ -96,5 +96,4 @@ if __name__ == "__main__":  # vLLM spawns workers, which re-import this file
     parser.add_argument("--problems", type=int, default=20)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=192)
-    parser.add_argument("--memory-share", type=float, default=0.15)
     asyncio.run(main(parser.parse_args()))

@@ -1,6 +1,6 @@
 """Speculative decoding: the same greedy requests with and without it, on the embedded model.
 
-One run, engines one after another (each with a small memory share): first without
+One run, engines one after another (each with a KV cache sized by ttscale.machine for this workload): first without
 speculation, then once per speculative method asked for. Every engine gets the same greedy
 (temperature 0) requests, in two workloads:
   - first:    arithmetic problems as best-of-N sends them;
@@ -65,7 +65,7 @@ async def run_engine(label: str, speculative: dict | None, workloads: dict, args
     draft/target cost ratio (parameters; 0 for n-gram). None if the engine cannot start."""
     print(f"\n[{label}] starting the engine ...", flush=True)
     try:
-        backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=args.memory, speculative=speculative)
+        backend = VLLMBackend("smollm2-135m", sequences=args.problems, max_tokens=args.max_tokens, speculative=speculative)
         started = time.perf_counter()
         await backend.start()
     except (TtscaleError, ValueError) as error:
@@ -139,5 +139,4 @@ if __name__ == "__main__":  # vLLM spawns workers, which re-import this file
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens γ")
     parser.add_argument("--methods", default="ngram,draft_model", help="comma-separated: ngram, draft_model")
-    parser.add_argument("--memory", type=float, default=0.15, help="gpu_memory_utilization of each engine")
     asyncio.run(main(parser.parse_args()))

@@ -87,7 +87,7 @@ async def main(args: argparse.Namespace) -> None:
         limit=args.problems,
         concurrency=args.problems,
     )
-    backend = VLLMBackend(config.model)
+    backend = VLLMBackend(config.model, sequences=args.problems * args.n, max_tokens=args.max_tokens)
     print(f"Starting the engine ({config.model}) ...", flush=True)
     started = time.perf_counter()
     await backend.start()

@@ -5,6 +5,9 @@ import os
 import pytest
 import pytest_asyncio
 
+# What the engine tests hold at once: a few problems of up to 8 samples, short generations.
+ENGINE_TEST_WORKLOAD = {"sequences": 32, "max_tokens": 256}
+
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def vllm_backend():
@@ -12,9 +15,9 @@ async def vllm_backend():
     engine test (mark them `engine` and `asyncio(loop_scope="session")`)."""
     from ttscale.backends.vllm import VLLMBackend
 
-    # A small memory share (on CPU: of the node's RAM) so the test session's second engine,
-    # the OpenAI server, and anything else on the machine still fit.
-    backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=0.15)
+    # Memory sized for what the engine tests hold at once (ttscale.machine.plan_kv_cache), so the
+    # test session's second engine, the OpenAI server, and anything else here still fit.
+    backend = VLLMBackend("smollm2-135m", **ENGINE_TEST_WORKLOAD)
     await backend.start()
     yield backend
     await backend.close()
@@ -41,7 +44,9 @@ def vllm_server(tmp_path_factory):
 
     import httpx
 
+    from ttscale.machine import choose_cpu_dtype, plan_kv_cache
     from ttscale.models import prepare_model
+    from ttscale.modelshape import load_shape
 
     model = prepare_model("smollm2-135m")
     port = _free_port()
@@ -52,9 +57,12 @@ def vllm_server(tmp_path_factory):
         "--max-model-len", "4096", "--enable-prefix-caching", "--enable-prompt-tokens-details",
     ]
     if not _has_gpu():
-        # The CPU settings of ttscale.backends.vllm.cpu_engine_settings; a smaller memory share,
-        # because the in-process engine of the same test session holds one too.
-        command += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
+        # The CPU settings of ttscale.backends.vllm.cpu_engine_settings, and the KV cache from the
+        # same function the backend uses, sized from what is free now that the in-process engine
+        # of this test session holds its own.
+        dtype = choose_cpu_dtype().dtype
+        plan = plan_kv_cache(load_shape(model.path), dtype=dtype, max_model_len=4096, **ENGINE_TEST_WORKLOAD)
+        command += ["--dtype", dtype, "--enforce-eager", "--kv-cache-memory-bytes", str(plan.cache_bytes),
                     "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})

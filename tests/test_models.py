@@ -46,4 +46,4 @@ def test_engine_start_failure_hints_fit_the_cause():
 
     offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
     assert "local Hugging Face directory" in _start_failure_hint(offline)
-    assert "gpu_memory_utilization" in _start_failure_hint(ValueError("not enough KV cache memory"))
+    assert "kv_cache_gib" in _start_failure_hint(ValueError("not enough KV cache memory"))

@@ -220,16 +220,21 @@ def test_alpha_from_acceptance_length_inverts_the_expectation():
 
 
 @pytest.mark.engine
-async def test_ngram_speculation_on_the_embedded_model():
-    backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=0.15, speculative={"method": "ngram"})
+@pytest.mark.asyncio(loop_scope="session")
+async def test_ngram_speculation_on_the_embedded_model(vllm_backend):
+    """What holds whatever the model writes: greedy text is the same with and without speculation,
+    and the counters are consistent. How many drafts a given wording accepts is measured by
+    perf/speculative.py, not asserted here."""
+    backend = VLLMBackend("smollm2-135m", sequences=4, max_tokens=64, speculative={"method": "ngram"})
     try:
         prompt = (ChatMessage(role="user", content="Repeat exactly, three times: red, green, blue, yellow, red, green, blue."),)
         greedy = GenRequest(prompt=prompt, params=SampleParams(n=1, max_tokens=64, temperature=0.0))
         sampled = GenRequest(prompt=prompt, params=SampleParams(n=2, max_tokens=64, temperature=0.8, seed=1))
         generations = await backend.generate([greedy, sampled])
-        assert 0 < generations[0].accepted_draft_tokens <= generations[0].draft_tokens
+        [plain] = await vllm_backend.generate([greedy])
+        assert generations[0].completions[0].text == plain.completions[0].text
         for g in generations:
-            assert g.accepted_draft_tokens <= g.draft_tokens <= 4 * g.drafts
+            assert 0 <= g.accepted_draft_tokens <= g.draft_tokens <= 4 * g.drafts
             assert g.drafts <= sum(c.num_tokens for c in g.completions)
         run = backend.speculative_metrics()
         # The engine's counters agree with the per-request counts (these were its only requests).

@@ -89,9 +89,32 @@ async def test_engine_that_cannot_start_gives_one_line_with_a_fix():
     from ttscale.errors import TtscaleError
 
     backend = VLLMBackend("smollm2-135m", gpu_memory_utilization=7.0)  # rejected before any process starts
-    with pytest.raises(TtscaleError, match="gpu_memory_utilization=0.3") as error:
+    with pytest.raises(TtscaleError, match="kv_cache_gib=N") as error:
         await backend.start()
     assert "\n" not in str(error.value)
+
+
+async def test_a_kv_cache_larger_than_free_memory_is_refused_before_the_engine_starts():
+    from ttscale.backends.vllm import VLLMBackend
+    from ttscale.errors import TtscaleError
+
+    backend = VLLMBackend("smollm2-135m", kv_cache_gib=1 << 20)  # a PiB: more than any machine here
+    with pytest.raises(TtscaleError, match=r"does not fit: [\d.]+ GiB free") as error:
+        await backend.start()
+    assert "\n" not in str(error.value)
+    assert backend.engine is None
+
+
+async def test_the_engine_records_its_dtype_and_kv_cache_with_reasons(vllm_backend):
+    from ttscale.machine import choose_cpu_dtype
+
+    settings = vllm_backend.engine_settings
+    if "dtype_reason" not in settings:
+        pytest.skip("a GPU engine: dtype and memory are vLLM's own choice there")
+    assert settings["dtype"] == choose_cpu_dtype().dtype  # from this machine's CPU flags
+    assert settings["dtype_reason"].startswith(settings["dtype"])
+    assert settings["kv_cache_memory_bytes"] == settings["kv_cache_plan"]["cache_bytes"] > 0
+    assert "gpu_memory_utilization" not in settings  # never a share of the node
 
 
 async def test_prompt_longer_than_the_context_is_one_clear_error(vllm_backend):

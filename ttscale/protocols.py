@@ -1,10 +1,36 @@
-"""The whole contract between ttscale's parts. Plugins implement these; nothing else is assumed."""
+"""The whole contract between ttscale's parts: what plugins implement, and all the core reads.
+
+Required: Backend (with its ModelInfo), Verifier, Strategy, Benchmark (with AnswerTools).
+
+Optional capabilities are small Protocols as well. The core asks `isinstance(x, Capability)`
+(through the `*_of` helpers below) and uses the stated default when a plugin lacks one, so a
+new plugin implements only what it has:
+
+    capability                      on           default without it   read by
+    PoolingBackend.pool             backend      verifiers that pool   CostMeter.pool
+                                                 refuse the backend
+    EngineInfo.engine_settings      backend      {}                    runner (backend.json)
+    WorkloadSized.size_for()        backend      the engine's own      runner, before start
+                                                 default sizing
+    SpeculativeEngine               backend      no counters           runner (backend.json)
+      .speculative_metrics()
+    DraftingModel.draft_num_params  backend.model  0 (n-gram, none)    CostMeter (speculation)
+    VerifierNeed.needs_verifier     strategy     False                 runner, before any problem
+    SampleBudget.n                  strategy     1                     runner (engine sizing)
+    PromptTemplated                 benchmark    None                  allocator (bare prompts)
+    TraceMetadata keys              Trace.metadata  absent             analysis (subsampling,
+                                                                       revision depths)
+
+What a problem cost travels one road: the strategy spends only through `ctx.backend` and
+`ctx.verifier` (CostMeters), and `SolveContext.solve` puts their total on `Trace.cost`; the
+runner's record and `ttscale.solve` both take it from there.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, TypedDict, runtime_checkable
 
-from ttscale.types import Generation, GenRequest, Grade, Problem, Trace
+from ttscale.types import Generation, GenRequest, Grade, PoolRequest, PoolResult, Problem, Trace
 
 if TYPE_CHECKING:
     from ttscale.context import SolveContext
@@ -18,7 +44,7 @@ class ModelInfo(Protocol):
     name: str
     num_params: int
     # Layers, d_model, heads (ttscale.modelshape.ModelShape), or None when unknown: then the
-    # cost model prices 2·P per token and says so once. Objects without it count as None.
+    # cost model prices 2·P per token and says so once.
     shape: "ModelShape | None"
 
 
@@ -83,3 +109,142 @@ class Strategy(Protocol):
     name: str
 
     async def solve(self, problem: Problem, ctx: "SolveContext") -> Trace: ...
+
+
+# --- optional capabilities ------------------------------------------------------------------
+
+
+@runtime_checkable
+class PoolingBackend(Protocol):
+    """A backend serving a pooling model (e.g. a PRM's step classifier): reads prompts, returns rows."""
+
+    async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]: ...
+
+
+@runtime_checkable
+class EngineInfo(Protocol):
+    """A backend that reports the engine settings it chose (dtype, KV cache, ...), for backend.json."""
+
+    engine_settings: dict[str, Any]
+
+
+@runtime_checkable
+class WorkloadSized(Protocol):
+    """A backend whose engine sizes its memory (the KV cache) for the run's workload, before it starts."""
+
+    def size_for(self, *, sequences: int, max_tokens: int) -> None:
+        """Plan for `sequences` running at once (problems in flight x samples each), each of up to
+        a prompt plus `max_tokens` generated tokens."""
+        ...
+
+
+@runtime_checkable
+class SampleBudget(Protocol):
+    """A strategy with a budget of N samples (or particles, or beams x width) per problem."""
+
+    n: int
+
+
+@runtime_checkable
+class SpeculativeEngine(Protocol):
+    """A backend that reports its engine's speculative-decoding counters over the run."""
+
+    def speculative_metrics(self) -> dict[str, Any] | None:
+        """drafts, drafted/accepted/emitted tokens and rates since start; None without speculation."""
+        ...
+
+
+@runtime_checkable
+class DraftingModel(Protocol):
+    """A model served with speculative decoding: the draft model's parameter count (0: n-gram)."""
+
+    draft_num_params: int
+
+
+@runtime_checkable
+class VerifierNeed(Protocol):
+    """A strategy that may need a verifier (with some options): the runner refuses to start without one."""
+
+    needs_verifier: bool
+
+
+@runtime_checkable
+class PromptTemplated(Protocol):
+    """A benchmark whose prompt is one user message: its template with {question} filled in.
+
+    `prompt_template` is the user's override (None: none), `default_template` the benchmark's own.
+    A fitted allocation policy wraps bare prompts the same way.
+    """
+
+    prompt_template: str | None
+    default_template: str
+
+
+class TraceMetadata(TypedDict, total=False):
+    """The keys of `Trace.metadata` that the core reads; a strategy sets those that apply.
+
+    Lists are per candidate, in candidate order. Other keys are the strategy's own log: recorded
+    in samples.jsonl as `trace_metadata`, read by nobody else.
+    """
+
+    subtree: list[int]
+    """Which independent search produced each candidate (DVTS); analysis subsamples smaller N
+    by whole subtrees, each costing an equal share."""
+    chain: list[int]
+    """Sequential revision: the chain of each candidate."""
+    depth: list[int]
+    """Sequential revision: each candidate's attempt number in its chain (1 = first attempt)."""
+    depth_cost: list[dict[str, Any]]
+    """Sequential revision: the Cost (as a dict) of each depth over all chains, index d-1 for depth d."""
+
+
+PER_CANDIDATE_KEYS = ("subtree", "chain", "depth")
+
+
+def check_trace_metadata(trace: Trace, strategy: str) -> None:
+    """Raise ValueError unless every per-candidate list in trace.metadata has one entry per candidate."""
+    for key in PER_CANDIDATE_KEYS:
+        values = trace.metadata.get(key)
+        if values is not None and len(values) != len(trace.candidates):
+            raise ValueError(
+                f"strategy {strategy!r}: trace.metadata[{key!r}] has {len(values)} entries for "
+                f"{len(trace.candidates)} candidates; it must give one per candidate, in order"
+            )
+
+
+def needs_verifier(strategy: object) -> bool:
+    """Whether the strategy, with its options, cannot run without a verifier (default: it can)."""
+    return bool(strategy.needs_verifier) if isinstance(strategy, VerifierNeed) else False
+
+
+def engine_settings_of(backend: object) -> dict[str, Any]:
+    """The engine settings a backend chose ({} when it reports none)."""
+    return dict(backend.engine_settings) if isinstance(backend, EngineInfo) else {}
+
+
+def size_for_workload(backend: object, *, sequences: int, max_tokens: int) -> None:
+    """Tell a backend that sizes its engine what the run will hold at once (others ignore it)."""
+    if isinstance(backend, WorkloadSized):
+        backend.size_for(sequences=sequences, max_tokens=max_tokens)
+
+
+def samples_per_problem(strategy: object) -> int:
+    """N, the samples or particles a strategy may have in flight for one problem (default 1)."""
+    return max(1, int(strategy.n)) if isinstance(strategy, SampleBudget) else 1
+
+
+def speculative_metrics_of(backend: object) -> dict[str, Any] | None:
+    """A backend's speculative-decoding counters (None when it has none)."""
+    return backend.speculative_metrics() if isinstance(backend, SpeculativeEngine) else None
+
+
+def draft_num_params_of(model: object) -> int:
+    """The draft model's parameters (0 without one: no speculation, or n-gram lookup)."""
+    return int(model.draft_num_params) if isinstance(model, DraftingModel) else 0
+
+
+def prompt_template_of(benchmark: object) -> str | None:
+    """The template a benchmark wraps questions in ({question} placeholder), or None."""
+    if isinstance(benchmark, PromptTemplated):
+        return benchmark.prompt_template or benchmark.default_template
+    return None

@@ -7,7 +7,6 @@ continuously), bounded by a semaphore; strategies themselves stay sequential pse
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,19 @@ from ttscale import registry
 from ttscale.analysis.passk import k_values, pass_at_k
 from ttscale.analysis.summary import summarize
 from ttscale.config import RunConfig
-from ttscale.context import AnswerView, SolveContext, VerifierView
-from ttscale.cost import CostMeter
+from ttscale.context import SolveContext
 from ttscale.errors import ConfigError, describe_validation_error
-from ttscale.protocols import Backend, Benchmark, Strategy, Verifier
+from ttscale.protocols import (
+    Backend,
+    Benchmark,
+    Strategy,
+    Verifier,
+    engine_settings_of,
+    needs_verifier,
+    samples_per_problem,
+    size_for_workload,
+    speculative_metrics_of,
+)
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 
@@ -76,12 +84,12 @@ def build_verifier(config: RunConfig, benchmark: Benchmark) -> Verifier | None:
 def describe_backend(backend: Backend) -> dict[str, Any]:
     """What served the run: model, parameter count, and the engine settings actually chosen."""
     # Speculative decoding: the engine's drafted/accepted/emitted counters for this run.
-    speculative = backend.speculative_metrics() if hasattr(backend, "speculative_metrics") else None
+    speculative = speculative_metrics_of(backend)
     return {
         "backend": type(backend).__name__,
         "model": backend.model.name,
         "num_params": backend.model.num_params,
-        "engine_settings": getattr(backend, "engine_settings", {}),
+        "engine_settings": engine_settings_of(backend),
         **({"speculative": speculative} if speculative else {}),
     }
 
@@ -129,18 +137,11 @@ async def solve_and_record(
     verifier: Verifier | None = None,
 ) -> dict[str, Any]:
     """Solve one problem blind, grade it, and build its samples.jsonl record."""
-    meter = CostMeter(backend)
-    verifier_meter = CostMeter(verifier.backend or backend, role="verifier") if verifier else None
     seed = config.problem_seed(problem.id)
-    ctx = SolveContext(
-        backend=meter,
-        answers=AnswerView(benchmark),  # strategies may extract and compare, never grade
-        params=config.sampling.model_copy(update={"seed": seed}),
-        rng=random.Random(seed),
-        verifier=VerifierView(verifier, problem, verifier_meter) if verifier else None,
+    ctx = SolveContext.for_problem(
+        problem, backend=backend, answers=benchmark, params=config.sampling, seed=seed, verifier=verifier
     )
-    trace = await strategy.solve(problem.blind(), ctx)
-    cost = meter.cost + verifier_meter.cost if verifier_meter else meter.cost
+    trace = await ctx.solve(strategy, problem)  # blind: strategies may extract and compare, never grade
     return {
         "problem_id": problem.id,
         "question": problem.question,
@@ -153,7 +154,7 @@ async def solve_and_record(
         "chosen_rule": trace.chosen_rule,
         **grade_trace(problem, trace, benchmark),
         "trace_metadata": trace.metadata,
-        "cost": cost.model_dump(),
+        "cost": trace.cost.model_dump(),
     }
 
 
@@ -173,9 +174,9 @@ async def run_eval(
     benchmark = build_benchmark(config)
     strategy = build_strategy(config)
     verifier = build_verifier(config, benchmark)
-    if verifier is None and (getattr(strategy, "needs_verifier", False) or getattr(strategy, "selection", "") in ("max-score", "weighted-vote")):
+    if verifier is None and needs_verifier(strategy):
         raise ConfigError(
-            f"strategy {config.strategy!r} (selection {getattr(strategy, 'selection', '-')}) needs a verifier: "
+            f"strategy {config.strategy!r} with options {dict(config.strategy_options)} needs a verifier: "
             "pass --verifier llm-judge-prm (runs on CPU), vllm-prm (GPU) or oracle-orm (an upper bound)"
         )
     problems = benchmark.load(limit=config.limit)
@@ -188,6 +189,9 @@ async def run_eval(
         if todo:
             owned = backend is None
             backend = backend or build_backend(config)
+            # Problems in flight x samples each is what the engine's KV cache must hold at once.
+            in_flight = min(config.concurrency, len(todo)) * samples_per_problem(strategy)
+            size_for_workload(backend, sequences=in_flight, max_tokens=config.sampling.max_tokens)
             try:
                 await _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier)
                 store.write_json("backend.json", describe_backend(backend))

