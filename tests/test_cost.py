@@ -1,6 +1,8 @@
+import logging
+
 from ttscale.backends.fake import FakeBackend
-from ttscale.cost import CostMeter
-from ttscale.types import GenRequest, SampleParams
+from ttscale.cost import CostMeter, PrefixLedger, cache_independent_cost
+from ttscale.types import Cost, GenRequest, SampleParams
 
 
 async def test_meter_counts_prompt_once_per_request_and_every_generated_token():
@@ -23,3 +25,107 @@ async def test_cached_prompt_tokens_cost_no_prefill_flops():
     assert meter.cost.prompt_tokens == 10
     assert meter.cost.cached_prompt_tokens == 4  # two full blocks of 2 seen before
     assert meter.cost.flops == 2 * 10 * ((10 - 4) + 2)
+
+
+# --- Cache-independent (structural) cost ---------------------------------------------------------
+
+
+def test_prefix_ledger_finds_the_longest_prefix_seen_before_across_block_boundaries():
+    ledger = PrefixLedger(block_size=4)
+    assert ledger.match(list("abcdefghij")) == 0
+    ledger.add(list("abcdefghij"))
+    assert ledger.match(list("abcdefghij")) == 10
+    assert ledger.match(list("abcdefgXYZ")) == 7  # mid-block divergence
+    assert ledger.match(list("abcdX")) == 4  # divergence right after a block boundary
+    assert ledger.match(list("abc")) == 3
+    assert ledger.match(list("abcdefghijklmn")) == 10  # longer than anything seen
+    assert ledger.match(list("Xbcdefghij")) == 0
+    ledger.add(list("abcdefgXYZ"))
+    assert ledger.match(list("abcdefgXYW")) == 9  # the longest of two branches
+
+
+async def test_continuation_is_structurally_cached_whatever_the_engine_cache_held():
+    # block_size 100: the fake engine caches nothing, yet the continuation re-sends 5 known tokens
+    backend = FakeBackend(script=["a b", "c"], num_params=10, block_size=100)
+    meter = CostMeter(backend)
+    [first] = await meter.generate([GenRequest(prompt="q1 q2 q3\n")])
+    await meter.generate([GenRequest(prompt="q1 q2 q3\n", prefix=first.completions[0].text)])
+    cost = meter.cost
+    assert (cost.prompt_tokens, cost.cached_prompt_tokens, cost.generated_tokens) == (3 + 5, 0, 2 + 1)
+    # the second prompt is the first prompt plus the first completion, all sent or generated before
+    assert cost.structural_cached_prompt_tokens == 5
+    assert cost.flops == 2 * 10 * (8 + 3)
+    assert cost.structural_flops == cost.structural_eflops == 2 * 10 * (3 + 3)
+
+
+async def test_structural_cost_is_per_problem_not_what_other_problems_left_in_the_cache():
+    backend = FakeBackend(script=["a"], num_params=10, block_size=2)
+    request = GenRequest(prompt="p q r s t", params=SampleParams(n=3))
+    first_problem, second_problem = CostMeter(backend), CostMeter(backend)
+    await first_problem.generate([request])
+    await second_problem.generate([request])  # a warm engine: two blocks come from the first problem
+    assert second_problem.cost.cached_prompt_tokens == 4
+    assert first_problem.cost.structural_cached_prompt_tokens == second_problem.cost.structural_cached_prompt_tokens == 0
+    assert first_problem.cost.structural_flops == second_problem.cost.structural_flops == first_problem.cost.flops
+    assert second_problem.cost.flops == first_problem.cost.flops - 2 * 10 * 4
+
+
+async def test_requests_of_one_call_share_in_order_and_n_samples_share_their_prompt():
+    backend = FakeBackend(script=["a"], num_params=10, block_size=100)
+    meter = CostMeter(backend)
+    common = "system : be brief"
+    await meter.generate([
+        GenRequest(prompt=common + " one", params=SampleParams(n=4)),  # prompt counted once for 4 samples
+        GenRequest(prompt=common + " two", params=SampleParams(n=4)),
+    ])
+    assert meter.cost.prompt_tokens == 5 + 5
+    assert meter.cost.structural_cached_prompt_tokens == 4  # "system : be brief" again
+
+
+async def test_backends_without_token_ids_share_prefixes_in_proportion_of_characters():
+    class TextOnly:  # an HTTP server: counts, but no token ids
+        def __init__(self):
+            self._fake = FakeBackend(script=["a"], num_params=10, block_size=100)
+            self.model = self._fake.model
+
+        async def generate(self, requests):
+            return await self._fake.generate(requests)
+
+    meter = CostMeter(TextOnly())
+    await meter.generate([GenRequest(prompt="x y z w")])
+    await meter.generate([GenRequest(prompt="x y z w v u t s")])  # 8 tokens, 7 of its 15 characters seen
+    assert meter.cost.structural_cached_prompt_tokens == 8 * 7 // 15
+
+
+async def test_verifier_meter_books_structural_cost_as_verifier_cost():
+    backend = FakeBackend(script=["Yes"], num_params=10, block_size=100)
+    meter = CostMeter(backend, role="verifier")
+    await meter.generate([GenRequest(prompt="judge : step one")])
+    await meter.generate([GenRequest(prompt="judge : step two")])
+    cost = meter.cost
+    assert cost.verifier_flops == cost.flops == 2 * 10 * (4 + 1 + 4 + 1)
+    assert cost.structural_verifier_flops == cost.structural_flops == 2 * 10 * (4 + 1 + 1 + 1)  # "judge : step" again
+
+
+async def test_a_meter_around_the_problems_meter_finds_sharing_in_the_problems_ledger():
+    backend = FakeBackend(script=["a b"], num_params=10, block_size=100)
+    problem_meter = CostMeter(backend)
+    depth_meter = CostMeter(problem_meter)  # e.g. revision's per-depth meters
+    await problem_meter.generate([GenRequest(prompt="q1 q2 q3\n")])
+    await depth_meter.generate([GenRequest(prompt="q1 q2 q3\n", prefix="a b")])
+    assert depth_meter.cost.structural_cached_prompt_tokens == 5
+    assert problem_meter.cost.structural_cached_prompt_tokens == 5
+    assert problem_meter.cost.prompt_tokens == 3 + 5 and depth_meter.cost.prompt_tokens == 5
+
+
+def test_cache_independent_cost_takes_the_structural_fields_and_keeps_old_records(caplog):
+    recorded = Cost(prompt_tokens=10, cached_prompt_tokens=8, flops=100.0, eflops=150.0, verifier_flops=20.0,
+                    structural_cached_prompt_tokens=3, structural_flops=140.0, structural_eflops=190.0,
+                    structural_verifier_flops=30.0, wall_s=2.0).model_dump()
+    priced = cache_independent_cost(recorded)
+    assert (priced["cached_prompt_tokens"], priced["flops"], priced["eflops"], priced["verifier_flops"]) == (3, 140.0, 190.0, 30.0)
+    assert (priced["prompt_tokens"], priced["wall_s"]) == (10, 2.0)
+    assert cache_independent_cost(priced) == priced  # applying it twice changes nothing
+    old = {"prompt_tokens": 10, "cached_prompt_tokens": 8, "flops": 100.0}  # before structural costs
+    caplog.set_level(logging.WARNING, logger="ttscale.cost")
+    assert cache_independent_cost(old) == old

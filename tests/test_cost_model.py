@@ -17,7 +17,7 @@ from ttscale.cost import (
     token_flops,
 )
 from ttscale.modelshape import ModelShape, estimate_num_params, load_shape, shape_from_config
-from ttscale.types import GenRequest, PoolResult, SampleParams
+from ttscale.types import GenRequest, PoolRequest, PoolResult, SampleParams
 
 # config.json of the embedded smollm2-135m (~/.cache/ttscale/models/smollm2-135m), as converted.
 SMOLLM2_CONFIG = {
@@ -139,7 +139,7 @@ async def test_verifier_meter_prices_the_verifier_model_and_books_it_as_verifier
     verifier_shape = ModelShape(num_params=2_000_000, n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, head_dim=32)
     model = FakeBackend(num_params=2_000_000).model.__class__("judge", 2_000_000, verifier_shape)
     meter = CostMeter(PoolingVerifierBackend(model), role="verifier")
-    await meter.pool([object()])
+    await meter.pool([PoolRequest(prompt="six tokens read by the verifier")])
     expected = sum(2 * (2_000_000 + 2 * 4 * 128 * L) for L in [3, 4, 5, 6])  # positions 3..6
     assert meter.cost.verifier_flops == meter.cost.flops == expected
     assert meter.cost.eflops == expected  # prefill: compute-bound, eFLOPs = FLOPs

@@ -26,6 +26,14 @@ leaves prefill out (negligible for long chains of thought); here prefill is comp
 adds its FLOPs to eFLOPs, so short answers to long prompts are not free. I, the arithmetic
 intensity, defaults to Kinetics' 562.5 (B200: FLOPs per byte of memory bandwidth).
 
+Cache-independent cost. `cached_prompt_tokens` is what the engine's prefix cache served, which
+depends on history (other problems, a restart on resume). Beside it every Cost holds a
+structural count, `structural_cached_prompt_tokens`: the prompt tokens that repeat a prefix the
+same problem already sent or generated (found by PromptStructure from the requests themselves),
+and `structural_flops`, `structural_eflops` and `structural_verifier_flops`, priced with those
+free instead. Comparisons (compare, scaling curves, the allocator) read recorded costs through
+`cache_independent_cost`, so they never depend on the cache's state.
+
 When a model's shape is unknown (an HTTP server of a model not on disk), every computed token
 costs 2·P, eFLOPs equal FLOPs, and a warning says so once per model.
 
@@ -46,7 +54,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from ttscale.modelshape import ModelShape
-from ttscale.protocols import Backend, ModelInfo
+from ttscale.protocols import Backend, ModelInfo, PromptTokens
 from ttscale.types import Cost, Generation, GenRequest, PoolRequest, PoolResult
 
 log = logging.getLogger(__name__)
@@ -139,12 +147,21 @@ class CostModel:
         return prefill + decode, prefill + kinetics_decode_eflops(self.shape, prompt_tokens, ell, self.intensity)
 
 
-def generation_cost(model: CostModel, generations: Sequence[Generation], wall_s: float) -> Cost:
-    """The cost of answering requests: prompt once per request, every completion's tokens."""
-    flops = eflops = 0.0
-    for g in generations:
-        f, e = model.generation(g.prompt_tokens, g.cached_prompt_tokens, [c.num_tokens for c in g.completions])
+def generation_cost(model: CostModel, generations: Sequence[Generation], wall_s: float,
+                    structural_cached: Sequence[int] | None = None) -> Cost:
+    """The cost of answering requests: prompt once per request, every completion's tokens.
+
+    Priced twice: with the engine's cached prompt tokens free (`flops`, `eflops`), and with each
+    request's `structural_cached` tokens free instead (`structural_*`; None: nothing free).
+    """
+    structural = _structural_counts(structural_cached, [g.prompt_tokens for g in generations])
+    flops = eflops = structural_flops = structural_eflops = 0.0
+    for g, free in zip(generations, structural):
+        lengths = [c.num_tokens for c in g.completions]
+        f, e = model.generation(g.prompt_tokens, g.cached_prompt_tokens, lengths)
+        sf, se = model.generation(g.prompt_tokens, free, lengths)
         flops, eflops = flops + float(f), eflops + float(e)
+        structural_flops, structural_eflops = structural_flops + float(sf), structural_eflops + float(se)
     return Cost(
         calls=len(generations),
         prompt_tokens=sum(g.prompt_tokens for g in generations),
@@ -152,22 +169,39 @@ def generation_cost(model: CostModel, generations: Sequence[Generation], wall_s:
         generated_tokens=sum(c.num_tokens for g in generations for c in g.completions),
         flops=flops,
         eflops=eflops,
+        structural_cached_prompt_tokens=sum(structural),
+        structural_flops=structural_flops,
+        structural_eflops=structural_eflops,
         wall_s=wall_s,
         uncounted_calls=sum(not g.cost_known for g in generations),
     )
 
 
-def pool_cost(model: CostModel, results: Sequence[PoolResult], wall_s: float) -> Cost:
-    """The cost of a pooling model reading prompts: the prefill of their uncached tokens."""
+def pool_cost(model: CostModel, results: Sequence[PoolResult], wall_s: float,
+              structural_cached: Sequence[int] | None = None) -> Cost:
+    """The cost of a pooling model reading prompts: the prefill of their uncached tokens
+    (engine-cached for `flops`, `structural_cached` for `structural_flops`, as in generation_cost)."""
+    structural = _structural_counts(structural_cached, [r.prompt_tokens for r in results])
     flops = sum(float(model.prefill(r.prompt_tokens, r.cached_prompt_tokens)) for r in results)
+    structural_flops = sum(float(model.prefill(r.prompt_tokens, free)) for r, free in zip(results, structural))
     return Cost(
         calls=len(results),
         prompt_tokens=sum(r.prompt_tokens for r in results),
         cached_prompt_tokens=sum(r.cached_prompt_tokens for r in results),
         flops=flops,
         eflops=flops,
+        structural_cached_prompt_tokens=sum(structural),
+        structural_flops=structural_flops,
+        structural_eflops=structural_flops,
         wall_s=wall_s,
     )
+
+
+def _structural_counts(structural_cached: Sequence[int] | None, prompt_tokens: Sequence[int]) -> list[int]:
+    """Each request's structurally cached tokens, within its prompt (none when not given)."""
+    if structural_cached is None:
+        return [0] * len(prompt_tokens)
+    return [max(0, min(int(free), prompt)) for free, prompt in zip(structural_cached, prompt_tokens, strict=True)]
 
 
 def subsample_costs(model: CostModel, record_cost: Mapping[str, Any], candidate_tokens: Sequence[int],
@@ -208,6 +242,147 @@ def scaled_cost(record_cost: Mapping[str, Any], fraction: float) -> dict[str, fl
     return {name: float(record_cost.get(name, 0.0)) * fraction for name in Cost.model_fields}
 
 
+# --- Cache-independent ("structural") cost --------------------------------------------------------
+#
+# The engine reports which prompt tokens its prefix cache served, and that depends on history:
+# which problems ran before, and whether the engine restarted (a resumed run starts cold). Both
+# are true costs of what ran, but a comparison must not depend on them. A prompt token is
+# *structurally* cached when the prompt up to and including it was already sent, or generated
+# (prompt + completion), earlier for the same problem through the same meter: the shared prompt
+# of step-wise search and its earlier steps, a revision's earlier attempt, a judge's fixed
+# instructions. Nothing from other problems counts and every first occurrence is computed: the
+# cost of the problem alone on an ideal prefix cache (token-exact, never evicted) that starts
+# empty. It is a function of the problem's requests and completions, so a resumed run and a clean
+# run agree on it exactly. The n samples of one request share their prompt either way (the
+# prompt is counted once per request).
+
+STRUCTURAL_FIELDS = {  # actual field -> its cache-independent counterpart in Cost
+    "cached_prompt_tokens": "structural_cached_prompt_tokens",
+    "flops": "structural_flops",
+    "eflops": "structural_eflops",
+    "verifier_flops": "structural_verifier_flops",
+}
+_warned_no_structure = False
+
+
+def cache_independent_cost(record_cost: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded cost as compare, scaling curves and the allocator price it: the engine's cache
+    hits replaced by the structural ones (flops, eflops, verifier_flops, cached_prompt_tokens
+    take their `structural_*` values). Records written before structural costs existed keep
+    their actual cost, and a warning says so once."""
+    global _warned_no_structure
+    cost = dict(record_cost)
+    if "structural_flops" not in cost:
+        if not _warned_no_structure:
+            _warned_no_structure = True
+            log.warning("a run was recorded without cache-independent (structural) costs; its actual costs are "
+                        "used, which depend on the prefix cache's state (rerun it to compare it exactly)")
+        return cost
+    for actual, structural in STRUCTURAL_FIELDS.items():
+        cost[actual] = cost.get(structural, 0)
+    return cost
+
+
+class PrefixLedger:
+    """The sequences (token ids or characters) one problem has sent and received, as a trie of
+    fixed-size blocks: `match` says how long a prefix of a new sequence was seen before.
+
+    A block-aligned prefix is keyed by a chained hash of its blocks (as vLLM's prefix cache
+    keys its blocks); each key holds the blocks, full or partial, seen right after it.
+    """
+
+    def __init__(self, block_size: int = 16):
+        self._block_size = block_size
+        self._next: dict[int, set[Any]] = {}
+
+    def _block(self, sequence: Sequence[Any], start: int) -> Any:
+        block = sequence[start : start + self._block_size]
+        return block if isinstance(block, str) else tuple(block)
+
+    def match(self, sequence: Sequence[Any]) -> int:
+        """The length of the longest prefix of `sequence` that a sequence added before shares."""
+        key, start = 0, 0
+        while start < len(sequence):
+            seen = self._next.get(key)
+            if not seen:
+                return start
+            block = self._block(sequence, start)
+            if len(block) == self._block_size and block in seen:
+                key, start = hash((key, block)), start + self._block_size
+                continue
+            return start + max(_common_length(block, other) for other in seen)
+        return start
+
+    def add(self, sequence: Sequence[Any]) -> None:
+        """Remember `sequence` and so every prefix of it."""
+        key = 0
+        for start in range(0, len(sequence), self._block_size):
+            block = self._block(sequence, start)
+            self._next.setdefault(key, set()).add(block)
+            key = hash((key, block))
+
+
+def _common_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items two sequences share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+class PromptStructure:
+    """Finds each request's structurally cached prompt tokens, for one meter (one problem).
+
+    Backends that give their prompts' token ids (`PromptTokens`: vLLM, fake) are compared in
+    tokens, exactly. Others (an HTTP server) are compared by characters of the prompt as plain
+    text, and a shared prefix counts the prompt's tokens in the same proportion.
+    """
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+        self._ledgers = {"tokens": PrefixLedger(16), "chars": PrefixLedger(64)}
+
+    def cached(self, requests: Sequence[GenRequest | PoolRequest], outputs: Sequence[Generation | PoolResult]) -> list[int]:
+        """Each request's prompt tokens that repeat a prefix seen before; then remember the
+        prompts, and after them every completion (its prompt + text), for later requests.
+
+        Requests of one call count in order; a completion counts only for later calls, which
+        are the only ones that can hold its text."""
+        sequences = [self._sequence(r) for r in requests]
+        cached = []
+        for (unit, sequence), output in zip(sequences, outputs, strict=True):
+            ledger = self._ledgers[unit]
+            matched = ledger.match(sequence)
+            ledger.add(sequence)
+            if unit == "tokens":
+                cached.append(min(matched, output.prompt_tokens))
+            else:  # characters: the prompt tokens in the same proportion (the tokenizer is not here)
+                cached.append(output.prompt_tokens * matched // max(len(sequence), 1))
+        for request, output in zip(requests, outputs):
+            for completion in output.completions if isinstance(output, Generation) else ():
+                unit, sequence = self._sequence(request, completion.text)
+                self._ledgers[unit].add(sequence)
+        return cached
+
+    def _sequence(self, request: GenRequest | PoolRequest, completion: str = "") -> tuple[str, Sequence[Any]]:
+        """("tokens", the ids the backend sends) or ("chars", the prompt as text); + `completion`."""
+        if isinstance(request, GenRequest) and isinstance(self._backend, PromptTokens):
+            if completion:  # what a continuation from this completion would send
+                request = request.model_copy(update={"prefix": request.prefix + completion})
+            return "tokens", self._backend.prompt_token_ids(request)
+        return "chars", _canonical_text(request) + completion
+
+
+def _canonical_text(request: GenRequest | PoolRequest) -> str:
+    """A request's prompt as plain text (roles marked), for backends that give no token ids."""
+    prompt = request.prompt
+    if not isinstance(prompt, str):
+        prompt = "".join(f"<|{m.role}|>{m.content}\n" for m in prompt) + "<|assistant|>"
+    return prompt + (request.prefix if isinstance(request, GenRequest) else "")
+
+
 class CostMeter:
     """Wraps a backend and adds up the cost of every call made through it."""
 
@@ -217,6 +392,7 @@ class CostMeter:
         self.role = role
         self.cost_model = CostModel.for_model(backend.model, intensity)
         self._cost = Cost()
+        self._structure = PromptStructure(backend)  # this meter's requests: one problem's
 
     @property
     def cost(self) -> Cost:
@@ -225,11 +401,26 @@ class CostMeter:
 
     async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
         """Generate through the wrapped backend and record what it cost."""
-        started = time.perf_counter()
-        generations = await self._backend.generate(requests)
-        self._record(generation_cost(self.cost_model, generations, time.perf_counter() - started))
-        self._record(speculative_cost(self.model, generations))  # zero without speculation
+        generations, _ = await self._generate_priced(requests)
         return generations
+
+    async def _generate_priced(self, requests: Sequence[GenRequest]) -> tuple[list[Generation], list[Cost]]:
+        if isinstance(self._backend, CostMeter):
+            # A meter around a meter (revision's per-depth meters inside the problem's): book
+            # what the outer one priced, so structural sharing is found in the problem's ledger.
+            generations, costs = await self._backend._generate_priced(requests)
+        else:
+            started = time.perf_counter()
+            generations = await self._backend.generate(requests)
+            wall_s = time.perf_counter() - started
+            structural = self._structure.cached(requests, generations)
+            costs = [
+                generation_cost(self.cost_model, generations, wall_s, structural),
+                speculative_cost(self.model, generations),  # zero without speculation
+            ]
+        for cost in costs:
+            self._record(cost)
+        return generations, costs
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
         """Run a pooling model (e.g. a PRM's step classifier) and record its prefill cost."""
@@ -238,7 +429,8 @@ class CostMeter:
             raise TypeError(f"{type(self._backend).__name__} has no pooling API; serve the model with a pooling backend")
         started = time.perf_counter()
         results = await pool(requests)
-        self._record(pool_cost(self.cost_model, results, time.perf_counter() - started))
+        wall_s = time.perf_counter() - started
+        self._record(pool_cost(self.cost_model, results, wall_s, self._structure.cached(requests, results)))
         return results
 
     def _record(self, cost: Cost) -> None:
@@ -258,6 +450,9 @@ def as_verifier_cost(cost: Cost) -> Cost:
         verifier_flops=cost.flops,
         flops=cost.flops,
         eflops=cost.eflops,
+        structural_verifier_flops=cost.structural_flops,
+        structural_flops=cost.structural_flops,
+        structural_eflops=cost.structural_eflops,
         wall_s=cost.wall_s,
         uncounted_calls=cost.uncounted_calls,
     )
@@ -290,4 +485,6 @@ def speculative_cost(model: ModelInfo, generations: Sequence[Generation]) -> Cos
         draft_flops=draft_flops,
         flops=draft_flops + rejected_flops,
         eflops=draft_flops + rejected_flops,
+        structural_flops=draft_flops + rejected_flops,  # no prompt in it: nothing the cache changes
+        structural_eflops=draft_flops + rejected_flops,
     )

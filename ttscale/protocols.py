@@ -9,6 +9,8 @@ new plugin implements only what it has:
     capability                      on           default without it   read by
     PoolingBackend.pool             backend      verifiers that pool   CostMeter.pool
                                                  refuse the backend
+    PromptTokens.prompt_token_ids   backend      prefixes compared     CostMeter (structural,
+                                                 by characters         cache-independent cost)
     EngineInfo.engine_settings      backend      {}                    runner (backend.json)
     WorkloadSized.size_for()        backend      the engine's own      runner, before start
                                                  default sizing
@@ -119,6 +121,14 @@ class PoolingBackend(Protocol):
     """A backend serving a pooling model (e.g. a PRM's step classifier): reads prompts, returns rows."""
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]: ...
+
+
+@runtime_checkable
+class PromptTokens(Protocol):
+    """A backend that can say which token ids it prefills for a request (vLLM; the fake's token
+    strings): the CostMeter finds prefixes a problem shares between its requests exactly, in tokens."""
+
+    def prompt_token_ids(self, request: GenRequest) -> Sequence[Any]: ...
 
 
 @runtime_checkable

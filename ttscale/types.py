@@ -180,6 +180,15 @@ class Cost(Frozen):
     verifier_flops: float = 0.0
     flops: float = 0.0
     eflops: float = 0.0  # Kinetics: compute plus arithmetic intensity x memory traffic
+    # Cache-independent ("structural") cost: the prompt tokens that repeat a prefix this problem
+    # already sent or generated (ttscale.cost.PrefixLedger), and FLOPs, eFLOPs and verifier
+    # FLOPs with those free instead of the engine's actual cache hits. They depend on the
+    # requests alone, not on what the cache held (other problems, a restart on resume):
+    # compare, scaling curves and the allocator price these (ttscale.cost.cache_independent_cost).
+    structural_cached_prompt_tokens: int = 0
+    structural_flops: float = 0.0
+    structural_eflops: float = 0.0
+    structural_verifier_flops: float = 0.0
     drafts: int = 0  # speculative decoding: verification steps that had a draft
     draft_tokens: int = 0  # speculative decoding: tokens the drafter proposed
     accepted_draft_tokens: int = 0

@@ -99,6 +99,10 @@ class FakeBackend:
         """Token count under the fake tokenizer."""
         return len(fake_tokens(text))
 
+    def prompt_token_ids(self, request: GenRequest) -> list[str]:
+        """The tokens prefilled for a request, as vLLM's backend gives ids (here the token strings)."""
+        return [m.group() for m in fake_tokens(render_prompt(request))]
+
     def _generate_one(self, request: GenRequest) -> Generation:
         self.requests.append(request)
         prompt = render_prompt(request)
