@@ -1,7 +1,9 @@
 import logging
 
+import numpy as np
+
 from ttscale.backends.fake import FakeBackend
-from ttscale.cost import CostMeter, PrefixLedger, cache_independent_cost
+from ttscale.cost import CostMeter, CostModel, PrefixLedger, cache_independent_cost, scaled_cost, subsample_costs
 from ttscale.types import Cost, GenRequest, SampleParams
 
 
@@ -129,3 +131,17 @@ def test_cache_independent_cost_takes_the_structural_fields_and_keeps_old_record
     old = {"prompt_tokens": 10, "cached_prompt_tokens": 8, "flops": 100.0}  # before structural costs
     caplog.set_level(logging.WARNING, logger="ttscale.cost")
     assert cache_independent_cost(old) == old
+
+
+def test_subsampled_and_scaled_record_costs_are_priced_cache_independently():
+    model = CostModel(None, 10)  # 2·P per token
+    warm = Cost(prompt_tokens=8, cached_prompt_tokens=8, generated_tokens=8, flops=160.0, eflops=160.0, verifier_flops=6.0,
+                structural_cached_prompt_tokens=2, structural_flops=286.0, structural_eflops=286.0,
+                structural_verifier_flops=6.0).model_dump()
+    cold = {**warm, "cached_prompt_tokens": 0, "flops": 326.0, "eflops": 326.0}  # the same problem after a restart
+    for record in (warm, cold):
+        priced = subsample_costs(model, record, [3, 5], np.array([[0], [1]]))  # one of two samples each
+        # 6 of 8 prompt tokens computed (structurally), the sample's tokens, half the verifier
+        assert list(priced["flops"]) == [2 * 10 * (6 + 3) + 3.0, 2 * 10 * (6 + 5) + 3.0]
+        assert scaled_cost(record, 0.5)["flops"] == 143.0
+        assert scaled_cost(record, 0.5)["verifier_flops"] == 3.0

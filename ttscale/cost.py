@@ -208,14 +208,16 @@ def subsample_costs(model: CostModel, record_cost: Mapping[str, Any], candidate_
                     subsets: np.ndarray) -> dict[str, np.ndarray]:
     """What a one-request best-of-N problem would have cost with only some of its samples.
 
-    `subsets` is a (subsets × k) matrix of candidate indices. Each subset pays the prompt once
-    (as recorded, cached tokens free) plus its own samples' decoding. Parts that the record
+    `subsets` is a (subsets × k) matrix of candidate indices. The record is priced cache-
+    independently (`cache_independent_cost`): each subset pays the prompt once (its structurally
+    cached tokens free) plus its own samples' decoding. Parts that the record
     holds only as totals (verifier, speculative decoding, wall time) are pro-rated: verifier by
     the share of candidates kept (each candidate is scored once; its eFLOPs taken as its FLOPs),
     wall time and speculation (the drafter plus the target's rejected checks, as
     `speculative_cost` prices them) by the share of generated tokens. Returns per-subset
     arrays: flops, eflops, generated_tokens, prompt_tokens, wall_s.
     """
+    record_cost = cache_independent_cost(record_cost)
     tokens = np.asarray(candidate_tokens, dtype=np.float64)
     subsets = np.asarray(subsets, dtype=np.int64)
     lengths = tokens[subsets]
@@ -237,8 +239,10 @@ def subsample_costs(model: CostModel, record_cost: Mapping[str, Any], candidate_
 
 
 def scaled_cost(record_cost: Mapping[str, Any], fraction: float) -> dict[str, float]:
-    """A recorded cost scaled by `fraction`: the cost of running a share of independent
-    searches (e.g. some of DVTS's subtrees, each an equal, independent search)."""
+    """A recorded cost, cache-independent (`cache_independent_cost`), scaled by `fraction`: the
+    cost of running a share of independent searches (e.g. some of DVTS's subtrees, each an
+    equal, independent search)."""
+    record_cost = cache_independent_cost(record_cost)
     return {name: float(record_cost.get(name, 0.0)) * fraction for name in Cost.model_fields}
 
 
