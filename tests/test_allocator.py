@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ttscale.allocator import (
-    AllocationError, AllocationPolicy, evaluate_policy, fit_policy, greedy_allocation, load_run, split_of,
-    subsample_outcome, upper_hull,
-)
+from ttscale.allocation.evaluate import evaluate_policy
+from ttscale.allocation.fit import fit_policy
+from ttscale.allocation.policy import AllocationError, AllocationPolicy, greedy_allocation, split_of, upper_hull
+from ttscale.analysis.runs import load_run, subsample
 from ttscale.analysis.coverage import coverage_model
 from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app
@@ -39,7 +39,8 @@ def policy(run_dir):
 
 
 def test_policy_records_model_benchmark_hash_and_round_trips(policy, tmp_path):
-    assert (policy.version, policy.model, policy.benchmark, policy.split) == (1, "fake", "arithmetic", "a")
+    assert (policy.version, policy.model, policy.benchmark, policy.split) == (2, "fake", "arithmetic", "a")
+    assert policy.problem_ids and all(split_of(p) == "a" for p in policy.problem_ids)
     assert len(policy.data_hash) == 64 and policy.num_bins == 5
     path = policy.save(tmp_path / "policy.json")
     assert AllocationPolicy.load(path) == policy
@@ -58,7 +59,7 @@ def test_policy_file_errors_name_the_file(tmp_path, policy):
     with pytest.raises(ConfigError, match="old.json: policy version 0"):
         AllocationPolicy.load(tmp_path / "old.json")
     del old["model"]
-    old["version"] = 1
+    old["version"] = 2
     (tmp_path / "bad.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="model"):
         AllocationPolicy.load(tmp_path / "bad.json")
@@ -124,7 +125,7 @@ def test_allocate_with_difficulty_is_cheap_and_runs(policy):
 
     trace = asyncio.run(plan.run(backend))
     assert len(trace.candidates) == plan.setting.samples
-    assert trace.metadata["cost"]["generated_tokens"] == sum(c.num_tokens for c in trace.candidates)
+    assert trace.cost.generated_tokens == sum(c.num_tokens for c in trace.candidates)
     with pytest.raises(AllocationError, match="not 'other'"):
         asyncio.run(plan.run(FakeBackend("other")))
 
@@ -140,9 +141,9 @@ def test_probe_predicts_a_bin_and_its_samples_are_reused(policy):
     total = max(plan.setting.samples, policy.probe.k0)
     assert len(trace.candidates) == total
     assert trace.candidates[: policy.probe.k0] == plan.probe.candidates
-    probe_tokens = plan.probe.metadata["cost"]["generated_tokens"]
+    probe_tokens = plan.probe.cost.generated_tokens
     assert trace.metadata["probe_cost"]["generated_tokens"] == probe_tokens
-    assert trace.metadata["cost"]["generated_tokens"] == sum(c.num_tokens for c in trace.candidates)
+    assert trace.cost.generated_tokens == sum(c.num_tokens for c in trace.candidates)
     # A fresh continuation: the samples after the probe's are not its repeats.
     if total > policy.probe.k0:
         assert len(backend.requests) == 2 and backend.requests[1].params.seed != backend.requests[0].params.seed
@@ -218,12 +219,13 @@ def test_batch_allocation_gives_hopeless_and_easy_prompts_the_minimum(policy):
 
 def test_subsampling_matches_direct_computation(run_dir):
     run = load_run(run_dir)
-    record = next(r for r in run.records if 0 < r["num_correct"] < r["n"])
-    accuracy, flops = subsample_outcome(record, 1, "first", random.Random(0))
-    assert accuracy == pytest.approx(record["num_correct"] / record["n"], abs=0.15)
-    full, full_flops = subsample_outcome(record, 16, "majority", random.Random(0))
-    assert full_flops == pytest.approx(record["cost"]["flops"])
-    assert full in (0.0, 1.0)
+    j, record = next((j, r) for j, r in enumerate(run.records) if 0 < r.num_correct < r.n)
+    table = subsample(run, ns=[1, 16], rules=["majority", "first"], subsets=64)
+    # One sample: every one of the 16 draws is enumerated, so majority of one is exactly pass@1.
+    assert table.correct["majority"][0, j] == pytest.approx(record.num_correct / record.n)
+    assert table.correct["first"][0, j] == pytest.approx(record.num_correct / record.n)
+    assert table.cost["flops"][1, j] == pytest.approx(record.cost["flops"])  # all samples: the recorded cost
+    assert table.correct["majority"][1, j] in (0.0, 1.0)
 
 
 def test_split_is_stable_and_halves_the_problems():
@@ -288,8 +290,8 @@ def test_solve_runs_a_registered_strategy_on_a_bare_prompt():
     backend = FakeBackend("fake", answer_key={"2 + 2": "4"}, accuracy=1.0, num_params=1000)
     trace = asyncio.run(ttscale.solve("What is 2 + 2?", backend=backend, options={"n": 3}))
     assert trace.answer == "4" and len(trace.candidates) == 3
-    assert trace.metadata["cost"]["calls"] == 1
-    assert trace.metadata["cost"]["generated_tokens"] == sum(c.num_tokens for c in trace.candidates)
+    assert trace.cost.calls == 1
+    assert trace.cost.generated_tokens == sum(c.num_tokens for c in trace.candidates)
     with pytest.raises(ValueError, match="prompt is empty"):
         asyncio.run(ttscale.solve("  ", backend=backend))
 

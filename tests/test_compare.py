@@ -23,11 +23,12 @@ from ttscale.config import RunConfig
 from ttscale.runner import run_eval
 
 
-def curve(label, points, rule="majority", num_params=1000, per_problem=None):
+def curve(label, points, rule="majority", num_params=1000, per_problem=None, uses_gold=False):
     pts = [CurvePoint(n=i + 1, accuracy=a, ci_low=a, ci_high=a, flops=f, eflops=f, generated_tokens=0,
                       prompt_tokens=0, wall_s=0) for i, (f, a) in enumerate(points)]
     pp = np.asarray(per_problem if per_problem is not None else [[p.accuracy] for p in pts], dtype=float)
-    return Curve("run-" + label, label, rule, "m", num_params, "best-of-n", pts, [f"p{j}" for j in range(pp.shape[1])], pp)
+    return Curve("run-" + label, label, rule, "m", num_params, "best-of-n", pts, [f"p{j}" for j in range(pp.shape[1])], pp,
+                 uses_gold=uses_gold)
 
 
 def test_interpolation_is_linear_in_log_flops():
@@ -41,12 +42,13 @@ def test_interpolation_is_linear_in_log_flops():
 def test_oracle_never_wins_and_ties_name_both():
     a = curve("a", [(1e3, 0.5), (1e4, 0.5)])
     b = curve("b", [(1e3, 0.5), (1e4, 0.7)])
-    oracle = curve("o", [(1e3, 0.9), (1e4, 1.0)], rule="oracle")
-    rows = matched_budgets([a, b, oracle], [1e3, 1e4])
+    oracle = curve("o", [(1e3, 0.9), (1e4, 1.0)], rule="oracle", uses_gold=True)
+    guided = curve("g", [(1e3, 0.95), (1e4, 0.99)], uses_gold=True)  # e.g. a search an oracle verifier guided
+    rows = matched_budgets([a, b, oracle, guided], [1e3, 1e4])
     assert rows[0].winners == ["a · majority", "b · majority"]
     assert rows[1].winner == "b · majority"
-    assert rows[1].upper_bound == {"o · oracle": 1.0}
-    assert budget_grid([a, b, oracle], count=3) == [1e3, pytest.approx(3160.0), 1e4]
+    assert rows[1].upper_bound == {"o · oracle": 1.0, "g · majority": 0.99}
+    assert budget_grid([a, b, oracle, guided], count=3) == [1e3, pytest.approx(3160.0), 1e4]
 
 
 # ------------------------------------------------------------------ three fake-backend runs

@@ -7,6 +7,7 @@ from ttscale.analysis.coverage import (
     bootstrap_fit, coverage_curve, coverage_model, fit_coverage, fit_problem, fit_records,
 )
 from ttscale.analysis.passk import pass_at_k
+from ttscale.analysis.runs import Record, Sample
 
 
 @pytest.mark.parametrize("a, b", [(-2.0, -0.6), (-0.5, -1.2), (-4.0, -0.3), (-0.1, -2.0)])
@@ -47,7 +48,9 @@ def test_fit_needs_two_points():
 
 
 def _record(pid, n, c):
-    return {"problem_id": pid, "n": n, "num_correct": c}
+    """A recorded problem with n samples of which the first c are correct."""
+    samples = tuple(Sample("1" if i < c else "2", i < c, None, 1) for i in range(n))
+    return Record(pid, samples, {"majority": False}, "majority", {})
 
 
 def test_coverage_curve_is_the_mean_unbiased_pass_at_k():

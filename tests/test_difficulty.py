@@ -8,6 +8,7 @@ import pytest
 from ttscale.analysis.difficulty import (
     agreement, assign_bins, bin_agreement, oracle_bins, probe_of_record, probe_statistic, quantile_edges,
 )
+from ttscale.analysis.runs import Record, Sample
 from ttscale.benchmarks.arithmetic import ArithmeticBenchmark
 
 
@@ -30,11 +31,9 @@ def test_ties_go_to_the_lower_bin_and_new_values_use_the_edges():
     assert assign_bins([0, 0.01, 0.5, 0.7, 0.9, 1], edges) == [0, 2, 2, 2, 3, 3]
 
 
-def _record(pid, answers, correct):
-    return {
-        "problem_id": pid, "n": len(answers), "num_correct": sum(correct),
-        "candidates": [{"answer": a, "correct": c} for a, c in zip(answers, correct)],
-    }
+def _record(pid, answers, correct, scores=None):
+    samples = tuple(Sample(a, c, None if scores is None else scores[i], 1) for i, (a, c) in enumerate(zip(answers, correct)))
+    return Record(pid, samples, {"majority": False}, "majority", {})
 
 
 def test_oracle_bins_from_pass_at_1():
@@ -62,9 +61,11 @@ def test_probe_reads_only_the_first_k0_samples_and_no_grades():
 
 
 def test_verifier_probe_needs_scores():
-    assert probe_statistic([{"answer": "1", "score": 0.2}, {"answer": "2", "score": 0.6}], "verifier") == pytest.approx(0.4)
+    assert probe_statistic(["1", "2"], [0.2, 0.6], "verifier") == pytest.approx(0.4)
     with pytest.raises(ValueError, match="verifier scores"):
-        probe_statistic([{"answer": "1"}], "verifier")
+        probe_statistic(["1"], [None], "verifier")
+    scored = _record("p", ["1", "2", "3"], [True, False, False], scores=[0.2, 0.6, 1.0])
+    assert probe_of_record(scored, 2, "verifier") == pytest.approx(0.4)  # the first k0 samples only
 
 
 def test_bin_agreement_over_shared_problems():

@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 
 from ttscale.analysis.passk import pass_at_k
-from ttscale.analysis.scaling import (
-    _Problem,
-    coverage_curve,
-    difficulty_bins,
-    load_run,
-    scaling_curves,
-    select_correct,
-)
+from ttscale.analysis.difficulty import compare_bins
+from ttscale.analysis.runs import Record, _Arrays, load_run
+from ttscale.analysis.scaling import coverage_curve, scaling_curves
 from ttscale.config import RunConfig
 from ttscale.cost import CostModel
 from ttscale.modelshape import ModelShape
 from ttscale.runner import run_eval
-from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
+from ttscale.selection import majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate
 
 SHAPE = {"n_layers": 2, "d_model": 8, "n_heads": 2, "n_kv_heads": 1, "head_dim": 4}
@@ -62,7 +57,12 @@ def make_run(root, name, records, *, strategy="best-of-n", num_params=P, shape=S
 
 def problem_of(answers, correct, scores=None):
     cands = [candidate(a, c, score=None if scores is None else scores[i]) for i, (a, c) in enumerate(zip(answers, correct))]
-    return _Problem.from_record({"candidates": cands}, lambda a, b: a == b)
+    return _Arrays.of(Record.from_dict(record("q", cands)), lambda a, b: a == b)
+
+
+def select_correct(problem, subsets, rule):
+    """Whether `rule` (ttscale.selection, as the layer applies it) picks a correct answer per subset."""
+    return problem.rule_correct(rule, subsets)
 
 
 def test_rules_on_subsets_by_hand():
@@ -166,12 +166,13 @@ def test_coverage_curve_and_difficulty_bins(tmp_path):
                record("hard", [candidate("1", True), candidate("2", False)], difficulty=2.0)]
     run = load_run(make_run(tmp_path, "m", records))
     assert coverage_curve(run) == ([1, 2], [pytest.approx(0.75), pytest.approx(1.0)])
-    assert difficulty_bins(run) == ({"easy": 0, "hard": 1}, "the benchmark's difficulty")
+    bins, _, source = compare_bins(run.records)
+    assert (bins, source) == ({"hard": 0, "easy": 1}, "the benchmark's difficulty")  # bin 0 = hardest
     same = load_run(make_run(tmp_path, "n", [record(f"p{i}", [candidate("1", j < i) for j in range(6)], difficulty=1.0)
                                              for i in range(7)]))
-    bins, source = difficulty_bins(same)  # one benchmark difficulty: oracle bins of 1 - pass@1
-    assert source.startswith("quantiles of 1 − pass@1")
-    assert bins["p6"] == 0 and bins["p0"] == 4 and sorted(set(bins.values())) == [0, 1, 2, 3, 4]
+    bins, _, source = compare_bins(same.records)  # one benchmark difficulty: oracle bins of pass@1
+    assert source.startswith("quantiles of pass@1")
+    assert bins["p0"] == 0 and bins["p6"] == 4 and sorted(set(bins.values())) == [0, 1, 2, 3, 4]
 
 
 async def test_full_n_point_matches_the_meter(tmp_path):
@@ -184,8 +185,8 @@ async def test_full_n_point_matches_the_meter(tmp_path):
                                         "answer_key": {"1 + 1": "2", "2 + 2": "4"}, "accuracy": 0.5})
     result = await run_eval(config)
     run = load_run(result.run_dir)
-    recorded = np.mean([r["cost"]["flops"] for r in run.records])
-    recorded_e = np.mean([r["cost"]["eflops"] for r in run.records])
+    recorded = np.mean([r.cost["flops"] for r in run.records])
+    recorded_e = np.mean([r.cost["eflops"] for r in run.records])
     for curve in scaling_curves(run, bootstrap=0):
         assert curve.points[-1].measured
         assert curve.points[-1].flops == pytest.approx(recorded)
@@ -225,9 +226,9 @@ async def test_a_real_dvts_run_subsamples_by_subtree(tmp_path):
                        verifier_options={"rules": {"S0c1": 0.9}}, backend_options={"num_params": P, "shape": SHAPE})
     result = await run_eval(config, backend=FakeBackend(responder=respond, num_params=P, shape=SHAPE))
     run = load_run(result.run_dir)
-    assert run.kind == "dvts" and run.records[0]["trace_metadata"]["subtree"] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert run.kind == "dvts" and run.records[0].subtree == (0, 0, 1, 1, 2, 2, 3, 3)
     curves = {c.rule: c for c in scaling_curves(run, bootstrap=0)}
-    recorded = run.records[0]["cost"]
+    recorded = run.records[0].cost
     assert [p.n for p in curves["oracle"].points] == [2, 4, 6, 8]
     assert [p.flops for p in curves["oracle"].points] == pytest.approx([recorded["flops"] * s / 4 for s in (1, 2, 3, 4)])
     assert curves["oracle"].points[-1].accuracy == 1.0  # every subtree's second child answers 2

@@ -12,7 +12,7 @@ __all__ = ["AllocationPolicy", "solve", "__version__"]
 def __getattr__(name: str):
     """AllocationPolicy loads on first use (it pulls in numpy), keeping `import ttscale` light."""
     if name == "AllocationPolicy":
-        from ttscale.allocator import AllocationPolicy
+        from ttscale.allocation.policy import AllocationPolicy
 
         return AllocationPolicy
     raise AttributeError(f"module 'ttscale' has no attribute {name!r}")

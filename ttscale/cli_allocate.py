@@ -30,19 +30,22 @@ def fit_command(
     split: str = typer.Option("all", "--split", help=SPLIT_HELP, callback=_split),
 ) -> None:
     """Fit coverage c(k) = exp(a·k^b) to pass@k, overall and per difficulty bin; plot it over the data."""
-    from ttscale.allocator import in_split, load_run
+    from ttscale.allocation.policy import in_split
     from ttscale.analysis import coverage, difficulty
+    from ttscale.analysis.runs import load_run
+    from ttscale.errors import ConfigError
 
     run = load_run(run_dir)
-    records = [r for r in run.records if r["n"] and in_split(r["problem_id"], split)]
+    records = [r for r in run.records if r.n and in_split(r.problem_id, split)]
     if len(records) < difficulty.NUM_BINS:
-        raise typer.BadParameter(f"{run_dir}: {len(records)} problems with samples; the fit needs at least {difficulty.NUM_BINS}")
-    n = min(r["n"] for r in records)
+        raise ConfigError(f"{run_dir}: {len(records)} problems with samples in split {split!r}; the fit needs at least "
+                          f"{difficulty.NUM_BINS} (one per difficulty bin): run `ttscale eval` on more problems")
+    n = min(r.n for r in records)
     _, bins = difficulty.oracle_bins(records)
-    groups = {"all": records} | {f"bin {b}": [r for r in records if bins[r["problem_id"]] == b] for b in range(difficulty.NUM_BINS)}
+    groups = {"all": records} | {f"bin {b}": [r for r in records if bins[r.problem_id] == b] for b in range(difficulty.NUM_BINS)}
     ks = np.arange(1, n + 1)
     far = np.unique(np.geomspace(1, 16 * n, 60).round())
-    table = Table(title=f"coverage c(k) = exp(a·k^b) · {run.config['benchmark']} · {run.model} · {len(records)} problems, n={n}")
+    table = Table(title=f"coverage c(k) = exp(a·k^b) · {run.config.benchmark} · {run.model} · {len(records)} problems, n={n}")
     for column in ("group", "problems", "a [95% CI]", "b [95% CI]", f"c({n}) data", f"c({n}) fit", f"c({4 * n}) extrap.", f"c({16 * n}) extrap."):
         table.add_column(column, justify="left" if column == "group" else "right")
     import matplotlib
@@ -72,7 +75,7 @@ def fit_command(
     console.print(table)
     console.print(
         f"Per-problem fits: {sum(f is not None for f in per_problem)} of {len(records)} problems "
-        f"(the rest have all or none of their samples correct: no curve to fit). Bins: 0 = hardest pass@1."
+        f"(the rest have all or none of their samples correct: no curve to fit). Bins of pass@1, {difficulty.NUMBERING}."
     )
     axes.axvline(n, color="grey", linestyle=":", linewidth=1)
     axes.set(xscale="log", xlabel="k (samples)", ylabel="coverage (pass@k)", ylim=(0, 1.02),
@@ -95,15 +98,17 @@ def allocate_fit(
     min_gain: float = typer.Option(0.0, "--min-gain", help="A costlier setting must beat every cheaper one by more than this accuracy to be picked."),
 ) -> None:
     """Fit a policy: per difficulty bin, the most accurate setting for every budget."""
-    from ttscale.allocator import describe_setting, fit_policy
+    from ttscale.allocation.fit import fit_policy
+    from ttscale.allocation.policy import describe_setting
+    from ttscale.analysis.difficulty import NUMBERING
 
     if statistic not in ("agreement", "verifier"):
         raise typer.BadParameter(f"--probe must be agreement or verifier, got {statistic!r}")
     policy = fit_policy(run_dirs, split=split, k0=k0, statistic=statistic, min_gain=min_gain)
     policy.save(output)
     sources = (
-        ("oracle bins", policy.oracle_tables, 0),
-        (f"predicted bins (probe k0={k0}, its cost included)", policy.predicted_tables, k0),
+        (f"oracle bins ({NUMBERING}; bins from gold: an upper bound)", policy.oracle_tables, 0),
+        (f"predicted bins (probe k0={k0} by {statistic}, its cost included in every setting)", policy.predicted_tables, k0),
         ("no probe (all fitting problems; bin -1)", [policy.unprobed], 0),
     )
     for source, tables, k in sources:
@@ -115,9 +120,13 @@ def allocate_fit(
             for i, entry in enumerate(t.frontier_flops):
                 table.add_row(str(t.bin) if i == 0 else "", str(problems) if i == 0 else "", describe_setting(entry.setting, k), f"{entry.accuracy:.3f}", f"{entry.flops:.3e}")
         console.print(table)
+    gold = sorted({e.setting.label() for e in policy.unprobed.entries if e.setting.uses_gold})
+    if gold:
+        console.print(f"Measured but never chosen, gold answers guided them (upper bounds): {'; '.join(gold)}")
     pays = [n for n in range(1, 65) if policy.probe_pays(budget_samples=n)]
     console.print(f"The probe pays at per-prompt budgets of {', '.join(map(str, pays))} samples." if pays else "The probe pays at no budget up to 64 samples: prompts run unprobed.")
-    console.print(f"Policy ({policy.problems} problems, split {split}, data {policy.data_hash[:12]}): {output}")
+    console.print(f"Policy ({policy.problems} problems, split {split}, data {policy.data_hash[:12]}): {output}; "
+                  "`allocate eval` refuses these problems (evaluate on the other split)")
 
 
 @allocate_app.command("eval")
@@ -129,12 +138,11 @@ def allocate_eval(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
 ) -> None:
     """Evaluate a policy on held-out problems against best-of-N majority at equal FLOPs."""
-    from ttscale.allocator import AllocationPolicy, evaluate_policy
+    from ttscale.allocation.evaluate import evaluate_policy
+    from ttscale.allocation.policy import AllocationPolicy
 
     policy = AllocationPolicy.load(policy_file)
-    if policy.split != "all" and policy.split == split:
-        console.print(f"[yellow]warning:[/yellow] evaluating on split {split!r}, the split the policy was fitted on (not held out)")
-    report = evaluate_policy(policy, run_dirs, split=split, budgets=budget)
+    report = evaluate_policy(policy, run_dirs, split=split, budgets=budget)  # refuses fitted problems and bad budgets
     curve = Table(title=f"best-of-N majority on {report['problems']} held-out problems (split {split})")
     for column in ("N", "accuracy", "mean FLOPs"):
         curve.add_column(column, justify="right")
@@ -158,7 +166,8 @@ def allocate_eval(
         console.print(f"  #{number} settings used: " + "; ".join(f"{label} x{count}" for label, count in row["settings"].items()))
     console.print(
         f"Predicted bin = oracle bin for {report['bin_agreement']:.1%} of held-out problems "
-        f"(oracle bins {report['oracle_bin_counts']}, predicted {report['predicted_bin_counts']})."
+        f"(oracle bins {report['oracle_bin_counts']}, predicted {report['predicted_bin_counts']}; {report['bin_numbering']}). "
+        "Oracle-bin rows bin by graded samples: upper bounds, not a deployable policy."
     )
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))

@@ -85,6 +85,7 @@ def print_comparison(comparison) -> None:
     """The comparison's tables on the terminal."""
     from ttscale.analysis.compare import common_label, table_points
     from ttscale.analysis.report import fmt_acc, fmt_sci
+    from ttscale.analysis.scaling import UPPER_BOUND
 
     for warning in comparison.warnings:
         console.print(f"[yellow]Note:[/] {warning}")
@@ -96,7 +97,7 @@ def print_comparison(comparison) -> None:
         table.add_column(name, justify=justify)
     for curve in comparison.curves:
         for p in table_points(curve):
-            table.add_row(labels[id(curve)] + (" (uses gold)" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
+            table.add_row(labels[id(curve)] + (f" {UPPER_BOUND}" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
                           fmt_acc(p.accuracy), f"{fmt_acc(p.ci_low)}–{fmt_acc(p.ci_high)}", fmt_sci(p.flops),
                           fmt_sci(p.eflops), f"{p.generated_tokens:,.0f}", f"{p.wall_s:.2f}")
         table.add_section()
@@ -109,7 +110,7 @@ def print_comparison(comparison) -> None:
     for label in competing:
         matched.add_column(label, justify="right")
     for label in gold:
-        matched.add_column(f"{label} (upper bound)", justify="right", style="dim")
+        matched.add_column(f"{label} {UPPER_BOUND}", justify="right", style="dim")
     matched.add_column("winner")
     for row in comparison.budgets:
         cells = [fmt_sci(row.budget)]

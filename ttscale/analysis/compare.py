@@ -2,8 +2,9 @@
 
 Each curve's accuracy at a budget is interpolated linearly in log FLOPs between its two nearest
 points; outside a curve's own range it has no value (no extrapolation). The winner at a budget
-is the most accurate curve there, among those that need no gold answer (oracle selection is an
-upper bound, shown but never a winner).
+is the most accurate curve there, among those that gold answers did not guide (a curve's
+`uses_gold`: the oracle rule, or a verifier that read gold): those are upper bounds, shown but
+never winners. The interpolation is ttscale.analysis.runs.accuracy_at, the one every caller uses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ttscale.analysis.runs import accuracy_at
 from ttscale.analysis.scaling import Curve, CurvePoint
 
 COST_AXES = ("flops", "eflops", "generated_tokens", "wall_s")
@@ -22,21 +24,7 @@ COST_AXES = ("flops", "eflops", "generated_tokens", "wall_s")
 def interpolate(curve: Curve, budget: float, axis: str = "flops") -> float | None:
     """The curve's accuracy at `budget` on a cost axis, linear in log cost; None out of range."""
     points = sorted(curve.points, key=lambda p: p.cost(axis))
-    costs = [p.cost(axis) for p in points]
-    if budget <= 0 or not costs or costs[0] <= 0:
-        return None
-    if not costs[0] * (1 - 1e-9) <= budget <= costs[-1] * (1 + 1e-9):
-        return None
-    if len(points) == 1 or budget <= costs[0]:
-        return points[0].accuracy
-    for low, high in zip(points, points[1:]):
-        c0, c1 = low.cost(axis), high.cost(axis)
-        if c0 <= budget <= c1:
-            if c1 == c0:
-                return max(low.accuracy, high.accuracy)
-            t = (math.log(budget) - math.log(c0)) / (math.log(c1) - math.log(c0))
-            return low.accuracy + t * (high.accuracy - low.accuracy)
-    return points[-1].accuracy
+    return accuracy_at([p.cost(axis) for p in points], [p.accuracy for p in points], budget)
 
 
 def budget_grid(curves: Sequence[Curve], count: int = 8, axis: str = "flops") -> list[float]:
@@ -64,7 +52,7 @@ class BudgetRow:
     budget: float
     accuracy: dict[str, float | None]  # by curve label
     winners: list[str]  # labels of the most accurate non-gold curves (several on a tie)
-    upper_bound: dict[str, float | None]  # oracle curves, by label
+    upper_bound: dict[str, float | None]  # curves that used gold (upper bounds), by label
 
     @property
     def winner(self) -> str:

@@ -58,23 +58,23 @@ def fit_coverage(ks: Sequence[float], coverage: Sequence[float]) -> CoverageFit:
 
 
 def coverage_curve(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> np.ndarray:
-    """Mean pass@k over records (each with n and num_correct), for every k (k <= each record's n)."""
+    """Mean pass@k over records (each with .n and .num_correct, e.g. analysis.runs.Record), for every k (k <= each record's n)."""
     records = list(records)
     if not records:
         raise ValueError("no problems to compute coverage over")
-    return np.array([np.mean([pass_at_k(r["n"], r["num_correct"], k) for r in records]) for k in ks])
+    return np.array([np.mean([pass_at_k(r.n, r.num_correct, k) for r in records]) for k in ks])
 
 
 def fit_records(records: Sequence[dict[str, Any]], ks: Sequence[int] | None = None) -> CoverageFit:
     """Fit c(k) to the mean pass@k of a group of problems, at k = 1..min n by default."""
-    ks = list(ks or range(1, min(r["n"] for r in records) + 1))
+    ks = list(ks or range(1, min(r.n for r in records) + 1))
     return fit_coverage(ks, coverage_curve(records, ks))
 
 
 def fit_problem(record: dict[str, Any]) -> CoverageFit | None:
     """A single problem's fit, or None where its samples do not allow one (n < 2, none or all
     correct: then pass@k is flat at 0 or 1 and there is no curve to fit)."""
-    n, c = record["n"], record["num_correct"]
+    n, c = record.n, record.num_correct
     if n < 2 or c in (0, n):
         return None
     return fit_records([record])
@@ -101,7 +101,7 @@ def bootstrap_fit(
 ) -> BootstrapFit:
     """fit_records on the problems, with CIs from `resamples` bootstrap resamples of problems."""
     records = list(records)
-    ks = list(range(1, min(r["n"] for r in records) + 1))
+    ks = list(range(1, min(r.n for r in records) + 1))
     rng = np.random.default_rng(seed)
     params = []
     for _ in range(resamples):

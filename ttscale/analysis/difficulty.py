@@ -1,21 +1,25 @@
-"""Difficulty bins (Snell et al.): 5 quantile bins of per-problem pass@1.
+"""Difficulty bins (Snell et al.): 5 quantile bins. The one binning, with one numbering:
 
-Bin 0 holds the lowest pass@1 (the hardest problems), bin 4 the highest. "Oracle" bins come
-from graded samples; "predicted" bins from a cheap probe that needs no gold answer: the answer
-agreement of k0 samples (the share of them in the largest group of equivalent answers), or their
-mean verifier score. Both are binned by quantile edges learned on the fitting problems.
+    bin 0 holds the hardest problems, bin NUM_BINS - 1 the easiest.
+
+Every table, plot, policy and CLI message uses it (NUMBERING says it in words). A value binned
+is an *ease*: higher = easier. "Oracle" bins bin per-problem pass@1 of graded samples (or, in
+compare, a benchmark's own difficulty, negated); "predicted" bins bin a cheap probe that needs no
+gold answer: the answer agreement of k0 samples (the share of them in the largest group of
+equivalent answers), or their mean verifier score. Edges are quantiles learned on the fitting
+problems; ties go to the lower (harder) bin.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from ttscale.strategies._selection import answer_groups
-from ttscale.types import Candidate
+from ttscale.selection import answer_classes
 
 NUM_BINS = 5
+NUMBERING = "bin 0 = hardest"
 ProbeStatistic = Literal["agreement", "verifier"]
 
 
@@ -27,22 +31,38 @@ def quantile_edges(values: Sequence[float], num_bins: int = NUM_BINS) -> list[fl
 
 
 def assign_bins(values: Sequence[float], edges: Sequence[float]) -> list[int]:
-    """The bin of each value: how many edges lie strictly below it (ties go to the lower bin)."""
+    """The bin of each ease value: how many edges lie strictly below it (ties go to the lower bin)."""
     return [int(b) for b in np.searchsorted(np.asarray(edges), np.asarray(values, dtype=float), side="left")]
 
 
-def oracle_pass1(record: dict[str, Any]) -> float:
-    """A problem's pass@1 from its graded samples: correct / n."""
-    if not record["n"]:
-        raise ValueError(f"problem {record['problem_id']!r} has no samples; pass@1 needs at least one")
-    return record["num_correct"] / record["n"]
+def bin_values(values: dict[str, float], num_bins: int = NUM_BINS) -> tuple[list[float], dict[str, int]]:
+    """Quantile edges of per-problem ease values, and each problem's bin (0 = hardest)."""
+    edges = quantile_edges(list(values.values()), num_bins)
+    return edges, dict(zip(values, assign_bins(list(values.values()), edges)))
 
 
-def oracle_bins(records: Sequence[dict[str, Any]], num_bins: int = NUM_BINS) -> tuple[list[float], dict[str, int]]:
-    """Quantile edges of per-problem pass@1, and each problem's oracle bin."""
-    pass1 = [oracle_pass1(r) for r in records]
-    edges = quantile_edges(pass1, num_bins)
-    return edges, dict(zip((r["problem_id"] for r in records), assign_bins(pass1, edges)))
+def oracle_bins(records: Sequence, num_bins: int = NUM_BINS) -> tuple[list[float], dict[str, int]]:
+    """Quantile edges of per-problem pass@1, and each problem's oracle bin (records: analysis.runs.Record)."""
+    return bin_values({r.problem_id: r.pass1 for r in records}, num_bins)
+
+
+def compare_bins(records: Sequence, num_bins: int = NUM_BINS) -> tuple[dict[str, int], dict[str, float], str]:
+    """The bins compare and report show: (bins, each problem's ease, what the ease is).
+
+    The benchmark's own difficulty when every record has one and it takes several values (few
+    distinct values: one bin each), else oracle bins of pass@1 over the run's samples.
+    """
+    given = [r.difficulty for r in records]
+    if all(d is not None for d in given) and len(set(given)) > 1:
+        ease = {r.problem_id: -float(r.difficulty) for r in records}
+        source = "the benchmark's difficulty"
+    else:
+        ease = {r.problem_id: r.pass1 for r in records}
+        source = "quantiles of pass@1 over the run's samples"
+    distinct = sorted(set(ease.values()))
+    if len(distinct) <= num_bins:
+        return {pid: distinct.index(v) for pid, v in ease.items()}, ease, source
+    return bin_values(ease, num_bins)[1], ease, source
 
 
 def agreement(answers: Sequence[str | None], equivalent: Callable[[str, str], bool] = str.__eq__) -> float:
@@ -52,26 +72,27 @@ def agreement(answers: Sequence[str | None], equivalent: Callable[[str, str], bo
     """
     if not answers:
         raise ValueError("a probe needs at least one sample")
-    candidates = [Candidate(text="", answer=a, num_tokens=0, finish_reason="stop") for a in answers]
-    groups = answer_groups(candidates, equivalent)
-    return max((len(g) for g in groups), default=0) / len(answers)
+    classes = answer_classes(answers, equivalent)
+    answered = classes[classes >= 0]
+    return float(np.bincount(answered).max()) / len(answers) if len(answered) else 0.0
 
 
-def probe_statistic(candidates: Sequence[dict[str, Any]], statistic: ProbeStatistic) -> float:
-    """The probe's difficulty signal from its candidates (records' candidate dicts); higher = easier."""
+def probe_statistic(answers: Sequence[str | None], scores: Sequence[float | None], statistic: ProbeStatistic) -> float:
+    """The probe's difficulty signal from its samples' answers and scores; higher = easier."""
     if statistic == "agreement":
-        return agreement([c["answer"] for c in candidates])
-    scores = [c.get("score") for c in candidates]
-    if any(s is None for s in scores):
-        raise ValueError("probe statistic 'verifier' needs verifier scores on the candidates; use 'agreement' or a run with --verifier")
+        return agreement(answers)
+    if not scores or any(s is None for s in scores):
+        raise ValueError("probe statistic 'verifier' needs verifier scores on the samples; "
+                         "use 'agreement', or a run (and a plan) with a verifier")
     return float(np.mean(scores))
 
 
-def probe_of_record(record: dict[str, Any], k0: int, statistic: ProbeStatistic) -> float:
+def probe_of_record(record, k0: int, statistic: ProbeStatistic) -> float:
     """The probe a run's problem would have given: its statistic over the first k0 samples."""
-    if record["n"] < k0:
-        raise ValueError(f"problem {record['problem_id']!r} has {record['n']} samples; the probe needs k0={k0}")
-    return probe_statistic(record["candidates"][:k0], statistic)
+    if record.n < k0:
+        raise ValueError(f"problem {record.problem_id!r} has {record.n} samples; the probe needs k0={k0}")
+    probe = record.samples[:k0]
+    return probe_statistic([s.answer for s in probe], [s.score for s in probe], statistic)
 
 
 def bin_agreement(predicted: dict[str, int], oracle: dict[str, int]) -> float:

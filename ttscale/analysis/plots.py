@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
 from ttscale.analysis.compare import common_label, unique_labels  # noqa: E402
-from ttscale.analysis.scaling import Curve  # noqa: E402
+from ttscale.analysis.difficulty import NUMBERING  # noqa: E402
+from ttscale.analysis.scaling import UPPER_BOUND, Curve  # noqa: E402
 
 AXIS_LABELS = {
     "flops": "FLOPs per problem (log scale)",
@@ -67,7 +68,7 @@ def _styles(curves: Sequence[Curve]) -> dict[int, dict]:
         if len(runs) == 1:
             style.update(linestyle="--" if curve.uses_gold else "-", color=colors[i % len(colors)])
         else:
-            style.update(linestyle=linestyle, color=colors[runs.index(curve.run) % len(colors)])
+            style.update(linestyle="--" if curve.uses_gold else linestyle, color=colors[runs.index(curve.run) % len(colors)])
         styles[id(curve)] = style
     return styles
 
@@ -83,7 +84,7 @@ def plot_accuracy_vs_cost(curves: Sequence[Curve], out_dir: Path, axis: str = "f
         for curve in curves:
             xs = [p.cost(axis) for p in curve.points]
             ys = [p.accuracy for p in curve.points]
-            (line,) = ax.plot(xs, ys, label=labels[id(curve)] + (" (uses gold)" if curve.uses_gold else ""), **styles[id(curve)])
+            (line,) = ax.plot(xs, ys, label=labels[id(curve)] + (f" {UPPER_BOUND}" if curve.uses_gold else ""), **styles[id(curve)])
             ax.fill_between(xs, [p.ci_low for p in curve.points], [p.ci_high for p in curve.points],
                             color=line.get_color(), alpha=0.12, linewidth=0)
             if curve.run not in annotated and len(runs) > 1:  # N at 1, 2, 4, ... once per run
@@ -103,7 +104,7 @@ def plot_accuracy_vs_cost(curves: Sequence[Curve], out_dir: Path, axis: str = "f
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(_title(f"Accuracy vs {AXIS_LABELS.get(axis, axis).split(' per ')[0]}", curves)
-                     + "\nbands: 95% bootstrap over problems; oracle selection uses gold answers (an upper bound)", fontsize=10)
+                     + "\nbands: 95% bootstrap over problems; dashed: gold answers guided it (an upper bound)", fontsize=10)
         ax.legend(loc="best")
         return _save(fig, out_dir, stem or f"accuracy_vs_{axis}")
 
@@ -126,7 +127,7 @@ def plot_coverage(coverage: dict[str, tuple[list[int], list[float]]], out_dir: P
 
 def plot_difficulty(curves: Sequence[Curve], bins: dict[str, int], out_dir: Path, source: str = "",
                     ranges: dict[int, tuple[float, float]] | None = None) -> list[Path]:
-    """Accuracy per difficulty bin (0 = easiest) of each curve at its largest budget."""
+    """Accuracy per difficulty bin (analysis.difficulty.NUMBERING) of each curve at its largest budget."""
     labels = unique_labels(curves)
     num_bins = max(bins.values()) + 1 if bins else 0
     with plt.rc_context(STYLE):
@@ -140,20 +141,21 @@ def plot_difficulty(curves: Sequence[Curve], bins: dict[str, int], out_dir: Path
                 values = [last[j] for j, pid in enumerate(curve.problem_ids) if bins.get(pid) == i]
                 per_bin.append(sum(values) / len(values) if values else float("nan"))
             n = curve.points[-1].n
-            ax.plot(range(num_bins), per_bin, label=f"{labels[id(curve)]} (N={n:g})", **styles[id(curve)])
-        pass_at_1 = source.startswith("quantiles of 1 − pass@1")
+            gold = f" {UPPER_BOUND}" if curve.uses_gold else ""
+            ax.plot(range(num_bins), per_bin, label=f"{labels[id(curve)]} (N={n:g}){gold}", **styles[id(curve)])
+        pass_at_1 = "pass@1" in source
         ticks = []
         for i, c in enumerate(counts):
             text = f"bin {i}\n({c} problems)"
             if ranges and i in ranges:
                 lo, hi = ranges[i]
-                if pass_at_1:  # show pass@1 itself, which reads more naturally than 1 − pass@1
-                    lo, hi = 1 - hi, 1 - lo
+                if not pass_at_1:  # the ease binned is the negated difficulty: show the difficulty
+                    lo, hi = -hi, -lo
                 span = f"{lo:.2g}" if lo == hi else f"{lo:.2g}–{hi:.2g}"
                 text += f"\n{'pass@1 ' if pass_at_1 else 'difficulty '}{span}"
             ticks.append(text)
         ax.set_xticks(range(num_bins), ticks)
-        ax.set_xlabel("difficulty bin (0 = easiest)" + (f"; bins: {source}" if source else ""), fontsize=9)
+        ax.set_xlabel(f"difficulty bin ({NUMBERING})" + (f"; bins: {source}" if source else ""), fontsize=9)
         ax.set_ylabel("accuracy")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(-0.02, 1.02)

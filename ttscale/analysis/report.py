@@ -12,9 +12,9 @@ from typing import Sequence
 
 from ttscale.analysis.compare import BudgetRow, common_label, matched_budgets, table_points, unique_labels
 from ttscale.analysis.model_vs_search import SNELL_RATIOS, MatchRow, small_vs_large
-from ttscale.analysis.scaling import (
-    Curve, Run, bin_ranges, coverage_curve, difficulty_bins, difficulty_values, load_run, scaling_curves,
-)
+from ttscale.analysis.difficulty import NUMBERING, compare_bins
+from ttscale.analysis.runs import Run, load_run
+from ttscale.analysis.scaling import UPPER_BOUND, Curve, bin_ranges, coverage_curve, scaling_curves
 from ttscale.cost import KINETICS_INTENSITY
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Comparison:
     @property
     def warnings(self) -> list[str]:
         """What makes the comparison less than like for like."""
-        sets = {frozenset(r["problem_id"] for r in run.records) for run in self.runs}
+        sets = {frozenset(r.problem_id for r in run.records) for run in self.runs}
         if len(sets) > 1:
             counts = ", ".join(f"{run.name}: {len(run.records)}" for run in self.runs)
             return [f"The runs cover different problems ({counts} problems), so their accuracies are not "
@@ -53,7 +53,7 @@ class Comparison:
 
 def run_label(run: Run) -> str:
     """A run's legend entry: strategy, model and its N."""
-    n = max(len(r["candidates"]) for r in run.records)
+    n = max(r.n for r in run.records)
     return f"{run.strategy} · {run.model} · N={n}"
 
 
@@ -75,7 +75,7 @@ def build_comparison(
     curves = [c for run in runs for c in scaling_curves(run, subsets=subsets, bootstrap=bootstrap, seed=seed, rules=rules)]
     rows = matched_budgets(curves, budgets, count=budget_count)
     coverage = {run_label(run): coverage_curve(run) for run in runs}
-    bins, bins_source = difficulty_bins(runs[0])
+    bins, ease, bins_source = compare_bins(runs[0].records)
     comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity)
     _model_vs_search(comparison, ratios)
     if out_dir is not None:
@@ -86,7 +86,7 @@ def build_comparison(
             "accuracy_vs_eflops": plots.plot_accuracy_vs_cost(curves, out_dir, "eflops"),
             "coverage_vs_k": plots.plot_coverage(coverage, out_dir),
             "accuracy_by_difficulty": plots.plot_difficulty(
-                curves, bins, out_dir, bins_source, bin_ranges(bins, difficulty_values(runs[0])[0])),
+                curves, bins, out_dir, bins_source, bin_ranges(bins, ease)),
         }
     return comparison
 
@@ -192,7 +192,7 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
     rows = []
     for curve in comparison.curves:
         for p in table_points(curve):
-            rows.append([_e(labels[id(curve)]) + (" <span class='gold'>(uses gold)</span>" if curve.uses_gold else ""),
+            rows.append([_e(labels[id(curve)]) + (f" <span class='gold'>{UPPER_BOUND}</span>" if curve.uses_gold else ""),
                          f"{p.n:g}" + ("" if p.measured else "*"), fmt_acc(p.accuracy),
                          f"[{fmt_acc(p.ci_low)}, {fmt_acc(p.ci_high)}]", fmt_sci(p.flops), fmt_sci(p.eflops),
                          f"{p.generated_tokens:,.0f}", f"{p.wall_s:.2f}"])
@@ -212,16 +212,17 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
         cells.append(f"<span class='w'>{_e(row.winner)}</span>")
         rows.append(cells)
         classes.append("win")
-    headers = ["FLOPs per problem", *competing, *[f"{g} (upper bound)" for g in gold], "winner"]
+    headers = ["FLOPs per problem", *competing, *[f"{g} {UPPER_BOUND}" for g in gold], "winner"]
     parts.append(_table(headers, rows, classes=classes))
     parts.append("<p class='note'>Accuracy interpolated linearly in log FLOPs between a curve's points; a dash where "
-                 "a curve does not reach the budget. Oracle selection needs gold answers, so it never wins.</p>")
+                 "a curve does not reach the budget. Curves that gold answers guided (the oracle rule, or a verifier "
+                 "that read gold, under every rule it touched) are upper bounds: shown, never winners.</p>")
 
     captions = {
-        "accuracy_vs_flops": "Accuracy vs FLOPs per problem (log x); dashed lines use gold answers (upper bounds).",
+        "accuracy_vs_flops": "Accuracy vs FLOPs per problem (log x); dashed lines used gold answers (upper bounds).",
         "accuracy_vs_eflops": "Accuracy vs Kinetics eFLOPs per problem (log x).",
         "coverage_vs_k": "Coverage (pass@k) vs k.",
-        "accuracy_by_difficulty": "Accuracy by difficulty bin at each strategy's largest budget.",
+        "accuracy_by_difficulty": f"Accuracy by difficulty bin ({NUMBERING}) at each strategy's largest budget.",
     }
     if comparison.plots:
         parts.append("<h2>Plots</h2>")

@@ -1,0 +1,118 @@
+"""Selection rules: pick one answer from many candidates. The one implementation.
+
+Strategies call the Candidate functions (`majority_vote`, `max_score`, ...) on their samples;
+the analysis layer (ttscale.analysis.runs) calls `chosen_positions` on thousands of subsets of
+recorded samples at once. Both go through `chosen_positions`, so a subsampled curve applies
+exactly the rule a strategy applies. Shared conventions:
+
+- candidates without an answer never win (and do not vote);
+- ties go to the answer seen first (the earlier candidate), so no result depends on set order;
+- equivalent answers are pooled with the benchmark's `equivalent(a, b)`: each candidate gets
+  the class of the first earlier answer it is equivalent to (`answer_classes`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ttscale.types import ORACLE_RULE, Candidate
+
+# Rules that read verifier scores; whatever a gold-reading verifier scored is an upper bound.
+VERIFIER_RULES = frozenset({"max-score", "weighted-vote"})
+# Rules that need gold answers to apply at all (the runner's "any candidate is correct").
+GOLD_RULES = frozenset({ORACLE_RULE})
+RULES = ("majority", "weighted-vote", "max-score", "first")  # the rules `chosen_positions` applies
+
+
+def answer_classes(answers: Sequence[str | None], equivalent: Callable[[str, str], bool]) -> np.ndarray:
+    """Each answer's equivalence class, numbered in order of first appearance (-1: no answer)."""
+    representatives: list[str] = []
+    classes = []
+    for answer in answers:
+        if answer is None:
+            classes.append(-1)
+            continue
+        match = next((i for i, rep in enumerate(representatives) if rep == answer or equivalent(rep, answer)), None)
+        if match is None:
+            representatives.append(answer)
+            match = len(representatives) - 1
+        classes.append(match)
+    return np.asarray(classes, dtype=np.int64)
+
+
+def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+    """For each subset (a row of candidate indices, in draw order), the index of the candidate
+    whose answer `rule` picks, or -1 when it picks none.
+
+    classes: each candidate's answer class (-1: no answer); scores: its verifier score (nan: none).
+    majority and weighted-vote return the first candidate of the winning class.
+    """
+    subsets = np.asarray(subsets, dtype=np.int64)
+    rows, k = subsets.shape
+    if k == 0:
+        return np.full(rows, -1)
+    cls = classes[subsets]
+    if rule == "first":
+        return np.where(cls[:, 0] >= 0, subsets[:, 0], -1)
+    if rule == "max-score":
+        sc = scores[subsets]
+        usable = (cls >= 0) & ~np.isnan(sc)
+        best = np.where(usable, sc, -np.inf).argmax(axis=1)  # argmax keeps the first of equal maxima
+        return np.where(usable.any(axis=1), subsets[np.arange(rows), best], -1)
+    if rule not in ("majority", "weighted-vote"):
+        raise ValueError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
+    num_classes = max(int(classes.max(initial=-1)) + 1, 1)
+    onehot = cls[:, :, None] == np.arange(num_classes)[None, None, :]  # (rows, k, classes)
+    present = onehot.any(axis=1)
+    first_pos = np.where(present, onehot.argmax(axis=1), k)  # where each class first appears
+    if rule == "majority":
+        weight = onehot.sum(axis=1).astype(np.float64)
+    else:  # a candidate without a score adds 0 to its answer's total
+        weight = (onehot * np.nan_to_num(scores[subsets], nan=0.0)[:, :, None]).sum(axis=1)
+    weight = np.where(present, weight, -np.inf)
+    top = present & (weight == weight.max(axis=1, keepdims=True))
+    winner = np.where(top, first_pos, k).min(axis=1)  # of the tied classes, the one seen first
+    picked = subsets[np.arange(rows), np.minimum(winner, k - 1)]
+    return np.where(present.any(axis=1), picked, -1)
+
+
+def _pick(rule: str, candidates: Sequence[Candidate], equivalent: Callable[[str, str], bool]) -> str | None:
+    if not candidates:
+        return None
+    classes = answer_classes([c.answer for c in candidates], equivalent)
+    scores = np.asarray([np.nan if c.score is None else float(c.score) for c in candidates])
+    position = int(chosen_positions(rule, classes, scores, np.arange(len(candidates))[None, :])[0])
+    return candidates[position].answer if position >= 0 else None
+
+
+def first_answer(candidates: Sequence[Candidate]) -> str | None:
+    """The first sample's answer: what a single sample would have given."""
+    return candidates[0].answer if candidates else None
+
+
+def majority_vote(candidates: Sequence[Candidate], equivalent: Callable[[str, str], bool]) -> str | None:
+    """Self-consistency (Wang et al.): the most frequent answer, equivalent answers pooled."""
+    return _pick("majority", candidates, equivalent)
+
+
+def max_score(candidates: Sequence[Candidate]) -> str | None:
+    """ORM/PRM max ("best-of-N" in the verifier sense): the answer of the best-scored candidate."""
+    return _pick("max-score", candidates, str.__eq__)
+
+
+def weighted_vote(candidates: Sequence[Candidate], equivalent: Callable[[str, str], bool]) -> str | None:
+    """Verifier-weighted majority vote (Snell et al. "best-of-N weighted"; search-and-learn
+    "weighted"): sum the scores of the candidates per equivalent answer, pick the largest sum."""
+    return _pick("weighted-vote", candidates, equivalent)
+
+
+def answer_groups(candidates: Sequence[Candidate], equivalent: Callable[[str, str], bool]) -> list[list[Candidate]]:
+    """Candidates grouped by equivalent answer, groups in order of first appearance."""
+    classes = answer_classes([c.answer for c in candidates], equivalent)
+    groups: list[list[Candidate]] = [[] for _ in range(int(classes.max(initial=-1)) + 1)]
+    for candidate, cls in zip(candidates, classes):
+        if cls >= 0:
+            groups[cls].append(candidate)
+    return groups
