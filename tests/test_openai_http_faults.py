@@ -116,6 +116,12 @@ class FaultyServer:
             self.send(handler, int(kind), json.dumps(error), headers={"Retry-After": when} if when else None)
         elif kind == "nousage":  # neither token ids nor usage: only texts
             self.send(handler, 200, json.dumps(self.completion(body, n, token_ids=False, usage=False)))
+        elif kind == "noids-fewer":  # usage totals only (no per-sample ids), and half the choices
+            self.send(handler, 200, json.dumps(self.completion(body, max(1, n // 2), token_ids=False)))
+        elif kind == "extra":  # more choices than asked for
+            self.send(handler, 200, json.dumps(self.completion(body, n + 2)))
+        elif kind == "error200":  # an error object with status 200
+            self.send(handler, 200, json.dumps({"error": {"message": "upstream timed out", "code": 504}}))
         else:
             raise AssertionError(f"unknown fault {fault!r}")
 
@@ -279,14 +285,15 @@ def test_retry_after_above_the_cap_is_capped_and_said(server, problems, tmp_path
 
 
 def test_missing_usage_is_counted_with_the_models_tokenizer(server, problems, tmp_path):
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer  # the fast tokenizer's own file, read without transformers
 
     from ttscale.models import prepare_model
 
     server.reset(default="nousage")
     records = assert_complete(ttscale_eval(server, problems, tmp_path), tmp_path)
-    tokenizer = AutoTokenizer.from_pretrained(prepare_model("smollm2-135m").path, local_files_only=True)
-    per_sample = len(tokenizer.encode(ANSWER, add_special_tokens=False))
+    tokenizer = Tokenizer.from_file(f"{prepare_model('smollm2-135m').path}/tokenizer.json")
+    per_sample = len(tokenizer.encode(ANSWER, add_special_tokens=False).ids)
+    assert per_sample > 1
     for record in records:
         assert [c["num_tokens"] for c in record["candidates"]] == [per_sample] * N
         cost = record["cost"]
@@ -366,3 +373,40 @@ def test_retry_after_values():
     assert retry_after_s(email.utils.formatdate(now - 42, usegmt=True), now) == 0.0  # in the past: at once
     for unreadable in (None, "", "soon", "nan", "inf"):
         assert retry_after_s(unreadable, now) is None
+
+
+async def in_process(server, request, **options):
+    backend = OpenAIBackend("m", base_url=server.base_url, num_params=7, backoff_s=0.0, **options)
+    try:
+        [generation] = await backend.generate([request])
+    finally:
+        await backend.close()
+    return generation
+
+
+async def test_usage_totals_only_and_fewer_choices_still_give_exact_counts(server):
+    server.reset(default="noids-fewer")
+    generation = await in_process(server, GenRequest(prompt=QUESTION, params=SampleParams(n=N, seed=1)))
+    # n=4 gave 2 choices and one usage total: sent again as 4 single requests, each counted exactly
+    assert [c.num_tokens for c in generation.completions] == [len(TOKEN_IDS)] * N
+    assert [r["body"]["n"] for r in server.requests] == [N] + [1] * N
+    assert sorted(r["body"]["seed"] for r in server.requests[1:]) == [1, 2, 3, 4]
+
+
+async def test_more_choices_than_asked_keep_the_first_n(server, caplog):
+    server.reset(default="extra")
+    with caplog.at_level(logging.WARNING, logger="ttscale.backends.openai_http"):
+        generation = await in_process(server, GenRequest(prompt=QUESTION, params=SampleParams(n=2)))
+    assert len(generation.completions) == 2 and len(server.requests) == 1
+    assert any("returned 4 choices for n=2" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_200_error_object_is_retried_then_one_line(server):
+    from ttscale.errors import TtscaleError
+
+    server.reset(default="error200")
+    with pytest.raises(TtscaleError) as caught:
+        await in_process(server, GenRequest(prompt=QUESTION), max_retries=1)
+    message = str(caught.value)
+    assert "\n" not in message and chat_url(server) in message and "not a completion" in message and "upstream timed out" in message
+    assert len(server.requests) == 2
