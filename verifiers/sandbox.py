@@ -1,35 +1,54 @@
 """Run untrusted Python code (model-written programs and their tests) in a locked-down subprocess.
 
-Each run gets a fresh interpreter (`sys.executable -I`) in its own temporary working directory,
-removed afterwards, with a minimal environment (PATH, LANG, HOME and TMPDIR = that directory;
-nothing of the parent's environment), stdin from /dev/null, and its own session, so that on a
-wall-clock timeout the whole process group is killed.
+Each run gets a fresh interpreter (the harness's own, `sys.executable -I`) in its own working
+directory, with a minimal environment (PATH, LANG, HOME and TMPDIR = that directory; nothing of
+the parent's environment), stdin from /dev/null, and its own session.
 
-Layers, from strongest to weakest (what is available is probed once per process):
+Layers, from strongest to weakest (what is available is probed once per process, end to end):
 
-* Network: run under `unshare -n` (a fresh network namespace with no interfaces up, not even
-  loopback), when permitted; `unshare -rn` (user namespace) where we are not root. Otherwise a
-  prelude replaces `socket.socket`, `socket.create_connection` and friends with functions that
-  raise PermissionError: this stops ordinary code, not code that calls libc through ctypes.
-* Identity: when the parent is root, `setpriv` starts the interpreter as a dedicated
-  unprivileged uid/gid with no supplementary groups and no_new_privs (so setuid binaries grant
-  nothing). Each concurrent run gets its own uid, so the
-  process limit (RLIMIT_NPROC counts the processes of a uid) is per run, a run cannot signal or
-  ptrace other runs or the parent, cannot read /proc/<parent>/environ, and ordinary file
-  permissions stop it writing to root's files (e.g. under /root, or pytest's tmp dirs). After
-  each run every process left with that uid is killed, even ones that left the process group.
-  Without root none of this applies: the child runs as the caller's user, so it can write where
-  the caller can, and RLIMIT_NPROC is set to the user's current process count plus the budget.
-* Resources: RLIMIT_CPU (timeout, rounded up), RLIMIT_AS (memory_mb), RLIMIT_NPROC
-  (max_processes), RLIMIT_FSIZE (max_file_mb), RLIMIT_CORE = 0. The limits are set by the
-  bootstrap, not in a `preexec_fn`, which is unsafe in the threads `run_many` uses.
+* Filesystem (root): the run lives in its own mount namespace (`unshare -m`, private
+  propagation). In it every mount of the host is remounted read-only; /tmp and /dev/shm are
+  fresh tmpfs instances capped at tmp_mb and shm_mb; the working directory is /tmp/sandbox.
+  Whatever the program stores there is memory of a tmpfs that the kernel frees when the last
+  process of the namespace is gone, so nothing it writes outlives the run, and a run can hold at
+  most tmp_mb + shm_mb of it. The program's source reaches the namespace through stdin (a memfd),
+  so the host gets no working directory either. Without root there is no mount namespace: the
+  working directory is a host temp dir (removed afterwards) and the program can create files in
+  the host's world-writable directories, up to max_file_mb each; the notes say so.
+* Network: a fresh network namespace (`unshare -n`: no interfaces up, not even loopback);
+  `unshare -rn` (user namespace) where we are not root. Otherwise a prelude replaces
+  `socket.socket`, `socket.create_connection` and friends with functions that raise
+  PermissionError: this stops ordinary code, not code that calls libc through ctypes.
+* Identity (root): `setpriv` starts the interpreter as a dedicated unprivileged uid/gid with no
+  supplementary groups and no_new_privs (setuid binaries grant nothing). Each run gets a fresh
+  uid, so RLIMIT_NPROC (which counts the processes of a uid) is per run; a run cannot signal or
+  ptrace other runs or the parent, nor read /proc/<parent>/environ, nor write root's files. The
+  uid is also the handle by which everything the run started is killed (below).
+  The harness's interpreter may sit under a directory that only root may enter (pyenv under
+  /root, mode 0700). The unprivileged uid would then fail to load the interpreter's own
+  libpython and silently fall back to the system's (3.11.2 instead of 3.11.7 on one machine).
+  So, inside the mount namespace, such a directory is covered with a read-only tmpfs that holds
+  just the interpreter's prefixes, bind-mounted read-only: the same paths work, nothing else of
+  that directory is visible. The interpreter that ran, as it reports itself, is recorded in
+  `Isolation.python` and in every result.
+* Resources: RLIMIT_CPU (timeout, rounded up; cpu_limit_s overrides), RLIMIT_AS (memory_mb),
+  RLIMIT_NPROC (max_processes), RLIMIT_FSIZE (max_file_mb), RLIMIT_CORE = 0. The limits are set
+  by the bootstrap, not in a `preexec_fn`, which is unsafe in the threads `run_many` uses.
 
-Not covered: the child can still read world-readable files, and can create (not overwrite) files
-in world-writable directories such as /tmp, up to max_file_mb each. No mount namespace is used.
+Ending a run. The verdict comes from how the main process ended (its wait status and its own
+CPU time, read before it is reaped) and from whether our wall-clock timer fired, which it
+records before it kills anything; never from a sleep. Then everything the run left behind is
+killed: as root with one `kill(-1, SIGKILL)` sent *as the run's uid*, which reaches exactly that
+uid's processes, wherever they moved (setsid, double fork), and which a fork cannot slip past
+(the kernel signals them all under the task-list lock), repeated until /proc shows none alive;
+without root, by process group only (a process that calls setsid escapes it; the notes say so).
 
 Outcome: exit 0 -> "pass"; a nonzero exit -> "fail" with the last line of stderr as the reason
-(e.g. "AssertionError"); the wall-clock or CPU limit -> "timeout"; MemoryError, any other signal,
-or a failure to set up the sandbox -> "error".
+(e.g. "AssertionError"); our wall-clock kill, SIGXCPU, or a SIGKILL once the process has used
+its CPU limit -> "timeout", with the reason naming which; MemoryError, any other signal
+(including a SIGKILL the program sent itself, or one from the out-of-memory killer, named as such
+when the kernel's OOM-kill count rose during the run), or a failure to set up the sandbox ->
+"error".
 """
 
 from __future__ import annotations
@@ -38,8 +57,10 @@ import itertools
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,9 +74,18 @@ from ttscale.types import Frozen
 
 Status = Literal["pass", "fail", "timeout", "error"]
 
-SETUP_FAILED_EXIT = 121  # the bootstrap's exit code when it cannot apply a limit or drop privileges
+SETUP_FAILED_EXIT = 121  # exit code of the setup script or bootstrap when it cannot build the sandbox
 REASON_CHARS = 300
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+ADMIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Kernel filesystems whose files the kernel itself guards per uid: remounting them read-only
+# would cost a process each and protect nothing more from an unprivileged uid.
+PSEUDO_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "fusectl", "binfmt_misc", "autofs", "efivarfs", "rpc_pipefs", "nsfs",
+})
+PRIVATE_WORKDIR = "/tmp/sandbox"  # the working directory inside a run's own /tmp
+CLEANUP_DEADLINE_S = 30  # how long to keep killing a run's leftovers before giving up (never reached in practice)
 # Dedicated uids for sandboxed runs when we are root: a fresh uid for every run, from a block of
 # UIDS_PER_PROCESS per parent pid, so concurrent runs, and runs of concurrent ttscale processes,
 # never share a uid. Fresh, not pooled: killed processes whose parent died are reparented to
@@ -114,6 +144,9 @@ class SandboxResult(Frozen):
     stderr: str = ""
     duration_s: float = 0.0
     returncode: int | None = None
+    cpu_s: float = 0.0  # CPU time of the main process (and of the children it waited for)
+    uid: int | None = None  # the dedicated uid the run used (root only)
+    python: str = ""  # the interpreter that ran the program, as it reported itself inside the sandbox
 
 
 def run_python(
@@ -123,67 +156,30 @@ def run_python(
     memory_mb: int = 1024,
     max_processes: int = 64,
     max_file_mb: int = 16,
+    tmp_mb: int = 64,
+    shm_mb: int = 64,
+    cpu_limit_s: int | None = None,
     output_limit: int = 4000,
 ) -> SandboxResult:
-    """Run `code` as a Python program in a fresh sandboxed subprocess and classify the outcome."""
-    isolation = probe_isolation()
-    uid = _next_uid() if isolation.dedicated_uid else None
-    workdir = tempfile.mkdtemp(prefix="ttscale-sandbox-")
-    started = time.perf_counter()
-    try:
-        main = os.path.join(workdir, "main.py")
-        with open(main, "w", encoding="utf-8") as f:
-            f.write(code)
-        os.chmod(main, 0o644)
-        if uid is not None:
-            os.chown(workdir, uid, uid)
-        os.chmod(workdir, 0o700)
-        config = {
-            "main": main,
-            "cpu_s": max(1, math.ceil(timeout_s)),
-            "as_bytes": memory_mb * 1024 * 1024,
-            "fsize": max_file_mb * 1024 * 1024,
-            "nproc": max_processes if uid is not None else _own_process_count() + max_processes,
-            "block_sockets": not isolation.network_namespace,
-        }
-        command = [*isolation.prefix(uid), sys.executable, "-I", "-c", BOOTSTRAP, json.dumps(config)]
-        env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
-        proc = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
-        out, err = _Capture(proc.stdout, output_limit), _Capture(proc.stderr, output_limit)
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        # Kill what is left either way: background children of a finished program, too.
-        _kill_group(proc.pid)
-        if uid is not None:
-            _kill_uid(uid)
-        proc.wait()
-        duration = time.perf_counter() - started
-        out.join(5)
-        err.join(5)
-        stdout, stderr = out.text(), err.text()
-        status, reason = _classify(proc.returncode, timed_out, stderr, timeout_s, err.last_line())
-        return SandboxResult(
-            status=status,
-            reason=reason,
-            stdout=stdout,
-            stderr=stderr,
-            duration_s=round(duration, 4),
-            returncode=proc.returncode,
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    """Run `code` as a Python program in a fresh sandboxed subprocess and classify the outcome.
+
+    timeout_s is the wall-clock limit; cpu_limit_s the main process's CPU limit (default:
+    timeout_s rounded up); tmp_mb and shm_mb cap the run's private /tmp and /dev/shm.
+    """
+    return _run(
+        code,
+        probe_isolation(),
+        limits=Limits(
+            timeout_s=timeout_s,
+            cpu_s=cpu_limit_s if cpu_limit_s is not None else max(1, math.ceil(timeout_s)),
+            memory_mb=memory_mb,
+            max_processes=max_processes,
+            max_file_mb=max_file_mb,
+            tmp_mb=tmp_mb,
+            shm_mb=shm_mb,
+        ),
+        output_limit=output_limit,
+    )
 
 
 def run_many(codes: Iterable[str], *, max_workers: int | None = None, **limits) -> list[SandboxResult]:
@@ -194,61 +190,462 @@ def run_many(codes: Iterable[str], *, max_workers: int | None = None, **limits) 
         return list(pool.map(lambda code: run_python(code, **limits), codes))
 
 
+class Limits(Frozen):
+    """The resource limits of one run (see run_python)."""
+
+    timeout_s: float
+    cpu_s: int
+    memory_mb: int
+    max_processes: int
+    max_file_mb: int
+    tmp_mb: int
+    shm_mb: int
+
+
 class Isolation(Frozen):
     """What this machine lets the sandbox do; probed once per process."""
 
     network_prefix: tuple[str, ...] = ()  # e.g. ("unshare", "-n", "--"): a fresh network namespace
     dedicated_uid: bool = False  # root: each run as its own unprivileged uid, via setpriv
-    notes: tuple[str, ...] = ()  # why a layer is off
+    private_tmp: bool = False  # root: a mount namespace with private capped /tmp and /dev/shm
+    read_only: tuple[str, ...] = ()  # host mounts to remount read-only inside that namespace
+    exposed: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (a dir only root may enter, interpreter paths in it)
+    python: str = ""  # the interpreter that runs programs, as it reported itself inside the sandbox
+    notes: tuple[str, ...] = ()  # why a layer is off, or weaker than the docstring says
 
     @property
     def network_namespace(self) -> bool:
         return bool(self.network_prefix)
 
     def prefix(self, uid: int | None) -> list[str]:
-        """The command that runs a program with these layers (as `uid`, if given)."""
-        drop = [] if uid is None else [
-            _SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--"
+        """The command that runs a program with the network and uid layers (as `uid`, if given)."""
+        return [*self.network_prefix, *_drop_privileges(uid)]
+
+
+def _drop_privileges(uid: int | None) -> list[str]:
+    if uid is None:
+        return []
+    return [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--"]
+
+
+def _which(name: str) -> str:
+    return shutil.which(name, path=ADMIN_PATH) or name
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+def _run(code: str, isolation: Isolation, *, limits: Limits, output_limit: int) -> SandboxResult:
+    """Build the sandbox that `isolation` allows, run `code` in it, clean up, classify."""
+    uid = _next_uid() if isolation.dedicated_uid else None
+    host_workdir = None if isolation.private_tmp else tempfile.mkdtemp(prefix="ttscale-sandbox-")
+    workdir = PRIVATE_WORKDIR if host_workdir is None else host_workdir
+    config = {
+        "main": os.path.join(workdir, "main.py"),
+        "cpu_s": limits.cpu_s,
+        "as_bytes": limits.memory_mb * 1024 * 1024,
+        "fsize": limits.max_file_mb * 1024 * 1024,
+        "nproc": limits.max_processes if uid is not None else _own_process_count() + limits.max_processes,
+        "block_sockets": not isolation.network_namespace,
+    }
+    interpreter = [sys.executable, "-I", "-c", BOOTSTRAP, json.dumps(config)]
+    oom_kills_before = _oom_kill_count()
+    started = time.perf_counter()
+    try:
+        if host_workdir is None:
+            # The source goes in through stdin; the setup script stores it in the private /tmp.
+            stdin = _memory_file(code)
+            command = [
+                _which("unshare"), "-m", "--propagation", "private",
+                *(["-n"] if isolation.network_namespace else []), "--",
+                "/bin/sh", "-c", _setup_script(isolation, uid, limits, interpreter), "ttscale-sandbox",
+            ]
+        else:
+            stdin = subprocess.DEVNULL
+            with open(config["main"], "w", encoding="utf-8") as f:
+                f.write(code)
+            os.chmod(config["main"], 0o644)
+            if uid is not None:
+                os.chown(host_workdir, uid, uid)
+            os.chmod(host_workdir, 0o700)
+            command = [*isolation.prefix(uid), *interpreter]
+        try:
+            proc = subprocess.Popen(
+                command,
+                cwd="/" if host_workdir is None else host_workdir,
+                env={"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir},
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            if stdin is not subprocess.DEVNULL:
+                stdin.close()
+        out, err = _Capture(proc.stdout, output_limit), _Capture(proc.stderr, output_limit)
+        # unshare, sh and setpriv each exec the next, so proc.pid ends up being the program.
+        clock = _WallClock(limits.timeout_s, lambda: _kill_run(proc.pid, uid))
+        try:
+            status, cpu_s = _wait_main(proc.pid)
+        finally:
+            clock.stop()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        # The main process is gone; kill whatever it left running (background children, too).
+        _kill_run(proc.pid, uid, until_gone=True)
+        duration = time.perf_counter() - started
+        out.join(5)
+        err.join(5)
+        stdout, stderr = out.text(), err.text()
+        oom_kills_after = _oom_kill_count()
+        oom = None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before
+        status_, reason = _classify(
+            proc.returncode, clock.fired, cpu_s, limits, stderr, err.last_line(), oom_killer_ran=oom
+        )
+        return SandboxResult(
+            status=status_,
+            reason=reason,
+            stdout=stdout,
+            stderr=stderr,
+            duration_s=round(duration, 4),
+            returncode=proc.returncode,
+            cpu_s=round(cpu_s, 3),
+            uid=uid,
+            python=isolation.python,
+        )
+    finally:
+        if host_workdir is not None:
+            shutil.rmtree(host_workdir, ignore_errors=True)
+
+
+def _setup_script(isolation: Isolation, uid: int | None, limits: Limits, interpreter: list[str]) -> str:
+    """The shell script that, as root inside the new mount namespace, builds the run's filesystem.
+
+    Order matters: the host's mounts become read-only first; then the interpreter's prefixes are
+    exposed (staged on a scratch tmpfs at /tmp, then moved over the directory that hid them);
+    then the writable, capped /tmp and /dev/shm are mounted; last, the program is stored and
+    started as the run's uid. `-n`: a read-only / has no writable mount table to update.
+    """
+    q = shlex.quote
+    mount = q(_which("mount"))
+    lines = [
+        "umask 022",  # the directories and main.py made here must be readable by the run's uid
+        f'fail() {{ echo "sandbox setup failed: $1" >&2; exit {SETUP_FAILED_EXIT}; }}',
+        # Best effort: a mount that refuses stays writable; the probe lists those in the notes.
+        *(f"{mount} -n -o remount,bind,ro {q(point)} 2>/dev/null" for point in isolation.read_only),
+    ]
+    for hidden, paths in isolation.exposed:
+        lines.append(f"{mount} -n -t tmpfs -o size=1m,mode=755 ttscale-expose /tmp || fail scratch-tmpfs")
+        for path in paths:
+            staged = "/tmp/" + os.path.relpath(path, hidden)
+            lines += [
+                f"mkdir -p {q(staged)} || fail {q('mkdir ' + staged)}",
+                # A bind mount of a read-only mount is read-only too.
+                f"{mount} -n --bind {q(path)} {q(staged)} || fail {q('bind ' + path)}",
+            ]
+        lines += [
+            f"{mount} -n --move /tmp {q(hidden)} || fail {q('move over ' + hidden)}",
+            f"{mount} -n -o remount,bind,ro {q(hidden)} || fail {q('read-only ' + hidden)}",
         ]
-        return [*self.network_prefix, *drop]
+    for point, size_mb in (("/tmp", limits.tmp_mb), ("/dev/shm", limits.shm_mb)):
+        lines.append(
+            f"{mount} -n -t tmpfs -o size={size_mb}m,mode=1777,nosuid,nodev ttscale-sandbox {point}"
+            f" || fail 'private {point}'"
+        )
+    owner = "" if uid is None else f" -o {uid} -g {uid}"
+    lines += [
+        f"install -d -m 700{owner} {PRIVATE_WORKDIR} || fail 'make {PRIVATE_WORKDIR}'",
+        f"cat > {PRIVATE_WORKDIR}/main.py || fail 'store main.py'",
+        f"cd {PRIVATE_WORKDIR} || fail 'cd {PRIVATE_WORKDIR}'",
+        "exec " + " ".join(q(part) for part in [*_drop_privileges(uid), *interpreter]) + " </dev/null",
+    ]
+    return "\n".join(lines) + "\n"
 
 
-_SETPRIV = shutil.which("setpriv") or "setpriv"
+def _memory_file(text: str):
+    """A readable file holding `text` that exists on no filesystem (a memfd), else a temp file."""
+    data = text.encode("utf-8")
+    try:
+        fd = os.memfd_create("ttscale-sandbox-main", os.MFD_CLOEXEC)
+        f = os.fdopen(fd, "w+b")
+    except (AttributeError, OSError):
+        f = tempfile.TemporaryFile()
+    f.write(data)
+    f.flush()
+    f.seek(0)
+    return f
+
+
+class _WallClock:
+    """Calls `kill` once `seconds` have passed, unless stopped first; `fired` says whether it did.
+
+    `fired` is set before the kill is sent, so a main process that dies of SIGKILL while
+    `fired` is true was killed by the wall clock (or, at the same instant, by itself).
+    """
+
+    def __init__(self, seconds: float, kill):
+        self.fired = False
+        self._kill = kill
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._kill()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        self._timer.join()  # a kill in flight finishes before the caller looks at `fired`
+
+
+def _wait_main(pid: int) -> tuple[int, float]:
+    """Wait for the main process to end: its wait status, and the CPU time it used.
+
+    The CPU time tells a SIGKILL from the hard RLIMIT_CPU apart from any other SIGKILL. It comes
+    from wait4's rusage, which the kernel keeps exact (the utime and stime of /proc/<pid>/stat
+    are sampled in clock ticks and read up to 10% low here), and which also counts the children
+    the program itself waited for.
+    """
+    while True:
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            return status, usage.ru_utime + usage.ru_stime
+        except InterruptedError:
+            continue
+
+
+def _classify(
+    returncode: int,
+    clock_fired: bool,
+    cpu_s: float,
+    limits: Limits,
+    stderr: str,
+    last_line: str,
+    *,
+    oom_killer_ran: bool = False,
+) -> tuple[Status, str]:
+    """The verdict, from how the main process ended; each kill named by its cause."""
+    last = last_line[:REASON_CHARS]
+    if returncode == 0:
+        return "pass", ""
+    if returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGKILL and clock_fired:
+            return "timeout", f"wall-clock limit: killed after {limits.timeout_s:g} s"
+        if sig == signal.SIGXCPU:
+            return "timeout", f"CPU time limit: {cpu_s:.2f} s of CPU used, limit {limits.cpu_s} s (SIGXCPU)"
+        if sig == signal.SIGKILL and cpu_s >= limits.cpu_s:
+            # Only the hard RLIMIT_CPU (a second after the soft one) kills a process this busy.
+            return "timeout", f"CPU time limit: {cpu_s:.2f} s of CPU used, limit {limits.cpu_s} s (SIGKILL; SIGXCPU was ignored)"
+        if sig == signal.SIGKILL and oom_killer_ran:
+            return "error", f"killed by SIGKILL after {cpu_s:.2f} s of CPU, not by a sandbox limit: the kernel's out-of-memory killer ran during the run"
+        if sig == signal.SIGKILL:
+            return "error", f"killed by SIGKILL after {cpu_s:.2f} s of CPU, not by a sandbox limit (the program or another process sent it)"
+        if sig == signal.SIGXFSZ:
+            return "error", "file size limit exceeded (SIGXFSZ)"
+        return "error", f"killed by signal {name}"
+    if returncode == SETUP_FAILED_EXIT and "sandbox setup failed" in stderr:
+        return "error", last or "sandbox setup failed"
+    if last.startswith("MemoryError") or "\nMemoryError" in stderr:
+        return "error", last or "MemoryError"
+    return "fail", last or f"exit code {returncode}"
+
+
+# --- killing what a run leaves behind -----------------------------------------------------
+
+
+def _kill_run(pgid: int, uid: int | None, *, until_gone: bool = False) -> None:
+    """SIGKILL the run's process group and, with a dedicated uid, every process of that uid.
+
+    until_gone: keep at it until /proc shows no live process of the uid (SIGKILLed processes
+    take a moment to exit), so that the run's private tmpfs is freed when this returns.
+    """
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is None:
+        return
+    deadline = time.monotonic() + CLEANUP_DEADLINE_S
+    while _pids_of_uid(uid):
+        _kill_all_of_uid(uid)
+        if not until_gone or time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
+
+
+def _kill_all_of_uid(uid: int) -> None:
+    """SIGKILL every process of `uid`.
+
+    First kill(-1, SIGKILL) sent *as* `uid` (by the kill command, run as that uid): it reaches
+    all of that uid's processes at once, and a fork cannot slip past it, because the kernel
+    signals them all under the task-list lock. Then each process /proc still lists, one by one,
+    in case that command is missing or failed.
+    """
+    kill = shutil.which("kill", path=ADMIN_PATH)
+    if kill is not None:
+        try:
+            subprocess.run(
+                [kill, "-9", "-1"],  # the one spelling that every kill(1) takes for "signal 9 to pid -1"
+                user=uid, group=uid, extra_groups=[],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={"PATH": SAFE_PATH}, cwd="/", close_fds=True, timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for pid in _pids_of_uid(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real, effective or saved uid is `uid`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                zombie = False
+                for line in f:
+                    if line.startswith("State:"):
+                        zombie = line.split()[1] in ("Z", "X")  # dead already; only its parent can reap it
+                    elif line.startswith("Uid:"):
+                        if not zombie and uid in (int(x) for x in line.split()[1:]):
+                            pids.append(int(entry))
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _own_process_count() -> int:
+    try:
+        return len(_pids_of_uid(os.getuid()))
+    except OSError:
+        return 0
+
+
+def _oom_kill_count() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed since boot (/proc/vmstat)."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# --- what this machine allows -----------------------------------------------------------------
+
+PROBE_CHECK = r"""
+import json, os, sys
+top = {}  # mount point -> whether the mount on top there (the last listed) is writable
+with open("/proc/self/mountinfo") as f:
+    for line in f:
+        fields = line.split()
+        fstype = line.split(" - ", 1)[1].split()[0]
+        top[fields[4].encode().decode("unicode_escape")] = "rw" in fields[5].split(",") and fstype not in %r
+writable = [point for point, rw in top.items() if rw and point not in ("/tmp", "/dev/shm")]
+st = os.statvfs("/tmp")
+print(json.dumps({
+    "uid": os.getuid(), "version": sys.version, "executable": sys.executable,
+    "tmp_bytes": st.f_blocks * st.f_frsize, "writable": sorted(writable),
+}))
+""" % (tuple(sorted(PSEUDO_FILESYSTEMS)),)
 
 
 @lru_cache(maxsize=1)
 def probe_isolation() -> Isolation:
-    """Which isolation layers work here: a network namespace via unshare, and a uid drop as root.
+    """Which isolation layers work here, each checked end to end by running a program in it.
 
-    The uid drop is checked end to end: the interpreter must start as that uid and import its
-    standard library (it may live under a directory only root can read, e.g. /root/.pyenv).
+    Candidates, strongest first: as root, a mount namespace plus a dedicated uid, then a
+    dedicated uid alone, then root; without root, the caller's user. Each must start the
+    interpreter and report itself; the first that does is used, and the notes say what the
+    stronger ones lacked.
     """
     is_root = os.geteuid() == 0
     notes: list[str] = []
-    network: tuple[str, ...] = ()
-    unshare = shutil.which("unshare")
-    if unshare:
-        candidate = (unshare, "-n", "--") if is_root else (unshare, "-rn", "--")
-        if _works([*candidate, "true"]):
-            network = candidate
-        else:
-            notes.append(f"{' '.join(candidate)} is not permitted here; sockets are blocked in Python only")
-    else:
-        notes.append("no unshare command; sockets are blocked in Python only")
-    dedicated = False
+    network = _probe_network(is_root, notes)
+    candidates: list[Isolation] = []
     if not is_root:
-        notes.append("not root: the child runs as the caller's user")
-    elif not shutil.which("setpriv"):
-        notes.append("no setpriv command: the child runs as root")
+        notes.append(
+            "not root: no mount namespace, so files a program stores in /tmp or /dev/shm stay on the "
+            "host after its run (up to max_file_mb each); it runs as the caller's user, and what it "
+            "leaves running is killed by process group only (setsid escapes that)"
+        )
+    elif not shutil.which("setpriv", path=ADMIN_PATH):
+        notes.append("no setpriv command: the child runs as root, with no mount namespace")
     elif not _uid_mapped(_uid_for(UIDS_PER_PROCESS - 1)):
-        notes.append("sandbox uids are not mapped in this user namespace: the child runs as root")
+        notes.append("sandbox uids are not mapped in this user namespace: the child runs as root, with no mount namespace")
     else:
-        check = "import json, socket, resource, os; assert os.getuid() != 0"
-        uid = _uid_for(UIDS_PER_PROCESS - 1)
-        dedicated = _works([*Isolation(network_prefix=network).prefix(uid), sys.executable, "-I", "-c", check], cwd="/")
-        if not dedicated:
-            notes.append(f"{sys.executable} does not run as an unprivileged uid here: the child runs as root")
-    return Isolation(network_prefix=network, dedicated_uid=dedicated, notes=tuple(notes))
+        if shutil.which("unshare", path=ADMIN_PATH) and shutil.which("mount", path=ADMIN_PATH):
+            hidden, unreachable = _hidden_interpreter_dirs()
+            notes += unreachable
+            candidates.append(Isolation(
+                network_prefix=network, dedicated_uid=True, private_tmp=True,
+                read_only=_host_mounts(), exposed=hidden,
+            ))
+        else:
+            notes.append("no unshare or mount command: no mount namespace")
+        candidates.append(Isolation(network_prefix=network, dedicated_uid=True))
+    candidates.append(Isolation(network_prefix=network))
+    limits = Limits(timeout_s=30, cpu_s=30, memory_mb=1024, max_processes=64, max_file_mb=1, tmp_mb=4, shm_mb=4)
+    for candidate in candidates:
+        result = _run(PROBE_CHECK, candidate, limits=limits, output_limit=100_000)
+        report = _parse_report(result.stdout)
+        if result.status != "pass" or report is None:
+            notes.append(f"{_describe(candidate)} does not work here ({result.status}: {result.reason or result.stderr[-200:]})")
+            continue
+        if candidate.dedicated_uid and report["uid"] == 0:
+            notes.append(f"{_describe(candidate)} still ran as root")
+            continue
+        if candidate.private_tmp and report["tmp_bytes"] != limits.tmp_mb * 1024 * 1024:
+            notes.append(f"{_describe(candidate)}: /tmp was not the private tmpfs")
+            continue
+        if candidate.private_tmp and report["writable"]:
+            notes.append("these mounts stay writable inside the sandbox: " + ", ".join(report["writable"]))
+        python = f"Python {report['version'].split()[0]} at {report['executable']}"
+        if report["version"] != sys.version:
+            notes.append(
+                f"sandboxed programs run {python} ({report['version']}), while the harness runs "
+                f"{sys.version.split()[0]} ({sys.version})"
+            )
+        return candidate.model_copy(update={"python": python, "notes": tuple(notes)})
+    notes.append("no candidate worked: sandboxed programs will fail to start")
+    return candidates[-1].model_copy(update={"notes": tuple(notes)})
+
+
+def _probe_network(is_root: bool, notes: list[str]) -> tuple[str, ...]:
+    unshare = shutil.which("unshare", path=ADMIN_PATH)
+    if not unshare:
+        notes.append("no unshare command; sockets are blocked in Python only")
+        return ()
+    candidate = (unshare, "-n", "--") if is_root else (unshare, "-rn", "--")
+    if _works([*candidate, "true"]):
+        return candidate
+    notes.append(f"{' '.join(candidate)} is not permitted here; sockets are blocked in Python only")
+    return ()
+
+
+def _describe(isolation: Isolation) -> str:
+    if isolation.private_tmp:
+        return "a mount namespace with a dedicated uid"
+    return "a dedicated uid" if isolation.dedicated_uid else "the caller's own user"
+
+
+def _parse_report(stdout: str) -> dict | None:
+    try:
+        report = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _works(command: list[str], cwd: str | None = None) -> bool:
@@ -257,6 +654,83 @@ def _works(command: list[str], cwd: str | None = None) -> bool:
         return subprocess.run(command, capture_output=True, timeout=30, cwd=cwd, env=env).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+def _host_mounts() -> tuple[str, ...]:
+    """The mount points that a sandbox remounts read-only: every writable mount that stores data.
+
+    From /proc/self/mountinfo, once each, skipping mounts already read-only, kernel pseudo
+    filesystems, and /tmp and /dev/shm (the sandbox mounts its own over those).
+    """
+    points: list[str] = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if " - " not in line or len(fields) < 6:
+                    continue
+                point = _unescape_mount_path(fields[4])
+                fstype = line.split(" - ", 1)[1].split()[0]
+                if "ro" in fields[5].split(",") or fstype in PSEUDO_FILESYSTEMS:
+                    continue
+                if point in ("/tmp", "/dev/shm") or point.startswith(("/tmp/", "/dev/shm/")):
+                    continue
+                if point not in points:
+                    points.append(point)
+    except OSError:
+        pass
+    return tuple(points)
+
+
+def _unescape_mount_path(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (\\040)."""
+    for escape, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escape, char)
+    return field
+
+
+def _hidden_interpreter_dirs() -> tuple[tuple[tuple[str, tuple[str, ...]], ...], list[str]]:
+    """Directories that only root may enter and that hold the interpreter, with its paths in each.
+
+    Returns ((hidden dir, (paths to expose, ...)), ...) and notes for paths that cannot be
+    exposed (the path itself is closed to others, so a bind mount would keep it closed).
+    """
+    real_executable = os.path.realpath(sys.executable)
+    needed = {
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(sys.prefix),
+        os.path.dirname(real_executable),
+    }
+    by_dir: dict[str, set[str]] = {}
+    notes: list[str] = []
+    for path in sorted(needed):
+        hidden = _first_closed_dir(path)
+        if hidden is None:
+            continue
+        if hidden == path:
+            notes.append(f"{path} is closed to other users: the sandbox uid may not load the harness's interpreter")
+            continue
+        by_dir.setdefault(hidden, set()).add(path)
+    exposed = []
+    for hidden, paths in sorted(by_dir.items()):
+        # A path inside another exposed path comes with it.
+        outer = sorted(p for p in paths if not any(p != q and p.startswith(q + os.sep) for q in paths))
+        exposed.append((hidden, tuple(outer)))
+    return tuple(exposed), notes
+
+
+def _first_closed_dir(path: str) -> str | None:
+    """The outermost directory on the way to `path` (itself included) that others may not enter."""
+    current = os.sep
+    for part in path.strip(os.sep).split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return None
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return current
+    return None
 
 
 _uid_counter = itertools.count()
@@ -331,73 +805,3 @@ class _Capture:
     def last_line(self) -> str:
         lines = [line.strip() for line in bytes(self._tail or self._head).decode("utf-8", "replace").splitlines()]
         return next((line for line in reversed(lines) if line), "")
-
-
-def _classify(returncode: int, timed_out: bool, stderr: str, timeout_s: float, last_line: str) -> tuple[Status, str]:
-    last = last_line[:REASON_CHARS]
-    if timed_out:
-        return "timeout", f"timed out after {timeout_s:g} s"
-    if returncode == 0:
-        return "pass", ""
-    if returncode < 0:
-        sig = -returncode
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and "MemoryError" not in stderr:
-            # SIGKILL here is the hard CPU limit (our wall-clock kill is reported above).
-            return "timeout", f"CPU time limit ({signal.Signals(sig).name})"
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if sig == signal.SIGXFSZ:
-            return "error", "file size limit exceeded (SIGXFSZ)"
-        return "error", f"killed by signal {name}"
-    if returncode == SETUP_FAILED_EXIT and "sandbox setup failed" in stderr:
-        return "error", last or "sandbox setup failed"
-    if last.startswith("MemoryError") or "\nMemoryError" in stderr:
-        return "error", last or "MemoryError"
-    return "fail", last or f"exit code {returncode}"
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _pids_of_uid(uid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                zombie = False
-                for line in f:
-                    if line.startswith("State:"):
-                        zombie = line.split()[1] in ("Z", "X")  # dead already; only its parent can reap it
-                    elif line.startswith("Uid:"):
-                        if not zombie and uid in (int(x) for x in line.split()[1:]):
-                            pids.append(int(entry))
-                        break
-        except (OSError, ValueError):
-            continue
-    return pids
-
-
-def _kill_uid(uid: int, rounds: int = 50) -> None:
-    """Kill every process running as `uid` (processes that left the group or session, too)."""
-    for _ in range(rounds):
-        pids = _pids_of_uid(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.01)
-
-
-def _own_process_count() -> int:
-    try:
-        return len(_pids_of_uid(os.getuid()))
-    except OSError:
-        return 0
