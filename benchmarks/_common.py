@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from ttscale.errors import ConfigError
 from ttscale.types import ChatMessage, Grade, Problem
 from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
 
@@ -21,6 +24,28 @@ SEED_STRIDE = 1_000_003
 def reasoning_gym_seed(seed: int) -> int:
     """The reasoning-gym seed for our `seed`: disjoint problem sets for any size below the stride."""
     return seed * SEED_STRIDE
+
+
+def read_text_lines(path: Path, what: str = "data file") -> list[str]:
+    """The lines of a UTF-8 text file (gzipped if it ends in .gz), naming the line of any bad byte.
+
+    A byte-order mark at the start is dropped: spreadsheet tools often write one.
+    """
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist; check the path") from None
+    except (OSError, EOFError) as error:
+        raise ConfigError(f"cannot read {what} {path}: {error}") from None
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x} at column {column}); "
+            "save the file as UTF-8 and rerun"
+        ) from None
 
 
 def take(count: int, limit: int | None) -> int:

@@ -20,7 +20,7 @@ from urllib.request import getproxies, proxy_bypass
 
 from pydantic import Field
 
-from ttscale.benchmarks._common import MathBenchmark, take
+from ttscale.benchmarks._common import MathBenchmark, read_text_lines, take
 from ttscale.errors import ConfigError
 from ttscale.types import Problem
 
@@ -42,10 +42,12 @@ def _local_rows(dataset: str, path: Path) -> list[dict[str, Any]]:
     try:
         if suffix == ".jsonl":
             # Plain json: the datasets json builder writes a cache, which a few rows do not need.
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-            rows = [json.loads(line) for line in lines if line.strip()]
+            rows = [_json_row(line, path, lineno) for lineno, line in enumerate(read_text_lines(path), start=1) if line.strip()]
         elif suffix in (".json", ".parquet"):
             import datasets
+
+            if suffix == ".json":
+                read_text_lines(path)  # names the line of a non-UTF-8 byte, which pyarrow would not
 
             builder = "parquet" if suffix == ".parquet" else "json"
             rows = list(datasets.load_dataset(builder, data_files=str(path), split="train"))
@@ -60,6 +62,13 @@ def _local_rows(dataset: str, path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise ConfigError(f"data file {path} for {dataset} holds no rows")
     return rows
+
+
+def _json_row(line: str, path: Path, lineno: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{lineno}: not valid JSON ({error.msg}, column {error.colno}); fix or remove the line") from None
 
 
 def _offline_mode() -> bool:

@@ -8,7 +8,6 @@ strategies see. Problem.answer is the canonical solution (the function body).
 
 from __future__ import annotations
 
-import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ttscale.benchmarks._common import TemplatedBenchmark, take
+from ttscale.benchmarks._common import TemplatedBenchmark, read_text_lines, take
 from ttscale.errors import ConfigError
 from ttscale.types import Grade, Problem
 from ttscale.verifiers.code_exec import extract_code, humaneval_program, same_code
@@ -72,22 +71,20 @@ def read_humaneval(path: Path) -> dict[str, dict[str, str]]:
     """Every row of a HumanEval JSONL (optionally gzipped) file, by task_id; read once per path."""
     if not path.is_file():
         raise ConfigError(f"HumanEval data file {path} does not exist; check -B data_file=PATH")
-    opener = gzip.open if path.suffix == ".gz" else open
     rows: dict[str, dict[str, str]] = {}
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                missing = [k for k in ("task_id", "prompt", "entry_point", "canonical_solution", "test") if k not in row]
-                if missing:
-                    raise ConfigError(f"{path}:{lineno}: missing {', '.join(missing)}; expected the HumanEval schema")
-                rows[str(row["task_id"])] = {k: str(row[k]) for k in ("prompt", "entry_point", "canonical_solution", "test")}
-    except ConfigError:
-        raise
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read HumanEval data file {path}: {error}") from None
+    for lineno, line in enumerate(read_text_lines(path, "HumanEval data file"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise ConfigError(f"{path}:{lineno}: not valid JSON ({error}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in ("task_id", "prompt", "entry_point", "canonical_solution", "test") if k not in row]
+        if missing:
+            raise ConfigError(f"{path}:{lineno}: missing {', '.join(missing)}; expected the HumanEval schema")
+        rows[str(row["task_id"])] = {k: str(row[k]) for k in ("prompt", "entry_point", "canonical_solution", "test")}
     if not rows:
         raise ConfigError(f"HumanEval data file {path} holds no problems")
     return rows

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from ttscale.benchmarks._common import MathBenchmark, take
+from ttscale.benchmarks._common import MathBenchmark, read_text_lines, take
 from ttscale.errors import ConfigError
 from ttscale.types import Problem
 
@@ -24,13 +24,7 @@ class JsonlBenchmark(MathBenchmark):
 
     def load(self, *, limit: int | None = None) -> list[Problem]:
         """Read and check every line, then return the first `limit` problems."""
-        try:
-            # utf-8-sig: files saved by spreadsheet tools often start with a byte-order mark.
-            lines = self.path.read_text(encoding="utf-8-sig").splitlines()
-        except FileNotFoundError:
-            raise ConfigError(f"benchmark file {self.path} does not exist; check the path") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"cannot read benchmark file {self.path}: {error}") from None
+        lines = read_text_lines(self.path, "benchmark file")
         problems: list[Problem] = []
         first_line_of: dict[str, int] = {}
         for lineno, line in enumerate(lines, start=1):

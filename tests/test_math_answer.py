@@ -103,6 +103,60 @@ def test_equivalent_is_symmetric(a, b, same):
     assert verifier.equivalent(b, a) is same
 
 
+# Scientific notation: math-verify alone reads "1e3" as 1·e·3 (Euler's e) but "1E3" as 1000.
+SCIENTIFIC = [
+    ("1e3", "1000", True),
+    ("1e3", "1000.0", True),
+    ("1.0e3", "1000", True),  # trailing zeros in the mantissa
+    ("2.50e2", "250", True),
+    ("1e+3", "1000", True),  # an explicit exponent sign
+    ("+1e3", "1000", True),
+    ("-2e2", "-200", True),  # a negative mantissa
+    ("1.5e-3", "0.0015", True),  # a negative exponent
+    ("-2.5e-4", "-0.00025", True),
+    (".5e1", "5", True),
+    ("5.e0", "5", True),
+    ("1e0", "1", True),
+    ("1.23e5", "123000", True),
+    ("1e3", "10^3", True),
+    ("1e3", "1 \\times 10^{3}", True),
+    ("1e3", "1e3", True),
+    ("1e3", "10e2", True),
+    ("1e3", "1001", False),
+    ("1e3", "3", False),
+    ("1e3", "e^3", False),
+    ("1e-3", "1000", False),  # the exponent's sign matters
+    ("-1e3", "1000", False),  # and the mantissa's
+    ("1.2345e3", "1234.6", False),
+    ("2e2", "20", False),
+]
+
+
+def _cases(a: str) -> set[str]:
+    return {a, a.replace("e", "E")}
+
+
+@pytest.mark.parametrize("a, b, same", SCIENTIFIC)
+def test_scientific_notation_is_equivalent_both_ways_round_in_either_case(a, b, same):
+    for left in _cases(a):
+        for right in _cases(b) if "e" in b and "\\" not in b and "^" not in b else {b}:
+            assert verifier.equivalent(left, right) is same, (left, right)
+            assert verifier.equivalent(right, left) is same, (right, left)
+            assert verifier.grade(problem(right), left).correct is same, (right, left)
+            assert verifier.grade(problem(left), right).correct is same, (left, right)
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("So the total is \\boxed{1e3}.", "1000"),
+    ("So the total is \\boxed{1E3}.", "1000"),
+    ("The answer is 2.5e-3.", "0.0025"),
+    ("We end up with about 4.2E6 cells", "4200000"),
+])
+def test_scientific_notation_is_extracted_and_graded(text, gold):
+    answer = verifier.extract_answer(text)
+    assert verifier.grade(problem(gold), answer).correct, (text, answer)
+
+
 @pytest.mark.parametrize("weird", ["", "}{", "\\frac{", "$$", "\\boxed{}", "x" * 5000, "1/0", "\\left(", "=="])
 def test_weird_input_never_raises(weird):
     assert verifier.equivalent(weird, "1") is False

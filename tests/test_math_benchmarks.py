@@ -155,9 +155,14 @@ def test_bad_data_files_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="####"):
         Gsm8kBenchmark(data_file=no_hashes).load()
     broken = tmp_path / "broken.jsonl"
-    broken.write_text("{not json\n")
-    with pytest.raises(ConfigError, match="cannot read data file"):
+    broken.write_text(json.dumps({"problem": "p", "answer": "1"}) + "\n{not json\n")
+    with pytest.raises(ConfigError, match=r"broken.jsonl:2: not valid JSON"):
         Math500Benchmark(data_file=broken).load()
+    for name, lines in (("latin1.jsonl", b'{"problem": "p", "answer": "1"}\n{"problem": "caf\xe9", "answer": "2"}\n'),
+                        ("latin1.json", b'[{"problem": "p", "answer": "1"},\n {"problem": "caf\xe9", "answer": "2"}]\n')):
+        (tmp_path / name).write_bytes(lines)
+        with pytest.raises(ConfigError, match=rf"{name}:2: not UTF-8 \(byte 0xe9 at column \d+\)"):
+            Math500Benchmark(data_file=tmp_path / name).load()
     (tmp_path / "rows.csv").write_text("question,answer\n")
     with pytest.raises(ConfigError, match="expected .jsonl"):
         load_rows("x/y", None, "test", tmp_path / "rows.csv")

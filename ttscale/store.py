@@ -102,17 +102,66 @@ class RunStore:
 
 
 def read_samples(path: Path) -> Iterator[dict[str, Any]]:
-    """Parse samples.jsonl, naming the file and line of anything unreadable."""
+    """Parse samples.jsonl, naming the file and line of anything that is not a record."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise TtscaleError(f"{path}:{lineno}: unreadable record (not UTF-8); remove that line and rerun") from None
             except json.JSONDecodeError as error:
                 raise TtscaleError(f"{path}:{lineno}: unreadable record ({error.msg}); remove that line and rerun") from None
+            problem = record_problem(record)
+            if problem:
+                raise TtscaleError(
+                    f"{path}:{lineno}: not a samples record ({problem}); `ttscale eval` did not write "
+                    "this line: remove it and rerun"
+                )
+            yield record
+
+
+# What every reader of samples.jsonl (resume, summary, compare, fit) takes for granted.
+RECORD_FIELDS: dict[str, type] = {
+    "problem_id": str,
+    "chosen_rule": str,
+    "n": int,
+    "num_correct": int,
+    "candidates": list,
+    "selections": dict,
+    "cost": dict,
+}
+CANDIDATE_FIELDS = ("answer", "correct", "num_tokens")
+
+
+def record_problem(record: Any) -> str | None:
+    """Why `record` is not a samples.jsonl record, in a few words; None when it is one."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    missing = [name for name in RECORD_FIELDS if name not in record]
+    if missing:
+        return "no " + ", ".join(map(repr, missing)) + " field" + ("s" if len(missing) > 1 else "")
+    for name, kind in RECORD_FIELDS.items():
+        value = record[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{name!r} is {json.dumps(value)[:40]}, not a JSON {_JSON_NAMES[kind]}"
+    if not record["problem_id"]:
+        return "empty 'problem_id'"
+    for index, candidate in enumerate(record["candidates"]):
+        if not isinstance(candidate, dict) or any(name not in candidate for name in CANDIDATE_FIELDS):
+            return f"candidate {index} lacks {', '.join(map(repr, CANDIDATE_FIELDS))}"
+    for rule, selection in record["selections"].items():
+        if not isinstance(selection, dict) or "correct" not in selection:
+            return f"selection {rule!r} has no 'correct'"
+    if record["chosen_rule"] not in record["selections"]:
+        return f"chosen_rule {record['chosen_rule']!r} is not among its selections"
+    return None
+
+
+_JSON_NAMES = {str: "string", int: "integer", list: "array", dict: "object"}
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -24,7 +24,7 @@ FINAL_MARKER = re.compile(
 )
 MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 # A minus glued to a preceding word, digit or bracket is subtraction ("10-3"), not a sign.
-NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)")
+NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?(?:[eE][+-]?\d+\b)?(?:\s*/\s*\d+)?|\.\d+)")
 PLAIN_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # "dollars" but not "\frac"
 SENTENCE_END = re.compile(r"\.(?:\s|$)")
 THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -32,6 +32,9 @@ THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 THIN_SPACE_GROUP = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
 # "\text{18 cm}": a number and its unit wrapped in text, which math-verify reads as one symbol.
 TEXT_NUMBER = re.compile(r"\\(?:text|textrm|mathrm)\{\s*(-?\d[\d,]*(?:\.\d+)?)\s+([^{}]*)\}")
+# "1e3", "-2.5E-4": scientific notation, which math-verify reads as 1·e·3 (Euler's e) in lower
+# case and as a number in upper case. We hand it m \times 10^{k}, which it reads as a number.
+SCIENTIFIC = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([+-]?\d+)")
 MAX_ANSWER_CHARS = 1000  # longer "answers" are not answers, and they can stall sympy
 
 
@@ -59,7 +62,7 @@ def _box_content(rest: str) -> str | None:
 
 
 def last_number(text: str) -> str | None:
-    """The last number in the text (signs, decimals, thousands separators, simple fractions)."""
+    """The last number in the text (signs, decimals, thousands separators, exponents, simple fractions)."""
     numbers = NUMBER.findall(text)
     return numbers[-1].replace(" ", "") if numbers else None
 
@@ -173,6 +176,10 @@ def _as_latex(answer: str) -> str:
         answer = f"{text_number.group(1)} \\text{{ {text_number.group(2)}}}"
     if THOUSANDS.fullmatch(answer):
         answer = answer.replace(",", "")  # "1,234" is a number, not the set {1, 234}
+    scientific = SCIENTIFIC.fullmatch(answer)
+    if scientific:
+        mantissa = re.sub(r"^([+-]?)\.", r"\g<1>0.", scientific.group(1)).rstrip(".")  # ".5" and "5."
+        answer = f"{mantissa} \\times 10^{{{int(scientific.group(2))}}}"
     return f"${answer}$"
 
 
