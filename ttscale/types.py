@@ -43,7 +43,7 @@ class SampleParams(Frozen):
 
     n: int = Field(default=1, ge=1)
     max_tokens: int = Field(default=256, ge=1)
-    temperature: float = Field(default=0.8, ge=0.0)
+    temperature: float = Field(default=0.8, ge=0.0, allow_inf_nan=False)  # inf and NaN are no temperatures
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     include_stop_str: bool = False
