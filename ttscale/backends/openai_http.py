@@ -59,6 +59,7 @@ class _Reply:
 
     generation: Generation
     account: str
+    requests: int = 1  # HTTP requests it took (n single ones where n > 1 was split)
 
 
 class OpenAIBackend:
@@ -134,7 +135,7 @@ class OpenAIBackend:
                 break
             if len(replies) > self._max_topups:
                 raise TtscaleError(
-                    f"{self._url(request)} returned {got} of the {n} samples asked for in {len(replies)} requests "
+                    f"{self._url(request)} returned {got} of the {n} samples asked for in {sum(r.requests for r in replies)} requests "
                     f"(the last asked for {ask.params.n} and got {reply.account}). Check the server's log and its "
                     "limits on n; rerun the same command to resume."
                 )
@@ -176,6 +177,7 @@ class OpenAIBackend:
                 cost_known=all(g.cost_known for g in generations),
             ),
             f"{got} choices from {len(singles)} single requests",
+            len(singles),
         )
 
     async def _post_generation(self, request: GenRequest) -> _Reply | None:
