@@ -34,6 +34,11 @@ class BestOfN(BaseModel):
     selection: Literal["majority", "first", "max-score", "weighted-vote", "oracle"] = "majority"
     aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
 
+    @property
+    def needs_verifier(self) -> bool:
+        """Whether the chosen rule needs a verifier (the runner checks before starting)."""
+        return self.selection in VERIFIER_RULES
+
     async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
         """Sample N completions of the problem's prompt and apply every selection rule."""
         if self.selection in VERIFIER_RULES:

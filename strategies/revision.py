@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
+from ttscale.protocols import TraceMetadata
 from ttscale.strategies._selection import answer_groups, first_answer, majority_vote
 from ttscale.types import Candidate, ChatMessage, GenRequest, Problem, Trace
 from ttscale.verifiers._steps import Aggregation, aggregate, split_steps
@@ -155,10 +156,12 @@ class Revision(BaseModel):
             "chain_length": length,
             "chains": chains,
             "history": self.history,
-            # Candidates are chain-major: chain 0's attempts by depth, then chain 1's, ...
-            "chain": [c for c in range(chains) for _ in range(length)],
-            "depth": [d for _ in range(chains) for d in range(1, length + 1)],  # 1 = first attempt
-            "depth_cost": [meter.cost.model_dump() for meter in depth_meters],  # index d-1: depth d
+            **TraceMetadata(
+                # Candidates are chain-major: chain 0's attempts by depth, then chain 1's, ...
+                chain=[c for c in range(chains) for _ in range(length)],
+                depth=[d for _ in range(chains) for d in range(1, length + 1)],  # 1 = first attempt
+                depth_cost=[meter.cost.model_dump() for meter in depth_meters],  # index d-1: depth d
+            ),
         }
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=chosen, metadata=metadata)
 

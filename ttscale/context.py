@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from ttscale.errors import ConfigError
-from ttscale.types import Problem, SampleParams
+from ttscale.types import Cost, Problem, SampleParams, Trace
 
 if TYPE_CHECKING:
     from ttscale.cost import CostMeter
-    from ttscale.protocols import AnswerTools, Verifier
+    from ttscale.protocols import AnswerTools, Backend, Strategy, Verifier
 
 
 @dataclass
@@ -28,6 +28,47 @@ class SolveContext:
     params: SampleParams
     rng: random.Random = field(default_factory=random.Random)
     verifier: "VerifierView | None" = None
+
+    @classmethod
+    def for_problem(
+        cls,
+        problem: Problem,
+        *,
+        backend: "Backend",
+        answers: "AnswerTools",
+        params: SampleParams,
+        seed: int,
+        verifier: "Verifier | None" = None,
+    ) -> "SolveContext":
+        """A fresh context for one problem: new meters (generator, and verifier if any), params
+        and RNG seeded with the per-problem `seed`. The runner and `ttscale.solve` both use it."""
+        from ttscale.cost import CostMeter
+
+        verifier_meter = CostMeter(verifier.backend or backend, role="verifier") if verifier else None
+        return cls(
+            backend=CostMeter(backend),
+            answers=AnswerView(answers),  # strategies may extract and compare, never grade
+            params=params.model_copy(update={"seed": seed}),
+            rng=random.Random(seed),
+            verifier=VerifierView(verifier, problem, verifier_meter) if verifier_meter else None,
+        )
+
+    @property
+    def cost(self) -> Cost:
+        """Everything spent for this problem so far: generation plus the verifier's meter."""
+        return self.backend.cost + self.verifier.meter.cost if self.verifier else self.backend.cost
+
+    async def solve(self, strategy: "Strategy", problem: Problem) -> Trace:
+        """Run `strategy` on the blind problem; the Trace comes back with its `cost` filled in.
+
+        The one road a problem's cost travels: the meters count it, this puts it on the Trace,
+        and the runner's record and `ttscale.solve` both read `trace.cost`.
+        """
+        from ttscale.protocols import check_trace_metadata
+
+        trace = await strategy.solve(problem.blind(), self)
+        check_trace_metadata(trace, strategy.name)
+        return trace.model_copy(update={"cost": self.cost})
 
     def require_verifier(self, strategy: str) -> "VerifierView":
         """The verifier, or a clear error for a strategy that cannot run without one."""

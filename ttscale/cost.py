@@ -54,7 +54,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from ttscale.modelshape import ModelShape
-from ttscale.protocols import Backend, ModelInfo, PromptTokens
+from ttscale.protocols import Backend, ModelInfo, PoolingBackend, PromptTokens, draft_num_params_of
 from ttscale.types import Cost, Generation, GenRequest, PoolRequest, PoolResult
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class CostModel:
     @classmethod
     def for_model(cls, model: ModelInfo, intensity: float = KINETICS_INTENSITY) -> "CostModel":
         """The cost model of a backend's model, warning once per model if its shape is unknown."""
-        shape = getattr(model, "shape", None)
+        shape = model.shape
         num_params = shape.num_params if shape is not None else model.num_params
         if shape is None and model.name not in _warned_unknown_shape:
             _warned_unknown_shape.add(model.name)
@@ -428,11 +428,10 @@ class CostMeter:
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
         """Run a pooling model (e.g. a PRM's step classifier) and record its prefill cost."""
-        pool = getattr(self._backend, "pool", None)
-        if pool is None:
+        if not isinstance(self._backend, PoolingBackend):
             raise TypeError(f"{type(self._backend).__name__} has no pooling API; serve the model with a pooling backend")
         started = time.perf_counter()
-        results = await pool(requests)
+        results = await self._backend.pool(requests)
         wall_s = time.perf_counter() - started
         self._record(pool_cost(self.cost_model, results, wall_s, self._structure.cached(requests, results)))
         return results
@@ -480,7 +479,7 @@ def speculative_cost(model: ModelInfo, generations: Sequence[Generation]) -> Cos
     accepted = sum(g.accepted_draft_tokens for g in generations)
     if not drafted:
         return Cost()
-    draft_flops = forward_flops(getattr(model, "draft_num_params", 0), drafted)
+    draft_flops = forward_flops(draft_num_params_of(model), drafted)
     rejected_flops = forward_flops(model.num_params, drafted - accepted)
     return Cost(
         drafts=drafts,

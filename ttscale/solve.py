@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import random
 from typing import TYPE_CHECKING, Any
 
 from ttscale import registry
-from ttscale.context import AnswerView, SolveContext, VerifierView
-from ttscale.cost import CostMeter
+from ttscale.context import SolveContext
 from ttscale.types import ChatMessage, Problem, SampleParams, Trace
 
 if TYPE_CHECKING:
@@ -43,7 +41,7 @@ async def solve(
     params: SampleParams | None = None,
     seed: int = 0,
 ) -> Trace:
-    """Solve one prompt with a registered strategy; the Trace's metadata["cost"] is what it spent.
+    """Solve one prompt with a registered strategy; the Trace's `cost` is what it spent.
 
     `answers` extracts and compares answers (default: math answers, \\boxed{} or a final number).
     """
@@ -51,16 +49,12 @@ async def solve(
 
     problem = as_problem(prompt)
     solver = registry.strategies.factory(strategy)(**(options or {}))
-    meter = CostMeter(backend)
-    verifier_meter = CostMeter(verifier.backend or backend, role="verifier") if verifier else None
-    request_seed = problem_seed(problem, seed)
-    ctx = SolveContext(
-        backend=meter,
-        answers=AnswerView(answers or DEFAULT_VERIFIER),
-        params=(params or SampleParams()).model_copy(update={"seed": request_seed}),
-        rng=random.Random(request_seed),
-        verifier=VerifierView(verifier, problem, verifier_meter) if verifier else None,
+    ctx = SolveContext.for_problem(
+        problem,
+        backend=backend,
+        answers=answers or DEFAULT_VERIFIER,
+        params=params or SampleParams(),
+        seed=problem_seed(problem, seed),
+        verifier=verifier,
     )
-    trace = await solver.solve(problem, ctx)
-    cost = meter.cost + verifier_meter.cost if verifier_meter else meter.cost
-    return trace.model_copy(update={"metadata": {**trace.metadata, "cost": cost.model_dump()}})
+    return await ctx.solve(solver, problem)

@@ -137,12 +137,15 @@ class Trace(Frozen):
     `selections` maps each selection rule the strategy applied to the answer it picked, so one
     run reports every rule; `chosen_rule` names the one the user asked for. The oracle rule is
     applied by the runner when grading, so a strategy may name it without applying it.
+    `metadata` holds the keys of ttscale.protocols.TraceMetadata that apply, and the strategy's
+    own log. `cost` is left None by strategies: SolveContext.solve fills it from the meters.
     """
 
     candidates: tuple[Candidate, ...]
     selections: dict[str, str | None]
     chosen_rule: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    cost: "Cost | None" = None
 
     @model_validator(mode="after")
     def _chosen_rule_is_applied(self) -> "Trace":

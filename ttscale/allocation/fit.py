@@ -26,6 +26,7 @@ from ttscale.allocation.policy import (
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import Run, load_run, probe_price, subsample
 from ttscale.errors import ConfigError
+from ttscale.protocols import prompt_template_of
 from ttscale.selection import VERIFIER_RULES
 
 SUBSETS = 200  # random ordered draws per problem and n (compare's default too)
@@ -247,7 +248,7 @@ def fit_policy(run_dirs: Sequence[Path | str], *, split: Split = "all", num_bins
         benchmark=config.benchmark,
         benchmark_options=config.benchmark_options,
         verifier=", ".join(deployable) or None,
-        prompt_template=getattr(benchmark, "prompt_template", None) or getattr(benchmark, "default_template", None),
+        prompt_template=prompt_template_of(benchmark),
         sampling=config.sampling.model_copy(update={"seed": None, "n": 1}),
         data_hash=data_hash(data.runs, data.problems),
         runs=[str(r.dir) for r in data.runs],
