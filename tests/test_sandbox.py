@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ttscale.verifiers.sandbox import SandboxResult, probe_isolation, run_many, run_python
+from ttscale.verifiers.sandbox import Limits, SandboxResult, _classify, probe_isolation, run_many, run_python
 
 ISOLATION = probe_isolation()
 needs_uid_drop = pytest.mark.skipif(
@@ -351,17 +351,42 @@ def test_self_sigkill_is_not_a_timeout():
 
 
 def test_cpu_limit_is_labelled_as_such():
-    # A wall clock far above the CPU limit, so only the CPU limit can end these runs.
+    # A wall clock far above the CPU limit, so only the CPU limit can end this run.
     result = run_python("while True: pass", timeout_s=120, cpu_limit_s=1)
     assert result.status == "timeout" and result.reason.startswith("CPU time limit") and "SIGXCPU" in result.reason
     # The kernel checks the limit on its timer tick and rusage rounds; allow it a few ms.
     assert result.cpu_s >= 0.95
-    # A program that ignores SIGXCPU is killed at the hard limit, a second of CPU later.
+    host_is_fine(result)
+
+
+def test_hard_cpu_limit_sigkill_is_labelled_as_cpu_limit():
+    # A program that ignores SIGXCPU is killed at the hard limit, a second of CPU later: that
+    # SIGKILL is the CPU limit's, not "some other SIGKILL".
     ignoring = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass"
-    hard = run_python(ignoring, timeout_s=120, cpu_limit_s=1)
-    assert hard.status == "timeout" and hard.reason.startswith("CPU time limit") and "SIGKILL" in hard.reason
-    assert hard.cpu_s >= 1.95
-    host_is_fine(result, hard)
+    result = run_python(ignoring, timeout_s=120, cpu_limit_s=1)
+    assert result.status == "timeout" and result.reason.startswith("CPU time limit") and "SIGKILL" in result.reason
+    assert result.cpu_s >= 1.95
+    host_is_fine(result)
+
+
+LIMITS = Limits(timeout_s=5, cpu_s=5, memory_mb=1024, max_processes=64, max_file_mb=16, tmp_mb=64, shm_mb=64)
+
+
+@pytest.mark.parametrize(
+    ("returncode", "clock_fired", "cpu_s", "oom", "status", "reason_start"),
+    [
+        (-9, True, 0.1, False, "timeout", "wall-clock limit"),
+        (-24, False, 5.0, False, "timeout", "CPU time limit"),
+        (-9, False, 6.0, False, "timeout", "CPU time limit"),
+        (-9, False, 0.08, False, "error", "killed by SIGKILL after 0.08 s of CPU, not by a sandbox limit (the program"),
+        (-9, False, 0.5, True, "error", "killed by SIGKILL after 0.50 s of CPU, not by a sandbox limit: the kernel's out-of-memory"),
+        (0, True, 0.1, False, "pass", ""),  # ended on its own just as the clock fired: its own verdict
+        (1, True, 0.1, False, "fail", "AssertionError"),
+    ],
+)
+def test_each_ending_is_labelled_by_its_cause(returncode, clock_fired, cpu_s, oom, status, reason_start):
+    got = _classify(returncode, clock_fired, cpu_s, LIMITS, "AssertionError\n", "AssertionError", oom_killer_ran=oom)
+    assert got[0] == status and got[1].startswith(reason_start), got
 
 
 def test_wall_clock_limit_is_labelled_as_such():

@@ -287,12 +287,14 @@ def _run(code: str, isolation: Isolation, *, limits: Limits, output_limit: int) 
         # unshare, sh and setpriv each exec the next, so proc.pid ends up being the program.
         clock = _WallClock(limits.timeout_s, lambda: _kill_run(proc.pid, uid))
         try:
-            status, cpu_s = _wait_main(proc.pid)
+            _wait_until_ended(proc.pid)
         finally:
             clock.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        # The main process is gone; kill whatever it left running (background children, too).
+        # Ended but not reaped, so its pid (our handle on its process group) cannot be reused
+        # yet: kill whatever it left running (background children, too), then reap it.
         _kill_run(proc.pid, uid, until_gone=True)
+        status, cpu_s = _reap(proc.pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         duration = time.perf_counter() - started
         out.join(5)
         err.join(5)
@@ -399,20 +401,21 @@ class _WallClock:
         self._timer.join()  # a kill in flight finishes before the caller looks at `fired`
 
 
-def _wait_main(pid: int) -> tuple[int, float]:
-    """Wait for the main process to end: its wait status, and the CPU time it used.
+def _wait_until_ended(pid: int) -> None:
+    """Wait until the main process has ended, leaving it unreaped (a zombie)."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # Python retries it on EINTR (PEP 475)
+
+
+def _reap(pid: int) -> tuple[int, float]:
+    """Reap the ended main process: its wait status, and the CPU time it used.
 
     The CPU time tells a SIGKILL from the hard RLIMIT_CPU apart from any other SIGKILL. It comes
     from wait4's rusage, which the kernel keeps exact (the utime and stime of /proc/<pid>/stat
     are sampled in clock ticks and read up to 10% low here), and which also counts the children
     the program itself waited for.
     """
-    while True:
-        try:
-            _, status, usage = os.wait4(pid, 0)
-            return status, usage.ru_utime + usage.ru_stime
-        except InterruptedError:
-            continue
+    _, status, usage = os.wait4(pid, 0)
+    return status, usage.ru_utime + usage.ru_stime
 
 
 def _classify(
