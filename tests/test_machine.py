@@ -63,7 +63,7 @@ def test_the_cache_is_what_the_workload_needs_when_memory_allows():
 def test_a_small_workload_still_gets_one_full_length_sequence():
     plan = plan_kv_cache(SMOL, dtype="float32", max_model_len=4096, sequences=1, max_tokens=16,
                          free=FreeMemory(20 * GiB, "NUMA node 0"))
-    assert plan.cache_bytes == plan.minimum_bytes == 4096 * 46_080
+    assert plan.cache_bytes == plan.minimum_bytes == int(1.25 * 4096 * 46_080)  # with vLLM's block margin
 
 
 def test_the_same_run_is_capped_by_free_memory_not_a_share_of_the_node():
@@ -82,7 +82,7 @@ def test_when_not_even_one_sequence_fits_one_line_gives_both_figures():
                       free=FreeMemory(int(1.2 * GiB), "NUMA node 0"))
     message = str(error.value)
     assert "\n" not in message
-    assert "needs at least 0.18 GiB" in message and "1.20 GiB is free (NUMA node 0)" in message
+    assert "needs at least 0.22 GiB" in message and "1.20 GiB is free (NUMA node 0)" in message
 
 
 def test_an_explicit_size_wins_but_is_checked_against_free_memory(monkeypatch):

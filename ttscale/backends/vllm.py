@@ -272,6 +272,30 @@ class VLLMBackend:
             **request_spec_counts(final.outputs),
         )
 
+    async def decode_throughput(self, batch: int, *, max_tokens: int, prompt_tokens: int = 32) -> tuple[int, float]:
+        """Raw engine speed for perf/engine_throughput.py: `batch` requests of one short prompt,
+        each generating exactly `max_tokens` (EOS ignored), all at once. Returns the tokens
+        generated and the seconds taken, with no ttscale bookkeeping on the way."""
+        import time
+
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        await self.start()
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+        prompt_ids = self._tokenizer.encode("Count slowly from one to one thousand: one, two, three," * 8)[:prompt_tokens]
+
+        async def one() -> int:
+            final = None
+            async for output in self._engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=uuid.uuid4().hex):
+                final = output
+            return len(final.outputs[0].token_ids)
+
+        started = time.perf_counter()
+        tokens = sum(await asyncio.gather(*(one() for _ in range(batch))))
+        return tokens, time.perf_counter() - started
+
     async def close(self) -> None:
         """Shut the engine down and free its memory."""
         engine, self._engine = self._engine, None
