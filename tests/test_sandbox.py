@@ -428,3 +428,9 @@ def test_runs_the_harness_interpreter():
     # The sandbox uid could not enter /root (pyenv) and silently ran the system's libpython.
     result = run_python("import sys\nprint(sys.version)\nprint(sys.executable)")
     assert result.stdout.splitlines() == [sys.version, sys.executable]
+
+
+def test_an_uncapped_tmpfs_is_refused():
+    # size=0 would mount a tmpfs without any limit, so the limits refuse it.
+    with pytest.raises(ValueError, match="tmp_mb"):
+        run_python("print(1)", tmp_mb=0)

@@ -70,6 +70,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Iterable, Literal
 
+from pydantic import Field
+
 from ttscale.types import Frozen
 
 Status = Literal["pass", "fail", "timeout", "error"]
@@ -193,13 +195,13 @@ def run_many(codes: Iterable[str], *, max_workers: int | None = None, **limits) 
 class Limits(Frozen):
     """The resource limits of one run (see run_python)."""
 
-    timeout_s: float
-    cpu_s: int
-    memory_mb: int
-    max_processes: int
-    max_file_mb: int
-    tmp_mb: int
-    shm_mb: int
+    timeout_s: float = Field(gt=0)
+    cpu_s: int = Field(ge=1)
+    memory_mb: int = Field(ge=1)
+    max_processes: int = Field(ge=1)
+    max_file_mb: int = Field(ge=1)
+    tmp_mb: int = Field(ge=1)  # never 0: a tmpfs mounted with size=0 has no limit at all
+    shm_mb: int = Field(ge=1)
 
 
 class Isolation(Frozen):
