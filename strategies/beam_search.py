@@ -5,16 +5,30 @@ N/M unfinished beams and expands each into M children (when fewer than N/M are l
 survivors are repeated so the step still generates N children, as search-and-learn does).
 
     active = [empty solution]
-    for step in 1..max_steps:
+    for step in 1..max_steps:                                     # max_steps = 40
         children = N children of `active`, one new step each (the last step runs to the end)
-        if lookahead k: roll each child k greedy steps further, for scoring only
-        score children with the PRM; aggregate step scores (default: last)
-        finished += children that end (\\boxed, EOS, out of tokens)
+        if lookahead k: roll each child k greedy steps further (paid for, then dropped)
+        score children with the PRM over child + rollout (score_rollouts), or child alone
+        aggregate step scores (default: last)
+        finished += children that end (EOS, out of tokens; \\boxed if stop_at_boxed)
         active = top N/M unfinished children (duplicates dropped if filter_duplicates)
-    candidates = the N best finished beams (repeated if fewer finished)
+    candidates = the first N finished beams, in finishing order (the N best if sort_completed),
+                 repeated if fewer finished
     answer = weighted vote over candidates: sum of scores per equivalent answer (Snell et al.)
 
 Snell et al.'s sweep: --beam-width = sqrt(N) or 4, --lookahead 0, 1 or 3.
+
+Against search-and-learn's beam_search.py (see strategies/_search.py for the shared options):
+
+- `sort_completed` (default False, as search-and-learn): the candidates are the first N beams
+  to finish; True keeps the N best-scored finished beams instead.
+- `score_rollouts` (default True): a child's score is the PRM's over its text plus its
+  lookahead rollout, as Snell et al. define lookahead search (and search-and-learn's DVTS
+  does). search-and-learn's beam search generates the rollout but scores only the child's own
+  text; `score_rollouts=false` does that (the rollout is still generated and paid for).
+- `stop_at_boxed` (default False, as search-and-learn's beam search): a beam that states
+  \\boxed goes on until EOS; True ends it at that step.
+- `max_tokens_per` (default "solution"; "step" as search-and-learn) and `max_steps` (40).
 """
 
 from __future__ import annotations
@@ -57,6 +71,13 @@ class BeamSearch(TreeSearchOptions):
 
     lookahead: int = Field(default=0, ge=0, description="greedy steps rolled out only for scoring")
     filter_duplicates: bool = False
+    sort_completed: bool = Field(
+        default=False, description="candidates: the N best finished beams, not the first N to finish (search-and-learn)"
+    )
+    score_rollouts: bool = Field(
+        default=True, description="score a child with its lookahead rollout (Snell et al.); false: its own text only"
+    )
+    stop_at_boxed: bool = Field(default=False, description="a step stating \\boxed ends the beam (search-and-learn's beam search: no)")
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
         """Search step by step, then vote over the finished beams."""
@@ -66,9 +87,10 @@ class BeamSearch(TreeSearchOptions):
         for step in range(self.max_steps):
             last = step == self.max_steps - 1
             widths = children_per_beam(len(active), self.n)
-            children = [kid for kids in await expand(problem, ctx, active, widths, to_the_end=last) for kid in kids]
-            extra = await lookahead_texts(problem, ctx, children, self.lookahead) if self.lookahead else None
-            children = await score(ctx, children, self.aggregation, extra)
+            families = await expand(problem, ctx, active, widths, to_the_end=last, rules=self.rules)
+            children = [kid for kids in families for kid in kids]
+            rollouts = await lookahead_texts(problem, ctx, children, self.lookahead, self.rules) if self.lookahead else None
+            children = await score(ctx, children, self.aggregation, rollouts if self.score_rollouts else None)
             finished += [c for c in children if c.finished]
             active = [c for c in children if not c.finished]
             if self.filter_duplicates:
@@ -77,7 +99,8 @@ class BeamSearch(TreeSearchOptions):
             log.append({"children": len(children), "finished": len(finished), "kept_scores": [b.score for b in active]})
             if not active:
                 break
-        best = repeat_to(top_beams(finished, self.n), self.n)
+        kept = top_beams(finished, self.n) if self.sort_completed else finished[: self.n]
+        best = repeat_to(kept, self.n)
         candidates = [beam.to_candidate(ctx) for beam in best]
         return Trace(
             candidates=tuple(candidates),

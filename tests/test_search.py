@@ -248,3 +248,114 @@ def test_snell_sweep_beam_widths_are_expressible():
         BeamSearch(n=8, beam_width="sqrt")
     with pytest.raises(ValueError, match="multiple of beam_width"):
         DVTS(n=8, beam_width=3)
+
+
+# --- Where search-and-learn differs: each difference is a named option (exact choices) -------------
+
+
+def test_search_and_learn_defaults_are_followed_or_named():
+    beam, dvts = BeamSearch(), DVTS()
+    assert beam.max_steps == dvts.max_steps == 40  # search-and-learn's num_iterations
+    assert beam.sort_completed is False and beam.stop_at_boxed is False  # its beam_search.py
+    assert dvts.stop_at_boxed is True  # its DVTS prunes a subtree at "boxed{"
+    assert beam.max_tokens_per == dvts.max_tokens_per == "solution"  # kept: ttscale's own default
+    assert beam.score_rollouts is True  # kept: Snell et al.'s lookahead (and search-and-learn's DVTS)
+
+
+def early_and_late_finishers(prompt: str, index: int) -> str:
+    """Step 0: children 0 and 1 answer 3 at once (EOS), 2 and 3 go on; step 1 answers 2."""
+    if depth_of(prompt) == 0:
+        return f"S0c{index} so \\boxed{{3}}" if index < 2 else f"S0c{index} work.\n\nmore"
+    return f"S1c{index} so \\boxed{{2}}"
+
+
+@pytest.mark.parametrize("sort_completed", [False, True])
+async def test_sort_completed_picks_the_best_finished_beams_else_the_first_to_finish(sort_completed):
+    # N = 4, M = 2: step 0 finishes S0c0 and S0c1 (scored 0.3) and keeps S0c2, S0c3; step 1
+    # gives each two children, all finished, scored 0.9. Six beams finished; four are kept.
+    prm = ScriptedPRM(rules={"S0c0": 0.3, "S0c1": 0.3, "S1": 0.9})
+    search = BeamSearch(n=4, beam_width=2, max_steps=5, sort_completed=sort_completed)
+    trace = await search.solve(PROBLEM.blind(), context(FakeBackend(responder=early_and_late_finishers), prm))
+    texts = [c.text for c in trace.candidates]
+    if sort_completed:  # the four best: step 1's children, in the order they finished
+        assert texts == ["S0c2 work.\n\nS1c0 so \\boxed{2}", "S0c2 work.\n\nS1c1 so \\boxed{2}",
+                         "S0c3 work.\n\nS1c0 so \\boxed{2}", "S0c3 work.\n\nS1c1 so \\boxed{2}"]
+        assert trace.selections["majority"] == "2"
+    else:  # search-and-learn: the first four to finish, step 0's two included
+        assert texts == ["S0c0 so \\boxed{3}", "S0c1 so \\boxed{3}",
+                         "S0c2 work.\n\nS1c0 so \\boxed{2}", "S0c2 work.\n\nS1c1 so \\boxed{2}"]
+        assert trace.selections["majority"] == "3"  # a 2-2 tie goes to the answer seen first
+    assert trace.metadata["finished_beams"] == 6
+    assert trace.selections["weighted-vote"] == "2"  # 0.9 + 0.9 > 0.3 + 0.3 either way
+
+
+@pytest.mark.parametrize("score_rollouts", [True, False])
+async def test_score_rollouts_decides_whether_lookahead_steers_but_rollouts_are_paid_either_way(score_rollouts):
+    # S0c0 looks bad (0.2) but its rollout S1c0 looks great (0.95); S0c1 looks fair (0.6).
+    prm = ScriptedPRM(rules={"S0c0": 0.2, "S0c1": 0.6, "S1c0": 0.95, "S1c1": 0.1}, default=0.5)
+    backend = FakeBackend(responder=step_responder(final_depth=2))
+    ctx = context(backend, prm)
+    search = BeamSearch(n=2, beam_width=2, max_steps=3, lookahead=1, score_rollouts=score_rollouts)
+    trace = await search.solve(PROBLEM.blind(), ctx)
+    [kept] = trace.metadata["steps"][0]["kept_scores"]
+    # Scored with the rollout, S0c0 wins on its rollout's last step; without, S0c1 wins on its own.
+    assert kept == (0.95 if score_rollouts else 0.6)
+    assert all(c.text.startswith("S0c0 work." if score_rollouts else "S0c1 work.") for c in trace.candidates)
+    rollouts = [r for r in backend.requests if r.params.temperature == 0.0]
+    # One greedy step per unfinished child at steps 0 and 1 (the last step runs to the end).
+    assert [r.prefix.split("\n\n")[0] for r in rollouts] == ["S0c0 work.", "S0c1 work.", *["S0c0 work." if score_rollouts else "S0c1 work."] * 2]
+    # Paid for either way: two children per step (2 x 3, 2 x 3, then 2 x 7 tokens to the end),
+    # plus the rollouts (2 x 3 at step 0, 2 x 7 at step 1).
+    assert ctx.backend.cost.generated_tokens == (6 + 6 + 14) + (6 + 14)
+
+
+def boxed_then_more(prompt: str, index: int) -> str:
+    """Step 0 states the answer and goes on to a new step; step 1 ends the solution (EOS)."""
+    return f"S0c{index} so \\boxed{{2}}.\n\nmore" if depth_of(prompt) == 0 else "Done."
+
+
+@pytest.mark.parametrize("strategy, stop_at_boxed", [(BeamSearch, False), (BeamSearch, True), (DVTS, False), (DVTS, True)])
+async def test_stop_at_boxed_ends_a_beam_at_its_answer_step_or_lets_it_run_to_eos(strategy, stop_at_boxed):
+    backend = FakeBackend(responder=boxed_then_more)
+    search = strategy(n=2, beam_width=2, max_steps=5, stop_at_boxed=stop_at_boxed)
+    trace = await search.solve(PROBLEM.blind(), context(backend, ScriptedPRM()))
+    if stop_at_boxed:
+        assert [c.text for c in trace.candidates] == ["S0c0 so \\boxed{2}.\n\n", "S0c1 so \\boxed{2}.\n\n"]
+        assert len(backend.requests) == 1  # one expansion, then every beam had ended
+    else:  # the best child (the first of equal scores) goes on to EOS
+        assert [c.text for c in trace.candidates] == ["S0c0 so \\boxed{2}.\n\nDone.", "S0c0 so \\boxed{2}.\n\nDone."]
+        assert len(backend.requests) == 2
+    assert all(c.answer == "2" for c in trace.candidates)
+
+
+def three_steps_then_answer(prompt: str, index: int) -> str:
+    """Steps 0-2 are 'a b c.' (4 fake tokens each, plus the separator); step 3 answers."""
+    return "a b c.\n\nmore" if depth_of(prompt) < 3 else "\\boxed{2}"
+
+
+@pytest.mark.parametrize("strategy", [BeamSearch, DVTS])
+@pytest.mark.parametrize("max_tokens_per", ["solution", "step"])
+async def test_max_tokens_bounds_the_whole_solution_or_each_step(strategy, max_tokens_per):
+    backend = FakeBackend(responder=three_steps_then_answer)
+    search = strategy(n=1, beam_width=1, max_steps=10, max_tokens_per=max_tokens_per)
+    trace = await search.solve(PROBLEM.blind(), context(backend, ScriptedPRM(), max_tokens=6))
+    [candidate] = trace.candidates
+    if max_tokens_per == "solution":
+        # Step 0 takes 4 of the 6 tokens; step 1 may take the 2 left and is cut there.
+        assert [r.params.max_tokens for r in backend.requests] == [6, 2]
+        assert candidate.text == "a b c.\n\na b" and candidate.finish_reason == "length"
+        assert candidate.num_tokens == 6
+    else:  # search-and-learn: every step may take the full 6; the solution runs to its answer
+        assert [r.params.max_tokens for r in backend.requests] == [6, 6, 6, 6]
+        assert candidate.text == "a b c.\n\na b c.\n\na b c.\n\n\\boxed{2}" and candidate.finish_reason == "stop"
+        assert candidate.num_tokens == 3 * 4 + 5  # \\boxed{2} is 5 fake tokens
+
+
+async def test_forty_steps_by_default_the_last_one_to_the_end():
+    # A policy that never ends a step by itself: the search stops after max_steps (40), whose
+    # last step is generated without the step stop.
+    backend = FakeBackend(responder=lambda prompt, index: "step.\n\nmore")
+    trace = await DVTS(n=2, beam_width=2).solve(PROBLEM.blind(), context(backend, ScriptedPRM(), max_tokens=10_000))
+    assert len(backend.requests) == 40
+    assert [r.params.stop for r in backend.requests[:-1]] == [("\n\n",)] * 39 and backend.requests[-1].params.stop == ()
+    assert trace.candidates[0].text == "step.\n\n" * 40 + "more"
