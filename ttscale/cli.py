@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ from typing import Any, Optional
 # table. Errors still show; set VLLM_LOGGING_LEVEL=INFO to see everything.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-import click
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -112,8 +113,21 @@ def eval_command(
     if "benchmark" not in values:
         raise ConfigError(f"no benchmark given; pass --benchmark NAME ({', '.join(registry.benchmarks.names())}) or a .jsonl file")
     config = build_config(values, where=str(config_file) if config_file else "eval")
-    result = asyncio.run(_eval_with_progress(config))
+    check_names(config)
+    try:
+        result = asyncio.run(_eval_with_progress(config))
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"interrupted: finished problems are saved in {config.output / config.run_id()}; "
+            "rerun the same command to resume"
+        ) from None
     print_summary(result.summary, result, config)
+
+
+def check_names(config: RunConfig) -> None:
+    """Refuse an unknown backend before the run directory exists (the runner builds it later)."""
+    if config.backend not in registry.backends:
+        registry.backends.factory(config.backend)  # raises, with "did you mean"
 
 
 def speculative_section(current: dict[str, Any] | None, method: str | None, num_tokens: int | None) -> dict[str, Any]:
@@ -150,6 +164,8 @@ async def _eval_with_progress(config: RunConfig):
 
     def on_start(total: int, done: int) -> None:
         progress.update(task, total=total, completed=done)
+        if config.limit is not None and total < config.limit:
+            console.print(f"Note: --limit {config.limit}, but {config.benchmark} has only {total} problems; running all {total}.")
         if done:
             console.print(f"Resuming: {done} of {total} problems already finished in this run.")
         if done < total:
@@ -252,22 +268,59 @@ from ttscale.cli_compare import register as _register_compare  # noqa: E402  (co
 _register_compare(app)
 
 
+def _exception_types(name: str) -> tuple[type[BaseException], ...]:
+    """`name` from typer's own copy of click (typer >= 0.2x) and from click, wherever each exists."""
+    found: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+# Typer 0.29 raises the exceptions of its private click copy, which are not click's: catch both.
+CLICK_ERRORS = _exception_types("ClickException")
+ABORTS = tuple({typer.Abort, *_exception_types("Abort")})
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a run; the message says where the finished work is and how to resume."""
+
+
+def usage_error_line(error: BaseException) -> str:
+    """A click usage error as one line: what was wrong, and the --help that shows the usage."""
+    message = " ".join(error.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    ctx = getattr(error, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"{message}{hint}"
+
+
 def main() -> None:
     """Entry point: run the app, printing user errors as one line instead of a traceback."""
     try:
         code = app(standalone_mode=False)
-    except click.ClickException as error:  # usage errors: click prints its own one-liner
-        error.show()
+    except CLICK_ERRORS as error:  # usage errors (bad flags, values, commands): exit 2
+        if type(error).__name__ == "NoArgsIsHelpError":
+            error.show()  # a bare `ttscale` or `ttscale models`: the help is the message
+        else:
+            errors.print(f"[red]error:[/red] {escape(usage_error_line(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Abort:
+    except RunInterrupted as error:
+        errors.print(escape(str(error)), highlight=False, soft_wrap=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except ABORTS:
         errors.print("aborted")
         sys.exit(1)
     except TtscaleError as error:
-        errors.print(f"[red]error:[/red] {error}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        errors.print("interrupted; rerun the same command to resume")
-        sys.exit(130)
+        errors.print("interrupted")
+        sys.exit(INTERRUPTED_EXIT)
+    if code == INTERRUPTED_EXIT:  # typer turns Ctrl-C outside a run into Exit(130), silently
+        errors.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
 
