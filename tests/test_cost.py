@@ -1,9 +1,12 @@
 import logging
+import random
 
 import numpy as np
 
 from ttscale.backends.fake import FakeBackend
-from ttscale.cost import CostMeter, CostModel, PrefixLedger, cache_independent_cost, scaled_cost, subsample_costs
+from ttscale.cost import (
+    CostMeter, CostModel, PrefixLedger, cache_independent_cost, scaled_cost, subsample_costs, sum_costs,
+)
 from ttscale.types import Cost, GenRequest, SampleParams
 
 
@@ -145,3 +148,11 @@ def test_subsampled_and_scaled_record_costs_are_priced_cache_independently():
         assert list(priced["flops"]) == [2 * 10 * (6 + 3) + 3.0, 2 * 10 * (6 + 5) + 3.0]
         assert scaled_cost(record, 0.5)["flops"] == 143.0
         assert scaled_cost(record, 0.5)["verifier_flops"] == 3.0
+
+
+def test_costs_add_up_to_the_same_total_in_any_order():
+    # A problem's concurrent calls finish in any order; the meter's total must not care.
+    rng = random.Random(1)
+    parts = [Cost(calls=1, flops=rng.uniform(1e15, 1e17), structural_flops=rng.uniform(1e15, 1e17)) for _ in range(50)]
+    assert sum_costs(parts) == sum_costs(reversed(parts)) == sum_costs(sorted(parts, key=lambda c: c.flops))
+    assert sum_costs(parts).calls == 50

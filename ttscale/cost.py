@@ -47,9 +47,10 @@ includes its verifier.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -395,13 +396,13 @@ class CostMeter:
         self.model: ModelInfo = backend.model
         self.role = role
         self.cost_model = CostModel.for_model(backend.model, intensity)
-        self._cost = Cost()
+        self._parts: list[Cost] = []  # one per call: summed in any order to the same total
         self._structure = PromptStructure(backend)  # this meter's requests: one problem's
 
     @property
     def cost(self) -> Cost:
         """Everything spent through this meter so far."""
-        return self._cost
+        return sum_costs(self._parts)
 
     async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
         """Generate through the wrapped backend and record what it cost."""
@@ -439,10 +440,25 @@ class CostMeter:
     def _record(self, cost: Cost) -> None:
         if self.role == "verifier":
             cost = as_verifier_cost(cost)
-        self._cost = self._cost + cost
+        self._parts.append(cost)
 
     async def close(self) -> None:
         """Closing a meter leaves the shared backend open; the runner owns it."""
+
+
+def exact_total(values: Iterable[float]) -> float:
+    """A sum that does not depend on the order of its terms: ints exactly, floats by math.fsum.
+
+    Calls that run concurrently within a problem finish in any order, and a resumed run lists
+    its problems in another order than a clean run; their totals must still agree exactly."""
+    values = list(values)
+    return sum(values) if all(isinstance(v, int) for v in values) else math.fsum(values)
+
+
+def sum_costs(costs: Iterable[Cost]) -> Cost:
+    """Costs added field by field with `exact_total`."""
+    costs = list(costs)
+    return Cost(**{name: exact_total(getattr(c, name) for c in costs) for name in Cost.model_fields})
 
 
 def as_verifier_cost(cost: Cost) -> Cost:

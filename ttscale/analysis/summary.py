@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from statistics import fmean
 from typing import Any, Iterable
 
 from ttscale.analysis.revision import revision_summary
 from ttscale.analysis.speculative import speculative_summary
+from ttscale.cost import exact_total
 from ttscale.types import Cost
 
 COST_FIELDS = tuple(Cost.model_fields)
@@ -32,7 +32,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         # pass@k is averaged over the problems that drew at least k samples.
         "pass_at_k": {k: fmean(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
         "pass_at_k_problems": {k: len(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
-        "cost": {name: total(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
+        # Summed in any order to the same total: a resumed run lists its problems in another order.
+        "cost": {name: exact_total(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
         # False when some calls' tokens could not be counted (cost.uncounted_calls): totals are unknown.
         "cost_known": not any(r["cost"].get("uncounted_calls", 0) for r in records),
         "samples": sum(len(r["candidates"]) for r in records),
@@ -44,9 +45,3 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     summary.update({name: section for name, section in optional.items() if section is not None})
     return summary
 
-
-def total(values: Iterable[float]) -> float:
-    """A sum that does not depend on the order of its terms (math.fsum for floats; ints exact):
-    a resumed run lists its problems in another order than a clean run, and sums to the same."""
-    values = list(values)
-    return sum(values) if all(isinstance(v, int) for v in values) else math.fsum(values)
