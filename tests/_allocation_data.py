@@ -13,19 +13,22 @@ NUM_PARAMS = 1000  # the fake backend's; no shape, so every token costs 2·P FLO
 
 def write_run(root: Path, name: str, accuracies: list[float], *, n: int = 16, seed: int = 0,
               model: str = "fake", strategy: str = "best-of-n", tokens: int = 10, wrong_answers: int = 3,
-              verifier: str | None = None, uses_gold: bool = False, verifier_flops: float = 0.0) -> Path:
+              verifier: str | None = None, uses_gold: bool = False, verifier_flops: float = 0.0,
+              shape: dict[str, int] | None = None) -> Path:
     """A run directory whose problem i draws correct answers with probability accuracies[i].
 
     Wrong answers come from `wrong_answers` distinct values, so majority vote can lose. With a
     `verifier`, every sample is scored: an oracle one (uses_gold) scores 1 exactly the correct
     samples; any other scores at random. `verifier_flops` is each problem's verifier cost.
+    The recorded FLOPs are 2·P per token (no `shape`; with one, the analysis prices the attention
+    term too). Nothing is cached, so the cache-independent cost equals the actual one.
     """
     rng = random.Random(seed)
     run = root / name
     run.mkdir(parents=True)
     config = {"benchmark": "arithmetic", "benchmark_options": {}, "strategy": strategy,
               "strategy_options": {"n": n}, "model": model, "backend": "fake",
-              "backend_options": {"num_params": NUM_PARAMS}, "verifier": verifier, "verifier_options": {},
+              "backend_options": {"num_params": NUM_PARAMS, **({"shape": shape} if shape else {})}, "verifier": verifier, "verifier_options": {},
               "sampling": {"n": 1, "max_tokens": 64, "temperature": 0.8, "top_p": 1.0}}
     (run / "config.json").write_text(json.dumps(config))
     (run / "backend.json").write_text(json.dumps({"model": model, "num_params": NUM_PARAMS}))
@@ -40,6 +43,7 @@ def write_run(root: Path, name: str, accuracies: list[float], *, n: int = 16, se
                                    "score": score, "step_scores": None, "correct": ok})
             c = sum(x["correct"] for x in candidates)
             generated = sum(x["num_tokens"] for x in candidates)
+            flops = 2.0 * NUM_PARAMS * (20 + generated) + verifier_flops
             selections = {"majority": {"answer": None, "correct": False}}
             if verifier is not None:
                 selections["max-score"] = {"answer": None, "correct": bool(c)}
@@ -48,7 +52,8 @@ def write_run(root: Path, name: str, accuracies: list[float], *, n: int = 16, se
                 "candidates": candidates, "selections": selections, "verifier": verifier, "verifier_uses_gold": uses_gold,
                 "pass_at_k": {str(k): pass_at_k(n, c, k) for k in k_values(n)},
                 "cost": {"calls": 1, "prompt_tokens": 20, "cached_prompt_tokens": 0, "generated_tokens": generated,
-                         "flops": 2.0 * NUM_PARAMS * (20 + generated) + verifier_flops, "verifier_flops": verifier_flops},
+                         "flops": flops, "verifier_flops": verifier_flops, "structural_cached_prompt_tokens": 0,
+                         "structural_flops": flops, "structural_eflops": flops, "structural_verifier_flops": verifier_flops},
             }
             out.write(json.dumps(record) + "\n")
     return run

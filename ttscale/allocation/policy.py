@@ -347,9 +347,11 @@ class AllocationPolicy(BaseModel):
         return Plan(self, problem, entry, bin, "predicted", probe_trace, **budgets)
 
     def _answers(self):
-        from ttscale import registry
+        """The fitting runs' benchmark (a .jsonl path included), for answer extraction and equivalence."""
+        from ttscale.config import RunConfig
+        from ttscale.runner import build_benchmark
 
-        return registry.benchmarks.factory(self.benchmark)(**self.benchmark_options)
+        return build_benchmark(RunConfig(benchmark=self.benchmark, benchmark_options=self.benchmark_options))
 
     # -- batches --
 
