@@ -27,9 +27,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttscale.context import SolveContext
-from ttscale.strategies._selection import majority_vote, max_score, weighted_vote
+from ttscale.selection import majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate, FinishReason, GenRequest, Problem
-from ttscale.verifiers._steps import STEP_SEPARATOR, Aggregation, aggregate, split_steps
+from ttscale.steps import STEP_SEPARATOR, Aggregation, aggregate, split_steps
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttscale.context import SolveContext
-from ttscale.strategies._selection import first_answer, majority_vote, max_score, weighted_vote
+from ttscale.selection import first_answer, majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate, GenRequest, Problem, Trace
-from ttscale.verifiers._steps import Aggregation, aggregate, split_steps
+from ttscale.steps import Aggregation, aggregate, split_steps
 
 VERIFIER_RULES = ("max-score", "weighted-vote")
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ttscale.context import SolveContext
 from ttscale.strategies._search import Beam, expand, score, verifier_selections
 from ttscale.types import Problem, Trace
-from ttscale.verifiers._steps import Aggregation
+from ttscale.steps import Aggregation
 
 SCORE_EPSILON = 1e-6  # keeps logit finite for scores of exactly 0 or 1
 

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.protocols import TraceMetadata
-from ttscale.strategies._selection import answer_groups, first_answer, majority_vote
+from ttscale.selection import answer_groups, first_answer, majority_vote
 from ttscale.types import Candidate, ChatMessage, GenRequest, Problem, Trace
-from ttscale.verifiers._steps import Aggregation, aggregate, split_steps
+from ttscale.steps import Aggregation, aggregate, split_steps
 
 DEFAULT_TEMPLATE = (
     "{question}\n\n"

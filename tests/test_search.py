@@ -19,7 +19,7 @@ from ttscale.strategies.best_of_n import BestOfN
 from ttscale.strategies.dvts import DVTS
 from ttscale.strategies.particle_filter import ParticleFilter, logit, resample, resampling_probabilities
 from ttscale.types import ChatMessage, Problem, SampleParams
-from ttscale.verifiers._steps import aggregate
+from ttscale.steps import aggregate
 from ttscale.verifiers.prm import LLMJudgePRM, ScriptedPRM, yes_probability
 from ttscale.benchmarks.jsonl import JsonlBenchmark
 

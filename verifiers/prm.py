@@ -24,7 +24,7 @@ from ttscale import registry
 from ttscale.cost import CostMeter
 from ttscale.protocols import Backend, Benchmark
 from ttscale.types import ChatMessage, GenRequest, PoolRequest, Problem, SampleParams
-from ttscale.verifiers._steps import split_steps
+from ttscale.steps import split_steps
 
 JUDGE_SYSTEM = "You are a careful teacher. You check one step of a student's solution at a time."
 JUDGE_TEMPLATE = (
