@@ -23,7 +23,7 @@ new plugin implements only what it has:
     TraceMetadata keys              Trace.metadata  absent             analysis (subsampling,
                                                                        revision depths)
 
-What a problem cost travels one road: the strategy spends only through `ctx.backend` and
+What a problem costs travels one road: the strategy spends only through `ctx.backend` and
 `ctx.verifier` (CostMeters), and `SolveContext.solve` puts their total on `Trace.cost`; the
 runner's record and `ttscale.solve` both take it from there.
 """
