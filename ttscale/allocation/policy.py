@@ -487,7 +487,8 @@ class Plan:
                                 verifier=verifier, seed=seed, **options)
             return self._with_budget(trace)
         probe_cost = self.probe.cost
-        exhausted = self.budget_flops is not None and probe_cost.flops >= self.budget_flops
+        # Budgets are cache-independent FLOPs, as the policy was fitted (ttscale.cost.cache_independent_cost).
+        exhausted = self.budget_flops is not None and probe_cost.structural_flops >= self.budget_flops
         if self.setting.reuses_probe or exhausted:
             candidates, cost = list(self.probe.candidates), probe_cost
             extra = 0 if exhausted else self.setting.samples - probe_k0
@@ -505,7 +506,7 @@ class Plan:
         return self._with_budget(trace.model_copy(update={"cost": trace.cost + probe_cost, "metadata": metadata}))
 
     def _with_budget(self, trace: Trace, exhausted: bool = False) -> Trace:
-        spent = trace.cost.flops
+        spent = trace.cost.structural_flops  # cache-independent, as the budget
         budget = {"flops": self.budget_flops, "samples": self.budget_samples, "spent_flops": spent,
                   "samples_drawn": len(trace.candidates), "probe_exhausted_it": exhausted,
                   # The policy's choice fits the budget on average; one prompt may cost more.
