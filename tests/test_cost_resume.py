@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from ttscale.analysis.runs import load_run
+from ttscale.analysis.scaling import scaling_curves
 from ttscale.analysis.summary import summarize
 from ttscale.backends.fake import FakeBackend
 from ttscale.config import RunConfig
@@ -64,6 +66,7 @@ def records_of(run_dir) -> dict[str, dict]:
     "strategy, options, verifier",
     [
         ("beam-search", {"n": 4, "beam_width": 2, "max_steps": 3}, "llm-judge-prm"),  # steps continue prefixes
+        ("dvts", {"n": 4, "beam_width": 2, "max_steps": 3}, "llm-judge-prm"),  # curves scale by subtree
         ("revision", {"n": 4, "ratio": "2:2"}, None),  # revision prompts hold earlier attempts
         ("best-of-n", {"n": 4}, None),  # one request: nothing shared within the problem
     ],
@@ -73,7 +76,8 @@ async def test_resumed_run_and_clean_run_agree_exactly_on_the_cache_independent_
     path.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
                             for i in range(1, 7)))
     config = RunConfig(benchmark=str(path), backend="fake", model="fake", strategy=strategy, strategy_options=options,
-                       verifier=verifier, sampling=SampleParams(max_tokens=64), concurrency=1, output=tmp_path / "clean")
+                       verifier=verifier, sampling=SampleParams(max_tokens=64), concurrency=1, output=tmp_path / "clean",
+                       backend_options={"num_params": ENGINE["num_params"], "shape": SHAPE})
     clean = await run_eval(config, backend=engine())
 
     crashed = config.model_copy(update={"output": tmp_path / "crashed"})
@@ -97,6 +101,11 @@ async def test_resumed_run_and_clean_run_agree_exactly_on_the_cache_independent_
         assert {f: priced_before[f] for f in STRUCTURAL_FIELDS} == {f: priced_after[f] for f in STRUCTURAL_FIELDS}
     for field in STRUCTURAL:
         assert clean.summary["cost"][field] == resumed.summary["cost"][field]
+    # compare, report and the allocator read runs through one layer: its curves cost the same.
+    curves = [{c.rule: c for c in scaling_curves(load_run(r.run_dir), bootstrap=0)} for r in (clean, resumed)]
+    assert curves[0].keys() == curves[1].keys()
+    for rule, curve in curves[0].items():
+        assert [(p.n, p.flops, p.eflops) for p in curve.points] == [(p.n, p.flops, p.eflops) for p in curves[1][rule].points]
 
     # The actual cost did depend on the crash: the first problem solved after the restart found
     # the engine's cache cold, where the clean run had the shared prompt template cached.
