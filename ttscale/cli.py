@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-# vLLM logs engine internals at INFO and WARNING; keep the terminal for our progress bar and
-# table. Errors still show; set VLLM_LOGGING_LEVEL=INFO to see everything.
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+# vLLM logs engine internals at INFO and WARNING. `eval` sends them, and everything else the
+# engine and the libraries print, to the run directory's engine.log (--verbose: the terminal), so
+# the log keeps vLLM's INFO lines for diagnosing a failure.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 
 import typer
 import yaml
@@ -33,6 +36,7 @@ models_app = typer.Typer(help="List and prepare models (the embedded default nee
 app.add_typer(models_app, name="models")
 console = Console()
 errors = Console(stderr=True)
+ENGINE_LOG = "engine.log"  # in the run directory: what vLLM and the libraries print
 
 
 def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
@@ -75,6 +79,7 @@ def eval_command(
     speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding on the vllm backend: 'ngram' (prompt lookup, no draft model) or a draft model (embedded name, HF directory or hub id)."),
     num_speculative_tokens: Optional[int] = typer.Option(None, "--num-speculative-tokens", help="Draft length: tokens proposed per speculative step (default 4)."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of RunConfig fields; flags given on the command line override it."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the engine's and the libraries' output here instead of in the run directory's engine.log."),
 ) -> None:
     """Evaluate a strategy on a benchmark and print accuracy, pass@k and compute.
 
@@ -115,7 +120,7 @@ def eval_command(
     config = build_config(values, where=str(config_file) if config_file else "eval")
     check_names(config)
     try:
-        result = asyncio.run(_eval_with_progress(config))
+        result = asyncio.run(_eval_with_progress(config, verbose=verbose))
     except KeyboardInterrupt:
         raise RunInterrupted(
             f"interrupted: finished problems are saved in {config.output / config.run_id()}; "
@@ -145,7 +150,8 @@ def speculative_section(current: dict[str, Any] | None, method: str | None, num_
     return section
 
 
-async def _eval_with_progress(config: RunConfig):
+async def _eval_with_progress(config: RunConfig, *, verbose: bool = False):
+    from ttscale.quiet import output_to_log
     from ttscale.runner import run_eval
 
     generated = {"tokens": 0}
@@ -171,14 +177,25 @@ async def _eval_with_progress(config: RunConfig):
         if done < total:
             wait = " (the vLLM engine takes about a minute to start on CPU)" if config.backend == "vllm" else ""
             console.print(f"Starting the {config.backend} backend for {config.model}{wait}...")
+            if not verbose:  # the run directory exists now: the engine's output goes there
+                quiet.enter_context(output_to_log(engine_log, console, errors))
+                logged.append(engine_log)
 
     def on_record(record: dict[str, Any]) -> None:
         generated["tokens"] += record["cost"]["generated_tokens"]
         elapsed = progress.tasks[0].elapsed or 1e-9
         progress.update(task, advance=1, rate=f"{generated['tokens'] / elapsed:.1f} tok/s")
 
-    with progress:
-        return await run_eval(config, on_start=on_start, on_record=on_record)
+    engine_log = config.output / config.run_id() / ENGINE_LOG
+    quiet = ExitStack()
+    logged: list[Path] = []  # the log this invocation wrote (not one left by an earlier run)
+    try:
+        with progress, quiet:
+            return await run_eval(config, on_start=on_start, on_record=on_record)
+    except BaseException:
+        if logged and engine_log.is_file():
+            errors.print(f"The engine's and libraries' output is in {engine_log} (--verbose shows it here)", highlight=False, soft_wrap=True)
+        raise
 
 
 def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> None:
@@ -205,9 +222,20 @@ def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> No
     table.add_row("eFLOPs (Kinetics: compute + I x memory traffic)", unknown or f"{cost['eflops']:.3e}")
     table.add_row("generation time, summed over problems", f"{cost['wall_s']:.1f} s")
     table.add_row("wall time, this invocation", f"{result.elapsed_s:.1f} s")
+    engine = engine_settings_of_run(result.run_dir)
+    if engine.get("dtype_reason"):
+        table.add_row("engine dtype", engine["dtype_reason"])
     console.print(table)
     print_optional_sections(summary)
     console.print(f"Run directory: {result.run_dir}  (resumed {result.resumed}, solved now {result.solved_now})")
+
+
+def engine_settings_of_run(run_dir: Path) -> dict[str, Any]:
+    """The engine settings backend.json recorded ({} when the run has none, e.g. all resumed)."""
+    try:
+        return json.loads((Path(run_dir) / "backend.json").read_text()).get("engine_settings") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def print_optional_sections(summary: dict[str, Any]) -> None:
