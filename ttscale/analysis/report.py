@@ -103,8 +103,9 @@ def _model_vs_search(comparison: Comparison, ratios: Sequence[float]) -> None:
         return
     small_p, large_p = sizes[0], sizes[-1]
     small = [c for c in comparison.curves if c.num_params == small_p and not c.uses_gold]
-    large = [c for c in comparison.curves if c.num_params == large_p and c.rule == "first"]
-    one_sample = [c for c in comparison.curves if c.num_params == small_p and c.rule == "first"]
+    # Gold-guided curves (upper bounds) stand for neither model.
+    large = [c for c in comparison.curves if c.num_params == large_p and c.rule == "first" and not c.uses_gold]
+    one_sample = [c for c in comparison.curves if c.num_params == small_p and c.rule == "first" and not c.uses_gold]
     if not small or not large or not one_sample:
         comparison.model_vs_search_note = "Needs a 'first' (pass@1) curve of both models."
         return
