@@ -82,7 +82,7 @@ def choose_cpu_dtype(flags: frozenset[str] | None = None, override: str | None =
     if found:
         return DtypeChoice("bfloat16", f"bfloat16: the CPU has {' and '.join(found)}")
     avx = "AVX-512 without BF16" if "avx512f" in flags else "no AVX-512" if "avx2" in flags else "no AVX2"
-    return DtypeChoice("float32", f"float32: the CPU has no avx512_bf16 or amx_bf16 ({avx}); bfloat16 would be emulated, slowly")
+    return DtypeChoice("float32", f"float32: no avx512_bf16 or amx_bf16 on this CPU ({avx})")
 
 
 # --- memory -----------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from typing import Any, Sequence
 
 from ttscale.backends.vllm import EngineModel
 from ttscale.errors import TtscaleError
+from ttscale.machine import choose_cpu_dtype, engine_memory_settings, plan_kv_cache
 from ttscale.models import prepare_model
+from ttscale.modelshape import load_shape
 from ttscale.types import PoolRequest, PoolResult
 
 POOLING_TASK = "token_classify"
@@ -46,8 +48,11 @@ class VLLMPoolingBackend:
         async with self._start_lock:
             if self._engine is None:
                 from vllm.engine.arg_utils import AsyncEngineArgs
+                from vllm.platforms import current_platform
                 from vllm.v1.engine.async_llm import AsyncLLM
 
+                if current_platform.is_cpu():
+                    self._settings.update(self._cpu_settings())
                 try:
                     self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._settings))
                 except Exception as error:
@@ -58,6 +63,17 @@ class VLLMPoolingBackend:
                         "--verifier llm-judge-prm."
                     ) from error
                 self._tokenizer = self._engine.get_tokenizer()
+
+    def _cpu_settings(self) -> dict[str, Any]:
+        """On CPU, the dtype and the KV cache from ttscale.machine, as the generation engine gets
+        them (a PRM reads prompts only: the cache holds a few full-length sequences)."""
+        choice = choose_cpu_dtype(override=self._settings["dtype"])
+        settings: dict[str, Any] = {"dtype": choice.dtype, "enforce_eager": True}
+        shape = load_shape(self._resolved.path)
+        if "gpu_memory_utilization" not in self._settings and shape is not None:
+            plan = plan_kv_cache(shape, dtype=choice.dtype, max_model_len=self._settings["max_model_len"], sequences=4, max_tokens=0)
+            settings.update(engine_memory_settings(plan))
+        return settings
 
     def render(self, request: PoolRequest) -> str:
         """The chat as the PRM reads it: the template applied to the finished conversation."""
