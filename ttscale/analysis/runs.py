@@ -210,10 +210,7 @@ def _cost_model(config: RunConfig, backend_info: dict[str, Any], intensity: floa
 
 def _close_quietly(backend: Any) -> None:
     """Close a backend that was built but never started (an HTTP client may hold a pool)."""
-    close = getattr(backend, "close", None)
-    if close is None:
-        return
-    coroutine = close()
+    coroutine = backend.close()  # every Backend has close() (ttscale.protocols)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
