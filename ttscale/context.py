@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING, Sequence
 
+from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
+from ttscale.protocols import check_trace_metadata
 from ttscale.types import Cost, Problem, SampleParams, Trace
 
 if TYPE_CHECKING:
-    from ttscale.cost import CostMeter
     from ttscale.protocols import AnswerTools, Backend, Strategy, Verifier
 
 
@@ -23,7 +24,7 @@ class SolveContext:
     whatever order problems finish in.
     """
 
-    backend: "CostMeter"
+    backend: CostMeter
     answers: "AnswerTools"
     params: SampleParams
     rng: random.Random = field(default_factory=random.Random)
@@ -42,8 +43,6 @@ class SolveContext:
     ) -> "SolveContext":
         """A fresh context for one problem: new meters (generator, and verifier if any), params
         and RNG seeded with the per-problem `seed`. The runner and `ttscale.solve` both use it."""
-        from ttscale.cost import CostMeter
-
         verifier_meter = CostMeter(verifier.backend or backend, role="verifier") if verifier else None
         return cls(
             backend=CostMeter(backend),
@@ -64,8 +63,6 @@ class SolveContext:
         The one road a problem's cost travels: the meters count it, this puts it on the Trace,
         and the runner's record and `ttscale.solve` both read `trace.cost`.
         """
-        from ttscale.protocols import check_trace_metadata
-
         trace = await strategy.solve(problem.blind(), self)
         check_trace_metadata(trace, strategy.name)
         return trace.model_copy(update={"cost": self.cost})
@@ -87,7 +84,7 @@ class VerifierView:
     itself still only sees scores.
     """
 
-    def __init__(self, verifier: "Verifier", problem: Problem, meter: "CostMeter"):
+    def __init__(self, verifier: "Verifier", problem: Problem, meter: CostMeter):
         self._verifier = verifier
         self._problem = problem if verifier.uses_gold else problem.blind()
         self._meter = meter
@@ -95,7 +92,7 @@ class VerifierView:
         self.uses_gold: bool = verifier.uses_gold
 
     @property
-    def meter(self) -> "CostMeter":
+    def meter(self) -> CostMeter:
         """The verifier-role meter that books this verifier's cost for this problem."""
         return self._meter
 
