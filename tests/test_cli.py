@@ -32,6 +32,18 @@ def test_eval_on_fake_backend_prints_table(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["problems"] == 3
 
 
+def test_the_eval_table_labels_gold_guided_accuracy_an_upper_bound(tmp_path):
+    args = ["eval", "--benchmark", "arithmetic", "--backend", "fake", "--n", "4", "--limit", "2", "--selection", "oracle"]
+    result = subprocess.run(
+        [sys.executable, "-m", "ttscale.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "200"},  # one table row per line
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") >= 3}
+    assert "accuracy · oracle (chosen) (upper bound: uses gold)" in rows
+    assert "accuracy · majority" in rows and "accuracy · first" in rows  # no verifier: not gold-guided
+
+
 def test_unknown_names_suggest_the_right_one(tmp_path):
     assert "did you mean 'arithmetic'" in one_line_error(ttscale("eval", "-b", "arithmatic", "--backend", "fake", cwd=tmp_path)).lower()
     assert "did you mean 'best-of-n'" in one_line_error(

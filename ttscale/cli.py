@@ -200,12 +200,16 @@ async def _eval_with_progress(config: RunConfig, *, verbose: bool = False):
 
 def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> None:
     """The end-of-run table: accuracy per rule, pass@k per k, tokens, FLOPs and time."""
+    from ttscale.analysis.runs import load_run
+
     table = Table(title=f"{config.benchmark} · {config.strategy} · {config.model} · {summary['problems']} problems")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    run = load_run(result.run_dir)  # the one layer that says which results gold answers guided
     for rule, value in summary["accuracy"].items():
         marker = " (chosen)" if rule == summary["chosen_rule"] else ""
-        table.add_row(f"accuracy · {rule}{marker}", f"{value:.3f}")
+        gold = " (upper bound: uses gold)" if run.uses_gold(rule) else ""
+        table.add_row(f"accuracy · {rule}{marker}{gold}", f"{value:.3f}")
     for k, value in summary["pass_at_k"].items():
         table.add_row(f"pass@{k}", f"{value:.3f}")
     cost = summary["cost"]
