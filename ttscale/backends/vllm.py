@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -276,8 +277,6 @@ class VLLMBackend:
         """Raw engine speed for perf/engine_throughput.py: `batch` requests of one short prompt,
         each generating exactly `max_tokens` (EOS ignored), all at once. Returns the tokens
         generated and the seconds taken, with no ttscale bookkeeping on the way."""
-        import time
-
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
