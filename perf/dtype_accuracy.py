@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 
 import numpy as np
 
 from ttscale.analysis.passk import pass_at_k
+from ttscale.analysis.runs import load_run
 from ttscale.config import RunConfig
 from ttscale.runner import run_eval
 
 
 def per_problem_pass_at_k(run_dir, k: int) -> dict[str, float]:
-    """pass@k of each problem of a run, by problem id (the unbiased estimator over its N samples)."""
-    values = {}
-    for line in (run_dir / "samples.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        correct = [candidate["correct"] for candidate in record["candidates"]]
-        values[record["problem_id"]] = pass_at_k(len(correct), sum(correct), k)
-    return values
+    """pass@k of each problem of a run, by problem id (the unbiased estimator over its N samples),
+    read through the one layer over recorded runs."""
+    return {record.problem_id: pass_at_k(record.n, record.num_correct, k) for record in load_run(run_dir).records}
 
 
 def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, draws: int = 10_000) -> tuple[float, float]:
