@@ -205,15 +205,15 @@ async def _eval_with_progress(config: RunConfig, *, verbose: bool = False):
 
 def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> None:
     """The end-of-run table: accuracy per rule, pass@k per k, tokens, FLOPs and time."""
-    from ttscale.analysis.runs import load_run
+    from ttscale.analysis.runs import rule_uses_gold  # the analysis layer's one rule
 
     table = Table(title=f"{config.benchmark} · {config.strategy} · {config.model} · {summary['problems']} problems")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    run = load_run(result.run_dir)  # the one layer that says which results gold answers guided
     for rule, value in summary["accuracy"].items():
         marker = " (chosen)" if rule == summary["chosen_rule"] else ""
-        gold = " (upper bound: uses gold)" if run.uses_gold(rule) else ""
+        guided = rule_uses_gold(rule, strategy=config.strategy, verifier_uses_gold=summary.get("verifier_uses_gold", False))
+        gold = " (upper bound: uses gold)" if guided else ""
         table.add_row(f"accuracy · {rule}{marker}{gold}", f"{value:.3f}")
     for k, value in summary["pass_at_k"].items():
         table.add_row(f"pass@{k}", f"{value:.3f}")

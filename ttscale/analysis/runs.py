@@ -156,16 +156,21 @@ class Run:
         return "fixed"
 
     def uses_gold(self, rule: str) -> bool:
-        """Whether gold answers guided this run's result under `rule`: an upper bound.
+        """Whether gold answers guided this run's result under `rule`: an upper bound."""
+        return rule_uses_gold(rule, strategy=self.config.strategy, verifier_uses_gold=self.verifier_uses_gold)
 
-        The oracle rule reads gold; a gold-reading verifier taints whatever read its scores: the
-        verifier rules of best-of-N, and every rule of a strategy it guided (a search, revision).
-        """
-        if rule in GOLD_RULES:
-            return True
-        if not self.verifier_uses_gold:
-            return False
-        return rule in VERIFIER_RULES or self.config.strategy != "best-of-n"
+
+def rule_uses_gold(rule: str, *, strategy: str, verifier_uses_gold: bool) -> bool:
+    """Whether gold answers guided a run's result under `rule`: an upper bound.
+
+    The oracle rule reads gold; a gold-reading verifier taints whatever read its scores: the
+    verifier rules of best-of-N, and every rule of a strategy it guided (a search, revision).
+    """
+    if rule in GOLD_RULES:
+        return True
+    if not verifier_uses_gold:
+        return False
+    return rule in VERIFIER_RULES or strategy != "best-of-n"
 
 
 def load_run(run_dir: str | Path, *, intensity: float = KINETICS_INTENSITY) -> Run:
