@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ttscale.confidence import mean_logprob, token_confidences
 from ttscale.context import SolveContext
 from ttscale.selection import first_answer, majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate, GenRequest, Problem, Trace
@@ -33,6 +34,10 @@ class BestOfN(BaseModel):
     n: int = Field(default=8, ge=1, description="N: the number of samples drawn for one problem")
     selection: Literal["majority", "first", "max-score", "weighted-vote", "oracle"] = "majority"
     aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
+    logprobs: int | None = Field(
+        default=None, ge=1, le=20,
+        description="k: record each token's confidence from its top-k logprobs (DeepConf), and each sample's mean logprob",
+    )
 
     @property
     def needs_verifier(self) -> bool:
@@ -43,7 +48,7 @@ class BestOfN(BaseModel):
         """Sample N completions of the problem's prompt and apply every selection rule."""
         if self.selection in VERIFIER_RULES:
             ctx.require_verifier(f"{self.name} --selection {self.selection}")
-        params = ctx.params.model_copy(update={"n": self.n})
+        params = ctx.params.model_copy(update={"n": self.n, "logprobs": self.logprobs})
         [generation] = await ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
         candidates = [
             Candidate(
@@ -51,6 +56,8 @@ class BestOfN(BaseModel):
                 answer=ctx.answers.extract_answer(c.text),
                 num_tokens=c.num_tokens,
                 finish_reason=c.finish_reason,
+                token_confidences=token_confidences(c, self.logprobs) if self.logprobs else None,
+                mean_logprob=mean_logprob(c) if self.logprobs else None,
             )
             for c in generation.completions
         ]

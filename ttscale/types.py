@@ -126,6 +126,10 @@ class Candidate(Frozen):
     finish_reason: FinishReason
     score: float | None = None  # the verifier's aggregated score, when a verifier scored it
     step_scores: tuple[float, ...] | None = None  # a PRM's score for each step
+    # Read from the sample's own logprobs when the strategy asked for them (ttscale.confidence):
+    # each generated token's DeepConf confidence, and the mean log-probability per token.
+    token_confidences: tuple[float, ...] | None = None
+    mean_logprob: float | None = None
 
 
 ORACLE_RULE = "oracle"  # "any candidate is correct": applied at grading time, from gold answers
