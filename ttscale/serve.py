@@ -1,0 +1,1058 @@
+"""`ttscale serve`: an OpenAI-compatible endpoint that runs a test-time strategy, or the fitted
+allocation policy, on every request.
+
+One backend (one engine) serves all requests, so concurrent requests batch in the engine.
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+GET /metrics (Prometheus text).
+
+What runs is chosen per request; the first source that names a strategy, a budget or the policy
+decides, and options from sources above it (or from sources that name the same strategy) apply:
+  1. the body's `ttscale` object (the openai client's `extra_body={"ttscale": {...}}`);
+  2. the headers X-TTS-Budget-Flops, X-TTS-Budget-Samples, X-TTS-Strategy;
+  3. a model-name prefix: `best-of-n-8/MODEL` (strategy, then -N), `beam-search/MODEL`, `policy/MODEL`;
+  4. the server's default (`ttscale serve --strategy ... --n ...`).
+A budget runs the policy (`--policy`): it probes the prompt where probing pays, predicts its
+difficulty bin, and runs the setting it chose (ttscale.allocation.policy, whose rules on gold
+answers hold here: a gold-guided setting is never chosen, and no request may name a verifier or
+rule that reads gold answers, since a request has none).
+
+What a request cost is read from `Trace.cost`, which the CostMeters filled in (the one road a
+problem's cost travels): `usage` counts every prompt, generated and cached token the strategy
+spent, the probe's and the verifier's included (`usage.verifier_tokens`, also in total_tokens),
+and the response's `ttscale` block gives FLOPs, eFLOPs, verifier calls and tokens, engine calls,
+the setting, and the bin and budget where the policy chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Literal, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ttscale import registry
+from ttscale.errors import ConfigError, TtscaleError, describe_validation_error
+from ttscale.types import ORACLE_RULE, Candidate, ChatMessage, Problem, SampleParams, Trace
+
+log = logging.getLogger("ttscale.serve")
+
+POLICY_PREFIX = "policy"
+# Strategies that send the request's sampling settings as they are (others split steps on
+# their own stop strings, so a client's `stop` cannot be honoured by them).
+STOP_HONOURED = frozenset({"best-of-n", "revision"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+class ServeSettings(BaseModel):
+    """How `ttscale serve` runs: the backend, the default setting, the policy and the limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str = Field("vllm", description="vllm (in-process engine), openai (an upstream OpenAI-compatible server) or fake")
+    model: str = Field("smollm2-135m", description="the model the backend serves (the name clients send)")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="backend options, e.g. base_url")
+    strategy: str = Field("best-of-n", description="the default strategy, for requests that name none")
+    strategy_options: dict[str, Any] = Field(default_factory=lambda: {"n": 1}, description="the default strategy's options")
+    verifier: str | None = Field(None, description="the default verifier (for the default strategy)")
+    verifier_options: dict[str, Any] = Field(default_factory=dict)
+    policy: Path | None = Field(None, description="a fitted allocation policy: a budget then picks the setting per prompt")
+    sampling: SampleParams = Field(SampleParams(max_tokens=256), description="sampling defaults for what a request leaves out")
+    max_tokens_limit: int = Field(1024, ge=1, description="the largest max_tokens a request may ask for")
+    concurrency: int = Field(32, ge=1, description="problems solved at once; more requests wait their turn")
+    max_choices: int = Field(64, ge=1, description="the largest client n")
+    api_key_env: str = Field("TTSCALE_API_KEY", description="environment variable holding the API key")
+
+
+# --- errors in OpenAI's shape -------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+             500: "server_error", 503: "service_unavailable"}
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    """A 400 that names the bad field."""
+    return APIError(400, message, param=param, code="invalid_value" if param else None)
+
+
+def from_validation_error(error: ValidationError, prefix: str = "") -> APIError:
+    """A pydantic error as a 400 naming the first bad field (unknown fields are refused by name)."""
+    first = error.errors()[0]
+    param = prefix + ".".join(str(p) for p in first["loc"]) if first["loc"] else (prefix.rstrip(".") or None)
+    if first["type"] == "extra_forbidden":
+        return bad_request(f"unknown field {param!r}: this server cannot honour it; drop it", param)
+    return bad_request(describe_validation_error(error, prefix.rstrip(".") or "request"), param)
+
+
+UPSTREAM_DOWN = ("did not answer after",)  # ttscale.backends.openai_http, once its retries are spent
+ENGINE_DOWN = ("EngineDeadError", "EngineGenerateError")  # vLLM's, by name: only backends import vllm
+
+
+def engine_error(error: BaseException) -> APIError:
+    """An error raised while generating, as the status a client should see."""
+    from ttscale.allocation.policy import AllocationError
+
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, AllocationError):
+        return bad_request(str(error), "budget")
+    names = {type(e).__name__ for e in _chain(error)}
+    text = " ".join(str(e) for e in _chain(error))
+    if names & set(ENGINE_DOWN) or any(marker in text for marker in UPSTREAM_DOWN):
+        return APIError(503, f"the model server is unavailable: {_one_line(str(error))} This server stays up; retry shortly.",
+                        code="upstream_unavailable")
+    if "rejected the request (HTTP 4" in text or "vLLM rejected a request" in text:
+        return bad_request(_one_line(str(error)))
+    if isinstance(error, ConfigError):
+        return bad_request(str(error))
+    if isinstance(error, TtscaleError):
+        return APIError(503, _one_line(str(error)), code="upstream_unavailable")
+    log.exception("request failed")
+    return APIError(500, f"internal error ({type(error).__name__}); see the server's log")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+class TtsOptions(BaseModel):
+    """The body's `ttscale` object (extra_body={"ttscale": {...}}): what to run for this request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str | None = Field(None, description="a registered strategy, e.g. best-of-n, beam-search")
+    n: int | None = Field(None, ge=1, description="N: the strategy's samples (or particles, or beams x width)")
+    selection: str | None = Field(None, description="the selection rule, e.g. majority, first, max-score")
+    verifier: str | None = Field(None, description="a registered verifier, e.g. llm-judge-prm")
+    options: dict[str, Any] = Field(default_factory=dict, description="further strategy options, e.g. beam_width")
+    budget_flops: float | None = Field(None, description="per-prompt FLOPs budget: the policy chooses the setting")
+    budget_samples: int | None = Field(None, description="per-prompt samples budget: the policy chooses the setting")
+    candidates: bool = Field(False, description="include every candidate (text, answer, tokens, score) in the ttscale block")
+
+
+class StreamOptions(BaseModel):
+    """stream_options: include_usage adds a last chunk with usage."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class _CommonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    ttscale: TtsOptions | None = None
+
+
+class ChatBody(_CommonBody):
+    """POST /v1/chat/completions."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+
+
+class CompletionBody(_CommonBody):
+    """POST /v1/completions (the prompt is sent as one user turn: strategies work on chat prompts)."""
+
+    prompt: str | list[str]
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+def refuse_unhonoured(body: _CommonBody) -> None:
+    """400 for any field set to something this server cannot do, naming it."""
+    zero = {"frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty}
+    for name, value in zero.items():
+        if value not in (None, 0, 0.0):
+            raise bad_request(f"{name} is not supported by ttscale's sampler; drop it", name)
+    if body.logit_bias:
+        raise bad_request("logit_bias is not supported by ttscale's sampler; drop it", "logit_bias")
+    if body.stop is not None:
+        stops = [body.stop] if isinstance(body.stop, str) else body.stop
+        if len(stops) > 4 or any(not s for s in stops):
+            raise bad_request("stop takes up to 4 non-empty strings", "stop")
+    if isinstance(body, ChatBody):
+        if body.logprobs or body.top_logprobs is not None:
+            raise bad_request("logprobs cannot be honoured: a strategy returns chosen candidates, not token logprobs; drop it", "logprobs")
+        for name in ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls"):
+            if getattr(body, name) is not None:
+                raise bad_request(f"{name}: tool calls are not supported by ttscale serve; drop it", name)
+        if body.response_format and body.response_format.get("type") not in (None, "text"):
+            raise bad_request("response_format: only text is supported", "response_format")
+        if body.max_tokens is not None and body.max_completion_tokens is not None and body.max_tokens != body.max_completion_tokens:
+            raise bad_request("max_tokens and max_completion_tokens differ; give one", "max_completion_tokens")
+    else:
+        if body.logprobs is not None:
+            raise bad_request("logprobs cannot be honoured: a strategy returns chosen candidates, not token logprobs; drop it", "logprobs")
+        if body.echo:
+            raise bad_request("echo is not supported; drop it", "echo")
+        if body.suffix:
+            raise bad_request("suffix is not supported; drop it", "suffix")
+        if body.best_of not in (None, 1):
+            raise bad_request("best_of: use extra_body={'ttscale': {'strategy': 'best-of-n', 'n': N}} instead", "best_of")
+
+
+def chat_messages(raw: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    """OpenAI messages as ChatMessages: text content only ("developer" is a system turn)."""
+    messages = []
+    for i, message in enumerate(raw):
+        role = message.get("role")
+        role = "system" if role == "developer" else role
+        if role not in ("system", "user", "assistant"):
+            raise bad_request(f"messages[{i}].role {message.get('role')!r} is not supported; use system, user or assistant",
+                              f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise bad_request(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+                parts.append(part["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise bad_request(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        messages.append(ChatMessage(role=role, content=content))
+    if not any(m.role == "user" and m.content.strip() for m in messages):
+        raise bad_request("messages hold no user turn with text", "messages")
+    return tuple(messages)
+
+
+def chat_problem(messages: tuple[ChatMessage, ...]) -> Problem:
+    """A Problem with no gold for a chat: its id is a hash of the messages."""
+    digest = hashlib.sha256(json.dumps([m.model_dump() for m in messages]).encode()).hexdigest()[:12]
+    question = next(m.content for m in reversed(messages) if m.role == "user")
+    return Problem(id=f"chat-{digest}", question=question, prompt=messages)
+
+
+# --- choosing what runs --------------------------------------------------------------------------
+
+
+@dataclass
+class Layer:
+    """What one source (body, headers, model name, server default) asks to run."""
+
+    source: Literal["extra_body", "header", "model", "default"]
+    strategy: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    verifier: str | None = None
+    verifier_set: bool = False
+    budget_flops: float | None = None
+    budget_samples: int | None = None
+    policy: bool = False
+    param: dict[str, str] = field(default_factory=dict)  # field -> the name the client used
+
+    @property
+    def decides(self) -> bool:
+        return self.strategy is not None or self.policy or self.budget_flops is not None or self.budget_samples is not None
+
+
+@dataclass
+class Resolved:
+    """What runs for a request: a strategy with options and verifier, or the policy under a budget."""
+
+    source: str
+    strategy: str | None
+    options: dict[str, Any]
+    verifier: str | None
+    budget_flops: float | None = None
+    budget_samples: int | None = None
+    n_from_default: bool = False
+    param: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> bool:
+        return self.strategy is None
+
+
+def body_layer(options: TtsOptions | None) -> Layer:
+    """The `ttscale` object of the body as a Layer."""
+    layer = Layer("extra_body")
+    if options is None:
+        return layer
+    layer.strategy = options.strategy
+    layer.options = dict(options.options)
+    for name in ("n", "selection"):
+        if getattr(options, name) is not None:
+            layer.options[name] = getattr(options, name)
+    layer.verifier, layer.verifier_set = options.verifier, "verifier" in options.model_fields_set
+    layer.budget_flops, layer.budget_samples = options.budget_flops, options.budget_samples
+    layer.param = {"strategy": "ttscale.strategy", "n": "ttscale.n", "selection": "ttscale.selection", "options": "ttscale.options",
+                   "verifier": "ttscale.verifier", "budget_flops": "ttscale.budget_flops", "budget_samples": "ttscale.budget_samples"}
+    return layer
+
+
+def header_layer(headers: Any) -> Layer:
+    """X-TTS-Strategy, X-TTS-Budget-Flops, X-TTS-Budget-Samples as a Layer."""
+    layer = Layer("header", param={"strategy": "X-TTS-Strategy", "budget_flops": "X-TTS-Budget-Flops",
+                                   "budget_samples": "X-TTS-Budget-Samples", "options": "X-TTS-Strategy"})
+    strategy = headers.get("x-tts-strategy")
+    if strategy is not None:
+        layer.strategy = strategy.strip()
+    flops = headers.get("x-tts-budget-flops")
+    if flops is not None:
+        try:
+            layer.budget_flops = float(flops)
+        except ValueError:
+            raise bad_request(f"X-TTS-Budget-Flops {flops!r} is not a number; send FLOPs per prompt, e.g. 1e11", "X-TTS-Budget-Flops") from None
+    samples = headers.get("x-tts-budget-samples")
+    if samples is not None:
+        try:
+            layer.budget_samples = int(samples)
+        except ValueError:
+            raise bad_request(f"X-TTS-Budget-Samples {samples!r} is not a whole number of samples", "X-TTS-Budget-Samples") from None
+    return layer
+
+
+def model_layer(model: str, served: str) -> Layer:
+    """The model name's prefix (`best-of-n-8/`, `beam-search/`, `policy/`) as a Layer; 404 for another model."""
+    layer = Layer("model", param={"strategy": "model", "n": "model", "options": "model", "budget_flops": "model", "budget_samples": "model"})
+    if model == served:
+        return layer
+    prefix, slash, rest = model.partition("/")
+    if not slash or rest != served:
+        raise APIError(404, f"the model {model!r} does not exist here; this server serves {served!r}, "
+                            f"optionally prefixed with a strategy (best-of-n-8/{served}) or {POLICY_PREFIX}/{served}",
+                       param="model", code="model_not_found")
+    if prefix == POLICY_PREFIX:
+        layer.policy = True
+        return layer
+    if prefix in registry.strategies:
+        layer.strategy = prefix
+        return layer
+    match = re.fullmatch(r"(.+)-(\d+)", prefix)
+    if match and match.group(1) in registry.strategies:
+        layer.strategy, layer.options = match.group(1), {"n": int(match.group(2))}
+        return layer
+    raise APIError(404, f"the model {model!r} does not exist here: {prefix!r} is no strategy "
+                        f"({', '.join(registry.strategies.names())}) and not {POLICY_PREFIX!r}",
+                   param="model", code="model_not_found")
+
+
+def default_layer(settings: ServeSettings) -> Layer:
+    """The server's default setting as a Layer."""
+    return Layer("default", strategy=settings.strategy, options=dict(settings.strategy_options),
+                 verifier=settings.verifier, verifier_set=True)
+
+
+def resolve(layers: Sequence[Layer]) -> Resolved:
+    """The first layer that names a strategy, a budget or the policy decides what runs.
+
+    Options come from the layers above it, and from layers below that name the same strategy;
+    a higher layer overrides a lower one. Under a budget the policy chooses everything, so a
+    strategy option given with it is refused.
+    """
+    index, decider = next((i, layer) for i, layer in enumerate(layers) if layer.decides)
+    if decider.strategy is not None and (decider.budget_flops is not None or decider.budget_samples is not None):
+        param = decider.param.get("budget_flops" if decider.budget_flops is not None else "budget_samples")
+        raise bad_request(f"{param} and {decider.param.get('strategy')} are both given: a budget lets the policy choose "
+                          "the strategy; drop one", param)
+    if decider.strategy is None:  # the policy, under a budget
+        budget = next((layer for layer in layers if layer.budget_flops is not None or layer.budget_samples is not None), None)
+        if budget is None:
+            raise bad_request(f"{decider.param.get('strategy', 'model')}: the policy needs a per-prompt budget; send "
+                              "X-TTS-Budget-Flops or X-TTS-Budget-Samples (or ttscale.budget_flops)", "budget_flops")
+        for layer in layers[: index + 1]:
+            given = [name for name in ("n", "selection") if name in layer.options] + (["options"] if set(layer.options) - {"n", "selection"} else [])
+            given += ["verifier"] if layer.verifier_set and layer.source != "default" else []
+            if given:
+                param = layer.param.get(given[0], given[0])
+                raise bad_request(f"{param}: under a budget the policy chooses the setting; drop {param} or the budget", param)
+        return Resolved(budget.source, None, {}, None, budget.budget_flops, budget.budget_samples,
+                        param={"budget_flops": budget.param.get("budget_flops", "budget_flops"),
+                               "budget_samples": budget.param.get("budget_samples", "budget_samples")})
+    strategy = decider.strategy
+    applying = [layer for i, layer in enumerate(layers) if i <= index or layer.strategy == strategy]
+    options: dict[str, Any] = {}
+    param: dict[str, str] = {"strategy": decider.param.get("strategy", "strategy")}
+    n_from_default = False
+    verifier, verifier_found = None, False
+    for layer in applying:  # the highest layer first: it wins
+        for key, value in layer.options.items():
+            if key not in options:
+                options[key] = value
+                param[key] = layer.param.get(key, layer.param.get("options", f"ttscale.options.{key}"))
+                n_from_default = n_from_default or (key == "n" and layer.source == "default")
+        if layer.verifier_set and not verifier_found:
+            verifier, verifier_found = layer.verifier, True
+            param["verifier"] = layer.param.get("verifier", "verifier")
+    return Resolved(decider.source, strategy, options, verifier, n_from_default=n_from_default, param=param)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Counters and a latency histogram, written as Prometheus text (no global registry:
+    vLLM keeps its own in the same process)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.totals = dict.fromkeys(("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "verifier_tokens",
+                                     "flops", "eflops", "engine_calls", "uncounted_calls"), 0.0)
+        self.buckets = [0] * len(LATENCY_BUCKETS)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.in_flight = 0
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One finished request."""
+        self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+
+    def add_cost(self, cost: Any) -> None:
+        """What a solved problem spent."""
+        self.totals["prompt_tokens"] += cost.prompt_tokens
+        self.totals["cached_prompt_tokens"] += cost.cached_prompt_tokens
+        self.totals["completion_tokens"] += cost.generated_tokens
+        self.totals["verifier_tokens"] += cost.verifier_tokens
+        self.totals["flops"] += cost.flops
+        self.totals["eflops"] += cost.eflops
+        self.totals["engine_calls"] += cost.calls + cost.verifier_calls
+        self.totals["uncounted_calls"] += cost.uncounted_calls
+
+    def render(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        lines = ["# HELP ttscale_requests_total Requests answered, by route and HTTP status.",
+                 "# TYPE ttscale_requests_total counter"]
+        for (route, status), count in sorted(self.requests.items()):
+            lines.append(f'ttscale_requests_total{{route="{route}",status="{status}"}} {count}')
+        help_text = {
+            "prompt_tokens": "Prompt tokens sent to the engine (probe included).",
+            "cached_prompt_tokens": "Prompt tokens the engine's prefix cache served.",
+            "completion_tokens": "Tokens generated, every candidate included.",
+            "verifier_tokens": "Tokens a verifier model read or wrote.",
+            "flops": "FLOPs spent (generation, verifier, draft), from the CostMeter.",
+            "eflops": "eFLOPs (Kinetics) spent, from the CostMeter.",
+            "engine_calls": "Calls to the engine (generator and verifier).",
+            "uncounted_calls": "Engine calls whose tokens nobody could count.",
+        }
+        for name, value in self.totals.items():
+            lines += [f"# HELP ttscale_{name}_total {help_text[name]}", f"# TYPE ttscale_{name}_total counter",
+                      f"ttscale_{name}_total {value:.17g}"]
+        lines += ["# HELP ttscale_requests_in_flight Requests being served now.", "# TYPE ttscale_requests_in_flight gauge",
+                  f"ttscale_requests_in_flight {self.in_flight}",
+                  "# HELP ttscale_request_latency_seconds Time from request to full response.",
+                  "# TYPE ttscale_request_latency_seconds histogram"]
+        for bound, count in zip(LATENCY_BUCKETS, self.buckets):
+            lines.append(f'ttscale_request_latency_seconds_bucket{{le="{bound}"}} {count}')
+        lines += [f'ttscale_request_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
+                  f"ttscale_request_latency_seconds_sum {self.latency_sum:.6f}",
+                  f"ttscale_request_latency_seconds_count {self.latency_count}"]
+        return "\n".join(lines) + "\n"
+
+
+# --- the server's state ---------------------------------------------------------------------------
+
+
+def _create(reg: registry.Registry, name: str, options: dict[str, Any], param: str) -> Any:
+    """A plugin from a registry; an unknown name or bad option is a 400 naming `param`."""
+    try:
+        factory = reg.factory(name)
+    except ConfigError as error:
+        raise bad_request(str(error), param) from None
+    try:
+        return factory(**options)
+    except ValidationError as error:
+        raise bad_request(describe_validation_error(error, f"{reg.kind} {name!r}"), param) from None
+    except (TypeError, ValueError) as error:
+        raise bad_request(f"{reg.kind} {name!r}: {error}", param) from None
+
+
+class ServerState:
+    """The one backend, the answer tools, the policy, verifiers with their own engines, metrics."""
+
+    def __init__(self, settings: ServeSettings, backend: Any, policy: Any = None):
+        from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+
+        self.settings = settings
+        self.backend = backend
+        self.policy = policy
+        self.answers = DEFAULT_VERIFIER  # math answers: \boxed{}, a stated or a last number
+        self.policy_answers = None
+        self.metrics = Metrics()
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self._engine_verifiers: dict[str, Any] = {}  # verifiers with their own engine, built once
+        self.started = time.time()
+        if policy is not None:
+            from ttscale.config import RunConfig
+            from ttscale.runner import build_benchmark
+
+            policy.check_model(backend.model.name)
+            self.policy_answers = build_benchmark(RunConfig(benchmark=policy.benchmark, benchmark_options=policy.benchmark_options))
+
+    @classmethod
+    async def start(cls, settings: ServeSettings, backend: Any = None) -> "ServerState":
+        """Build the backend (unless given), size and start its engine, load and check the policy."""
+        from ttscale.protocols import size_for_workload
+
+        policy = None
+        if settings.policy is not None:
+            from ttscale.allocation.policy import AllocationPolicy
+
+            policy = AllocationPolicy.load(settings.policy)
+        if backend is None:
+            options = {"model": settings.model, **settings.backend_options}
+            try:
+                backend = registry.backends.factory(settings.backend)(**options)
+            except ValidationError as error:
+                raise ConfigError(describe_validation_error(error, f"backend {settings.backend!r}")) from None
+            except TypeError as error:
+                raise ConfigError(f"backend {settings.backend!r}: {error}; check --backend-option") from None
+        state = cls(settings, backend, policy)
+        # The engine's KV cache holds what is in flight at once: `concurrency` problems of up to max_tokens_limit.
+        size_for_workload(backend, sequences=settings.concurrency, max_tokens=settings.max_tokens_limit)
+        start = getattr(backend, "start", None)  # the vLLM engine starts here, not on the first request
+        if start is not None:
+            await start()
+        return state
+
+    async def close(self) -> None:
+        """Close verifiers with their own engines, then the backend."""
+        for verifier in self._engine_verifiers.values():
+            await verifier.close()
+        await self.backend.close()
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as clients send it."""
+        return self.backend.model.name
+
+    def verifier(self, name: str | None, param: str, answers: Any = None) -> Any:
+        """A verifier by name (None: none); refuses one that reads gold answers (a request has none)."""
+        if name is None:
+            return None
+        if name in self._engine_verifiers:
+            return self._engine_verifiers[name]
+        options = dict(self.settings.verifier_options) if name == self.settings.verifier else {}
+        verifier = _create(registry.verifiers, name, {"benchmark": answers or self.answers, **options}, param)
+        if verifier.uses_gold:
+            raise bad_request(f"verifier {name!r} reads gold answers, and a request has none; use a verifier that does not", param)
+        if verifier.backend is not None:  # its own engine: keep it for the server's lifetime
+            self._engine_verifiers[name] = verifier
+        return verifier
+
+
+# --- running one problem ---------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """A solved problem: the trace (with its cost), the setting that ran, and the policy's plan if any."""
+
+    trace: Trace
+    setting: dict[str, Any]
+    plan: Any = None
+    seed: int = 0
+
+
+def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choices: int) -> tuple[Any, dict[str, Any], Any]:
+    """Validate a strategy request before anything runs: (strategy object, options, verifier)."""
+    name = resolved.strategy
+    param = resolved.param.get("strategy", "strategy")
+    options = dict(resolved.options)
+    if resolved.n_from_default and "n" in options and choices > options["n"]:
+        options["n"] = choices  # a plain request for n choices draws at least n samples
+    try:
+        factory = registry.strategies.factory(name)
+    except ConfigError as error:
+        raise bad_request(str(error), param) from None
+    try:
+        strategy = factory(**options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        raise bad_request(describe_validation_error(error, f"strategy {name!r}"), resolved.param.get(key, param)) from None
+    except (TypeError, ValueError) as error:
+        raise bad_request(f"strategy {name!r}: {error}", param) from None
+    if options.get("selection") == ORACLE_RULE or getattr(strategy, "selection", None) == ORACLE_RULE:
+        raise bad_request("selection 'oracle' needs gold answers, and a request has none; use majority, first, "
+                          "max-score or weighted-vote", resolved.param.get("selection", "ttscale.selection"))
+    verifier = state.verifier(resolved.verifier, resolved.param.get("verifier", "ttscale.verifier"))
+    from ttscale.protocols import needs_verifier, samples_per_problem
+
+    if verifier is None and needs_verifier(strategy):
+        raise bad_request(f"strategy {name!r} with options {options} needs a verifier; pass ttscale.verifier "
+                          "(e.g. llm-judge-prm)", "ttscale.verifier")
+    if params.stop and name not in STOP_HONOURED:
+        raise bad_request(f"stop cannot be honoured by {name!r}: it ends steps with its own stop strings; drop stop", "stop")
+    if choices > samples_per_problem(strategy):
+        raise bad_request(f"n={choices} choices, but {name!r} returns at most {samples_per_problem(strategy)} "
+                          "candidates; raise ttscale.n or lower n", "n")
+    return strategy, options, verifier
+
+
+async def run_strategy(state: ServerState, problem: Problem, resolved: Resolved, options: dict[str, Any], verifier: Any,
+                       params: SampleParams, seed: int) -> Outcome:
+    """Solve with the named strategy through ttscale.solve (the CostMeters fill Trace.cost)."""
+    from ttscale.solve import solve
+
+    async with state.slots:
+        trace = await solve(problem, backend=state.backend, strategy=resolved.strategy, options=options, verifier=verifier,
+                            answers=state.answers, params=params, seed=seed)
+    setting = {"strategy": resolved.strategy, "options": options, "verifier": resolved.verifier, "selection": trace.chosen_rule}
+    return Outcome(trace, setting, None, seed)
+
+
+def check_policy_sampling(state: ServerState, body: _CommonBody) -> None:
+    """Under the policy, the sampling is the one it was fitted with: a different value is refused."""
+    fitted = state.policy.sampling
+    asked = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": _max_tokens(body), "stop": _stops(body)}
+    for name, value in asked.items():
+        if value is None or (name == "stop" and not value):
+            continue
+        have = tuple(fitted.stop) if name == "stop" else getattr(fitted, name)
+        if (tuple(value) if name == "stop" else value) != have:
+            raise bad_request(f"{name}={value!r}: the policy runs with the sampling it was fitted with ({name}={have!r}); "
+                              "drop it, or name a strategy instead of a budget", name)
+
+
+async def run_policy(state: ServerState, prompt: str | Problem, resolved: Resolved, seed: int) -> Outcome:
+    """Allocate the budget for this prompt (the probe runs where it pays), then run the plan."""
+    policy = state.policy
+    answers = state.policy_answers
+    probe_verifier = state.verifier(policy.probe.verifier, "budget", answers) if policy.probe.statistic == "verifier" else None
+    async with state.slots:
+        plan = await policy.allocate_async(prompt, state.backend, budget_flops=resolved.budget_flops,
+                                           budget_samples=resolved.budget_samples, verifier=probe_verifier)
+        verifier = state.verifier(plan.setting.verifier, "budget", answers) if plan.setting.verifier else None
+        trace = await plan.run(state.backend, verifier, seed=seed)
+    setting = {"strategy": plan.setting.strategy, "options": dict(plan.setting.options), "verifier": plan.setting.verifier,
+               "selection": trace.chosen_rule}
+    return Outcome(trace, setting, plan, seed)
+
+
+def ranked_candidates(trace: Trace, equivalent: Any) -> list[Candidate]:
+    """The chosen candidate first, then the others: by verifier score where scored, else by how
+    many candidates share their answer; ties keep draw order."""
+    from ttscale.selection import answer_classes
+
+    candidates = list(trace.candidates)
+    if not candidates:
+        return []
+    chosen_answer = trace.answer
+    classes = answer_classes([c.answer for c in candidates], equivalent)
+    votes = {cls: int((classes == cls).sum()) for cls in set(classes.tolist()) if cls >= 0}
+    chosen = next((i for i, c in enumerate(candidates) if chosen_answer is not None and c.answer is not None
+                   and (c.answer == chosen_answer or equivalent(c.answer, chosen_answer))), 0)
+
+    def key(i: int) -> tuple:
+        c = candidates[i]
+        return (i != chosen, -(c.score if c.score is not None else -math.inf), -votes.get(int(classes[i]), 0), i)
+
+    return [candidates[i] for i in sorted(range(len(candidates)), key=key)]
+
+
+def usage_of(costs: Sequence[Any]) -> dict[str, Any]:
+    """OpenAI's usage from Trace.cost: every token spent, the verifier's in verifier_tokens and total_tokens."""
+    prompt = sum(c.prompt_tokens for c in costs)
+    completion = sum(c.generated_tokens for c in costs)
+    verifier = sum(c.verifier_tokens for c in costs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion + verifier,
+        "prompt_tokens_details": {"cached_tokens": sum(c.cached_prompt_tokens for c in costs)},
+        "verifier_tokens": verifier,
+    }
+
+
+def ttscale_block(outcomes: Sequence[Outcome], resolved: Resolved, want_candidates: bool, equivalent: Any) -> dict[str, Any]:
+    """The response's `ttscale` block: setting, FLOPs, verifier spend, engine calls, policy bin and budget."""
+    from ttscale.cost import sum_costs
+
+    cost = sum_costs([o.trace.cost for o in outcomes])
+    first = outcomes[0]
+    block: dict[str, Any] = {
+        "source": resolved.source,
+        "strategy": first.setting["strategy"],
+        "options": first.setting["options"],
+        "selection": first.setting["selection"],
+        "verifier": first.setting["verifier"],
+        "seed": first.seed,
+        "flops": cost.flops,
+        "eflops": cost.eflops,
+        "structural_flops": cost.structural_flops,
+        "verifier_calls": cost.verifier_calls,
+        "verifier_tokens": cost.verifier_tokens,
+        "verifier_flops": cost.verifier_flops,
+        "engine_calls": cost.calls + cost.verifier_calls,
+        "cost_known": cost.uncounted_calls == 0,
+        "wall_s": cost.wall_s,
+        "cost": cost.model_dump(),
+    }
+    if first.plan is not None:
+        plans = []
+        for outcome in outcomes:
+            plan = outcome.plan
+            plans.append({"bin": plan.bin, "bin_source": plan.bin_source, "setting": plan.describe(),
+                          "expected_accuracy": plan.entry.accuracy, "budget": outcome.trace.metadata.get("budget")})
+        block["policy"] = {"budget_flops": resolved.budget_flops, "budget_samples": resolved.budget_samples, **plans[0]}
+        if len(plans) > 1:
+            block["policy"]["prompts"] = plans
+    if len(outcomes) > 1:
+        block["prompts"] = [{**o.setting, "cost": o.trace.cost.model_dump()} for o in outcomes]
+    if want_candidates:
+        block["candidates"] = [[c.model_dump() for c in o.trace.candidates] for o in outcomes] if len(outcomes) > 1 \
+            else [c.model_dump() for c in first.trace.candidates]
+        block["selections"] = first.trace.selections
+    return block
+
+
+def _max_tokens(body: _CommonBody) -> int | None:
+    return body.max_tokens if body.max_tokens is not None else getattr(body, "max_completion_tokens", None)
+
+
+def _stops(body: _CommonBody) -> tuple[str, ...]:
+    if body.stop is None:
+        return ()
+    return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop)
+
+
+def sample_params(settings: ServeSettings, body: _CommonBody) -> SampleParams:
+    """The request's sampling settings over the server's defaults (max_tokens within the limit)."""
+    max_tokens = _max_tokens(body)
+    if max_tokens is not None and max_tokens > settings.max_tokens_limit:
+        raise bad_request(f"max_tokens={max_tokens} is above this server's limit of {settings.max_tokens_limit}; "
+                          "lower it (or restart the server with a larger --max-tokens-limit)", "max_tokens")
+    update = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p}
+    update = {k: v for k, v in update.items() if v is not None}
+    if body.stop is not None:
+        update["stop"] = _stops(body)
+    return settings.sampling.model_copy(update=update)
+
+
+# --- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(state: ServerState):
+    """The FastAPI app over a started ServerState."""
+    app = FastAPI(title="ttscale serve", description="OpenAI-compatible test-time compute endpoint", docs_url=None, redoc_url=None)
+    app.state.ttscale = state
+    api_key = os.environ.get(state.settings.api_key_env) or None
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, error: APIError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError):
+        return JSONResponse(bad_request(_one_line(str(error))).body(), status_code=400)
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, error: Exception):
+        return JSONResponse(APIError(404, f"no route {request.method} {request.url.path}", code="not_found").body(), status_code=404)
+
+    @app.exception_handler(405)
+    async def _not_allowed(request: Request, error: Exception):
+        return JSONResponse(APIError(405, f"{request.method} is not allowed on {request.url.path}").body(), status_code=405)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        path = request.url.path
+        route = path if path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health") else None
+        started = time.perf_counter()
+        state.metrics.in_flight += 1
+        status = 500
+        try:
+            if path.startswith("/v1/") and api_key is not None and not _authorized(request.headers.get("authorization", ""), api_key):
+                error = APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY' "
+                                      f"(the key in ${state.settings.api_key_env} where the server runs)", code="invalid_api_key")
+                status = 401
+                return JSONResponse(error.body(), status_code=401)
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            state.metrics.in_flight -= 1
+            if route is not None:
+                state.metrics.observe(route, status, time.perf_counter() - started)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": state.model_name, "policy": str(state.settings.policy) if state.policy else None}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        created = int(state.started)
+        names = [state.model_name] + [f"{s}/{state.model_name}" for s in registry.strategies.names()]
+        if state.policy is not None:
+            names.append(f"{POLICY_PREFIX}/{state.model_name}")
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "ttscale"} for name in names]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await _parse(request, ChatBody)
+        messages = chat_messages(body.messages)
+        problem = chat_problem(messages)
+        # Under the policy a lone user turn is wrapped in the fitting runs' template, as the library does.
+        policy_prompt: str | Problem = messages[0].content if len(messages) == 1 else problem
+        return await _serve(request, body, [(problem, policy_prompt)], "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await _parse(request, CompletionBody)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise bad_request("prompt must be a non-empty string or a list of them", "prompt")
+        problems = []
+        for text in prompts:
+            problem = chat_problem((ChatMessage(role="user", content=text),))
+            problems.append((problem, text))
+        return await _serve(request, body, problems, "text")
+
+    async def _serve(request: Request, body: _CommonBody, problems: list[tuple[Problem, str | Problem]], kind: str):
+        refuse_unhonoured(body)
+        choices = body.n or 1
+        if choices > state.settings.max_choices:
+            raise bad_request(f"n={choices} is above this server's limit of {state.settings.max_choices}", "n")
+        layers = [body_layer(body.ttscale), header_layer(request.headers), model_layer(body.model, state.model_name),
+                  default_layer(state.settings)]
+        resolved = resolve(layers)
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+        if resolved.policy:
+            if state.policy is None:
+                param = resolved.param.get("budget_flops" if resolved.budget_flops is not None else "budget_samples", "model")
+                raise bad_request(f"{param}: this server runs no allocation policy; start it with --policy FILE, "
+                                  "or name a strategy instead of a budget", param)
+            from ttscale.allocation.policy import AllocationError, check_budget
+
+            try:
+                check_budget(resolved.budget_flops, resolved.param["budget_flops"])
+                check_budget(resolved.budget_samples, resolved.param["budget_samples"])
+                if resolved.budget_flops is not None and resolved.budget_samples is not None:
+                    raise AllocationError("give one budget: FLOPs or samples, not both")
+                state.policy.choose_unprobed(budget_flops=resolved.budget_flops, budget_samples=resolved.budget_samples)
+            except AllocationError as error:
+                which = resolved.param["budget_flops" if resolved.budget_flops is not None else "budget_samples"]
+                raise bad_request(str(error), which) from None
+            check_policy_sampling(state, body)
+            if choices > 1:
+                raise bad_request("n > 1 is not available under a budget: the policy chooses one setting per prompt; "
+                                  "send n=1", "n")
+            jobs = [run_policy(state, prompt, resolved, seed) for _, prompt in problems]
+            equivalent = state.policy_answers.equivalent
+        else:
+            params = sample_params(state.settings, body)
+            _, options, verifier = prepare(state, resolved, params, choices)
+            jobs = [run_strategy(state, problem, resolved, options, verifier, params, seed) for problem, _ in problems]
+            equivalent = state.answers.equivalent
+        try:
+            outcomes = list(await asyncio.gather(*jobs))
+        except Exception as error:  # noqa: BLE001  (each kind becomes the status a client should see)
+            raise engine_error(error) from None
+        for outcome in outcomes:
+            state.metrics.add_cost(outcome.trace.cost)
+        response = _response(body, outcomes, resolved, choices, kind, equivalent)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(response, kind, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return JSONResponse(response)
+
+    return app
+
+
+def _authorized(header: str, api_key: str) -> bool:
+    """Whether an Authorization header carries the key (compared in constant time; never logged)."""
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    return hmac.compare_digest(token.encode(), api_key.encode())
+
+
+async def _parse(request: Any, model: type[BaseModel]) -> Any:
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the body is not JSON; send a JSON object") from None
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+
+
+def _response(body: _CommonBody, outcomes: list[Outcome], resolved: Resolved, choices: int, kind: str, equivalent: Any) -> dict[str, Any]:
+    """The completion object: the top `choices` candidates of each prompt, usage and the ttscale block."""
+    want_candidates = bool(body.ttscale and body.ttscale.candidates)
+    items = []
+    for p, outcome in enumerate(outcomes):
+        for j, candidate in enumerate(ranked_candidates(outcome.trace, equivalent)[:choices]):
+            index = p * choices + j
+            if kind == "chat":
+                items.append({"index": index, "message": {"role": "assistant", "content": candidate.text},
+                              "finish_reason": candidate.finish_reason, "logprobs": None})
+            else:
+                items.append({"index": index, "text": candidate.text, "finish_reason": candidate.finish_reason, "logprobs": None})
+    return {
+        "id": ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12),
+        "object": "chat.completion" if kind == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": None,
+        "choices": items,
+        "usage": usage_of([o.trace.cost for o in outcomes]),
+        "ttscale": ttscale_block(outcomes, resolved, want_candidates, equivalent),
+    }
+
+
+STREAM_PIECE_WORDS = 4  # words per content chunk: the chosen text streams in small pieces
+
+
+def _pieces(text: str) -> list[str]:
+    words = re.findall(r"\S+\s*|\s+", text)
+    return ["".join(words[i: i + STREAM_PIECE_WORDS]) for i in range(0, len(words), STREAM_PIECE_WORDS)] or [""]
+
+
+async def _stream(response: dict[str, Any], kind: str, include_usage: bool) -> AsyncIterator[str]:
+    """Server-Sent Events in OpenAI's chunk format: role, content pieces, finish, then usage."""
+    head = {"id": response["id"], "created": response["created"], "model": response["model"], "system_fingerprint": None,
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion"}
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+        return "data: " + json.dumps({**head, "choices": choices, **extra}) + "\n\n"
+
+    for choice in response["choices"]:
+        index = choice["index"]
+        if kind == "chat":
+            yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
+            for piece in _pieces(choice["message"]["content"]):
+                yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None, "logprobs": None}])
+            yield event([{"index": index, "delta": {}, "finish_reason": choice["finish_reason"], "logprobs": None}])
+        else:
+            pieces = _pieces(choice["text"])
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
+                yield event([{"index": index, "text": piece, "finish_reason": choice["finish_reason"] if last else None,
+                              "logprobs": None}])
+    if include_usage:
+        yield event([], usage=response["usage"], ttscale=response["ttscale"])
+    else:
+        yield event([], ttscale=response["ttscale"])
+    yield "data: [DONE]\n\n"
+
+
+# --- running the server -------------------------------------------------------------------------------
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def bind(host: str, port: int):
+    """A listening socket, or one line saying why not (port in use, bad host)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror or error}); pass another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                announce: Any = None) -> None:
+    """Start the backend, then answer requests until SIGTERM or SIGINT: uvicorn then stops
+    taking new requests, finishes those in flight, and returns; the backend closes last."""
+    import uvicorn
+
+    if not os.environ.get(settings.api_key_env) and host not in LOOPBACK:
+        raise ConfigError(f"${settings.api_key_env} is unset, and --host {host} is reachable from other machines; "
+                          f"export {settings.api_key_env}=KEY (clients send it as their API key), or serve on 127.0.0.1")
+    sock = bind(host, port)
+    try:
+        state = await ServerState.start(settings)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        app = create_app(state)
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=None)
+        server = uvicorn.Server(config)
+        if announce:
+            announce(state)
+        await server.serve(sockets=[sock])
+    finally:
+        await state.close()
+        sock.close()
