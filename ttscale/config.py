@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ttscale.errors import ConfigError, describe_validation_error
 from ttscale.speculative import SpeculativeConfig
@@ -17,7 +17,8 @@ from ttscale.types import Frozen, SampleParams
 
 # Fields that change where or how fast a run goes, not what it computes: left out of the hash,
 # so a run resumes after a server comes back on another port or with other retry settings.
-NOT_HASHED = {"output", "concurrency"}
+NOT_HASHED = {"output", "concurrency", "ray", "replicas", "replica_gpus"}
+SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
 CONNECTION_OPTIONS = {"base_url", "max_concurrency", "timeout_s", "max_retries", "backoff_s"}
 
 
@@ -37,16 +38,60 @@ class RunConfig(Frozen):
     sampling: SampleParams = SampleParams(max_tokens=256, temperature=0.8)
     limit: int | None = Field(default=None, ge=1)
     seed: int = 0
-    concurrency: int = Field(default=16, ge=1)
+    concurrency: int = Field(default=16, ge=1, description="Problems in flight at once (per replica with ray).")
     output: Path = Path("runs")
+    shard: str | None = Field(
+        default=None,
+        description="'I/K': run only the problems whose stable id hash (sha256) mod K is I, in a run "
+        "directory of its own; `ttscale merge` joins the K shards into one run.",
+    )
+    ray: str | None = Field(
+        default=None,
+        description="Run on Ray: 'local' starts a cluster on this machine, 'HOST:PORT' (or ray://...) "
+        "joins one. Where the run goes, not what it computes: not part of the run id.",
+    )
+    replicas: int = Field(default=1, ge=1, description="Engine replicas (Ray actors) with ray; each holds its own backend.")
+    replica_gpus: float | None = Field(
+        default=None, ge=0,
+        description="GPUs per replica with ray (default: 1 where the cluster has GPUs, else 0).",
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = SHARD_PATTERN.match(value.strip())
+        if not match:
+            raise ValueError("expected I/K, e.g. 0/4 (shard I of K, counting from 0)")
+        index, count = int(match[1]), int(match[2])
+        if count < 1 or index >= count:
+            raise ValueError(f"shard index must be in 0..K-1 and K >= 1, got {index}/{count}")
+        return f"{index}/{count}"
+
+    @model_validator(mode="after")
+    def _check_scaleout(self) -> "RunConfig":
+        if self.ray is None and (self.replicas != 1 or self.replica_gpus is not None):
+            raise ValueError("replicas and replica_gpus need ray: pass --ray local or --ray HOST:PORT")
+        return self
+
+    def shard_of(self) -> tuple[int, int] | None:
+        """(I, K) of a shard run; None when the run takes every problem."""
+        if self.shard is None:
+            return None
+        index, count = self.shard.split("/")
+        return int(index), int(count)
 
     def run_id(self) -> str:
         """A readable slug plus the hash of the canonical config (minus where/how-fast fields)."""
         fields = self.model_dump(mode="json", exclude=NOT_HASHED)
         fields["backend_options"] = {k: v for k, v in self.backend_options.items() if k not in CONNECTION_OPTIONS}
+        if self.shard is None:  # runs that take every problem keep the ids they had before shards existed
+            del fields["shard"]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(self.benchmark).stem}-{self.strategy}").strip("-")
+        shard = f"-shard{self.shard.replace('/', 'of')}" if self.shard else ""
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(self.benchmark).stem}-{self.strategy}{shard}").strip("-")
         return f"{slug}-{digest}"
 
     def problem_seed(self, problem_id: str) -> int:

@@ -31,6 +31,7 @@ from ttscale.protocols import (
     size_for_workload,
     speculative_metrics_of,
 )
+from ttscale.scaleout import select_shard, single_process_backend_info, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 
@@ -173,20 +174,29 @@ async def run_eval(
     started = time.perf_counter()
     benchmark = build_benchmark(config)
     strategy = build_strategy(config)
-    verifier = build_verifier(config, benchmark)
-    if verifier is None and needs_verifier(strategy):
+    # With Ray the replicas build their own verifiers; the driver only checks that one is named.
+    verifier = None if config.ray else build_verifier(config, benchmark)
+    if config.verifier is None and needs_verifier(strategy):
         raise ConfigError(
             f"strategy {config.strategy!r} with options {dict(config.strategy_options)} needs a verifier: "
             "pass --verifier llm-judge-prm (runs on CPU), vllm-prm (GPU) or oracle-orm (an upper bound)"
         )
-    problems = benchmark.load(limit=config.limit)
+    problems = select_shard(benchmark.load(limit=config.limit), config)  # every problem unless --shard
     wanted = {p.id for p in problems}
     with RunStore(config) as store:
         done = store.done_ids() & wanted
         todo = [p for p in problems if p.id not in done]
         if on_start:
             on_start(len(problems), len(done))
-        if todo:
+        if todo and config.ray:
+            if backend is not None:
+                raise ConfigError("a started backend cannot be shared with Ray replicas; run without ray, or pass no backend")
+            info = await solve_on_ray(
+                todo, config, append=_recorder(store, on_record),
+                on_placed=lambda placed: store.write_json("backend.json", placed),
+            )
+            store.write_json("backend.json", info)
+        elif todo:
             owned = backend is None
             backend = backend or build_backend(config)
             # Problems in flight x samples each is what the engine's KV cache must hold at once.
@@ -194,7 +204,7 @@ async def run_eval(
             size_for_workload(backend, sequences=in_flight, max_tokens=config.sampling.max_tokens)
             try:
                 await _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier)
-                store.write_json("backend.json", describe_backend(backend))
+                store.write_json("backend.json", single_process_backend_info(describe_backend(backend)))
             finally:
                 if verifier is not None:
                     await verifier.close()
@@ -206,6 +216,17 @@ async def run_eval(
     return RunResult(store.dir, summary, len(done), len(todo), time.perf_counter() - started)
 
 
+def _recorder(store: RunStore, on_record: ProgressCallback | None) -> Callable[[dict[str, Any]], None]:
+    """Write a finished problem durably, then report it (the driver is the only writer)."""
+
+    def record(result: dict[str, Any]) -> None:
+        store.append(result)  # durable before it is reported
+        if on_record:
+            on_record(result)
+
+    return record
+
+
 async def _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier) -> None:
     semaphore = asyncio.Semaphore(config.concurrency)
 
@@ -214,10 +235,9 @@ async def _solve_all(todo, strategy, backend, benchmark, config, store, on_recor
             record = await solve_and_record(
                 problem, strategy=strategy, backend=backend, benchmark=benchmark, config=config, verifier=verifier
             )
-        store.append(record)  # durable before it is reported
-        if on_record:
-            on_record(record)
+        record_one(record)
 
+    record_one = _recorder(store, on_record)
     tasks = [asyncio.create_task(one(p)) for p in todo]
     try:
         await asyncio.gather(*tasks)

@@ -1,0 +1,474 @@
+"""Scale-out: engine replicas as Ray actors, shards by a stable hash of the problem id, and merge.
+
+Ray (`--ray local|ADDRESS --replicas K`): each replica is an async Ray actor that builds the run's
+backend, strategy, verifier and benchmark from the RunConfig and solves whole problems, so every
+step of one problem runs on one replica and its prefix cache serves the search. The driver
+assigns problems to replicas (each replica has `concurrency` slots that take the next problem) and
+is the only writer of samples.jsonl, so resume, the lock and the torn-line rules are the store's.
+
+Faults: a replica whose worker dies is restarted by Ray (`max_restarts`). Its unfinished problems
+go back on the driver's queue and a live replica takes them: the dead one's solve calls are not
+retried by Ray (`max_task_retries=0`), so a problem never waits for an engine to restart. A
+problem is recorded once, when a replica returns its record.
+
+Without Ray (`--shard I/K`): a run takes the problems whose sha256(id) mod K is I, into a run
+directory of its own; `merge` joins the K shard runs into the run one process would have written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ttscale.config import NOT_HASHED, RunConfig, build_config
+from ttscale.errors import ConfigError, TtscaleError
+from ttscale.types import Problem
+
+RAY_INSTALL = "pip install 'ttscale[ray]'"
+REPLICA_MAX_RESTARTS = 3  # per replica: a worker that keeps dying is a fault to report, not to hide
+MAX_ATTEMPTS = 3  # per problem: one that was in flight on 3 dying replicas likely kills them
+REPLICA_CPUS = 1.0  # what a replica reserves for scheduling: its engine's driver thread and tokenizer
+LOCAL_OBJECT_STORE = 256 * 2**20  # records are kilobytes; Ray's default takes 30% of RAM
+log = logging.getLogger(__name__)
+
+
+# --- shards ------------------------------------------------------------------------------------
+
+
+def shard_index(problem_id: str, count: int) -> int:
+    """The shard of a problem: sha256 of its id mod `count` (stable across processes and machines,
+    unlike Python's salted hash())."""
+    digest = hashlib.sha256(problem_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def select_shard(problems: Sequence[Problem], config: RunConfig) -> list[Problem]:
+    """The problems of the config's shard (all of them when the run is not a shard)."""
+    shard = config.shard_of()
+    if shard is None:
+        return list(problems)
+    index, count = shard
+    return [problem for problem in problems if shard_index(problem.id, count) == index]
+
+
+# --- where a backend runs ----------------------------------------------------------------------
+
+
+def local_placement() -> dict[str, Any]:
+    """Where this process runs: host, pid and devices (the GPUs it may see, or the CPU)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = [f"cuda:{d}" for d in visible.split(",") if d.strip()] if visible else _default_devices()
+    return {"host": socket.gethostname(), "pid": os.getpid(), "devices": devices}
+
+
+def _default_devices() -> list[str]:
+    try:
+        import torch  # present wherever vllm is; the fake backend runs without it
+
+        if torch.cuda.is_available():
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    except Exception:  # no torch, or a broken CUDA setup: the CPU is what runs
+        pass
+    return ["cpu"]
+
+
+def single_process_backend_info(description: dict[str, Any]) -> dict[str, Any]:
+    """backend.json of a run in one process: the backend's description, one replica, its host and devices."""
+    here = local_placement()
+    return {**description, "replicas": 1, "hosts": [here["host"]], "devices": here["devices"]}
+
+
+# --- Ray ---------------------------------------------------------------------------------------
+
+
+def require_ray():
+    """The ray module, or a one-line ConfigError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray, which is not installed here: {RAY_INSTALL}") from None
+    return ray
+
+
+class Replica:
+    """One engine replica: the run's backend, strategy, verifier and benchmark, built from the config
+    inside the Ray actor (so any registered backend works), solving whole problems."""
+
+    def __init__(self, config_json: str, index: int):
+        from ttscale.protocols import samples_per_problem, size_for_workload
+        from ttscale.runner import build_backend, build_benchmark, build_strategy, build_verifier
+
+        self.index = index
+        self.error: str | None = None
+        self.config = RunConfig.model_validate_json(config_json)
+        try:
+            self.benchmark = build_benchmark(self.config)
+            self.strategy = build_strategy(self.config)
+            self.verifier = build_verifier(self.config, self.benchmark)
+            self.backend = build_backend(self.config)
+        except TtscaleError as error:  # reported by the driver as one line
+            self.error = str(error)
+            return
+        # Sized from what this replica holds: its problems in flight x samples each.
+        sequences = self.config.concurrency * samples_per_problem(self.strategy)
+        size_for_workload(self.backend, sequences=sequences, max_tokens=self.config.sampling.max_tokens)
+
+    async def placement(self) -> dict[str, Any]:
+        """Where this replica runs (host, node, pid, devices), or the error that stopped its build."""
+        import ray
+
+        context = ray.get_runtime_context()
+        gpus = context.get_accelerator_ids().get("GPU") or []
+        here = local_placement()
+        if gpus:
+            here["devices"] = [f"cuda:{g}" for g in gpus]
+        return {"replica": self.index, **here, "node_id": context.get_node_id(),
+                "ip": ray.util.get_node_ip_address(), "error": self.error}
+
+    async def solve(self, problem: Problem) -> dict[str, Any]:
+        """Solve, grade and record one problem (the driver writes the record)."""
+        from ttscale.runner import solve_and_record
+
+        if self.error is not None:
+            raise TtscaleError(self.error)
+        return await solve_and_record(
+            problem, strategy=self.strategy, backend=self.backend, benchmark=self.benchmark,
+            config=self.config, verifier=self.verifier,
+        )
+
+    async def describe(self) -> dict[str, Any]:
+        """What served the run on this replica (the runner's backend description) and where."""
+        from ttscale.runner import describe_backend
+
+        return {**describe_backend(self.backend), **(await self.placement())}
+
+    async def close(self) -> None:
+        """Release the verifier and the engine."""
+        if self.error is None:
+            if self.verifier is not None:
+                await self.verifier.close()
+            await self.backend.close()
+
+
+def portable_config(config: RunConfig) -> RunConfig:
+    """The config a replica builds from: local file paths made absolute, since a Ray worker's
+    working directory is not the driver's (on other nodes, the paths must exist there too)."""
+    updates: dict[str, Any] = {}
+    if Path(config.benchmark).is_file():
+        updates["benchmark"] = str(Path(config.benchmark).resolve())
+    data_file = config.benchmark_options.get("data_file")
+    if isinstance(data_file, str) and Path(data_file).exists():
+        updates["benchmark_options"] = {**config.benchmark_options, "data_file": str(Path(data_file).resolve())}
+    return config.model_copy(update=updates)
+
+
+def connect(config: RunConfig):
+    """Start (`local`) or join (HOST:PORT, ray://...) a Ray cluster; returns the ray module."""
+    ray = require_ray()
+    settings: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if config.ray == "local":
+        cpus = max(os.cpu_count() or 1, int(config.replicas * REPLICA_CPUS + 0.999))
+        settings.update(address="local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE)
+    else:
+        settings["address"] = config.ray
+        del settings["include_dashboard"]  # a setting of the cluster, not of a driver joining it
+    try:
+        ray.init(**settings)
+    except ConnectionError as error:
+        raise TtscaleError(
+            f"cannot join the Ray cluster at {config.ray} ({' '.join(str(error).split())[:200]}); "
+            "start it with `ray start --head` there, or pass --ray local"
+        ) from None
+    return ray
+
+
+def replica_resources(ray, config: RunConfig) -> dict[str, float]:
+    """CPUs and GPUs each replica reserves; refuses a request the cluster cannot place (Ray would wait forever)."""
+    total = ray.cluster_resources()
+    gpus = config.replica_gpus if config.replica_gpus is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
+    wanted = {"CPU": config.replicas * REPLICA_CPUS, "GPU": config.replicas * gpus}
+    short = [f"{need:g} {kind}s (the cluster has {total.get(kind, 0):g})" for kind, need in wanted.items()
+             if need > total.get(kind, 0) + 1e-9]
+    if short:
+        raise ConfigError(
+            f"{config.replicas} replicas need " + " and ".join(short)
+            + "; pass fewer --replicas, a smaller --replica-gpus, or add nodes to the cluster"
+        )
+    return {"num_cpus": REPLICA_CPUS, "num_gpus": gpus}
+
+
+@dataclass
+class _Drain:
+    """The driver's bookkeeping while replicas work through the queue."""
+
+    remaining: int
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    attempts: Counter = field(default_factory=Counter)
+    recorded: set[str] = field(default_factory=set)
+    restarts: Counter = field(default_factory=Counter)
+
+
+async def solve_on_ray(
+    todo: Sequence[Problem],
+    config: RunConfig,
+    *,
+    append: Callable[[dict[str, Any]], None],
+    on_placed: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Solve `todo` on `config.replicas` Ray actors; `append(record)` is called in the driver as each
+    problem finishes. Returns backend.json's content: the replicas, their hosts and devices.
+    `on_placed(info)` gets the same shape once every replica is up (the runner writes it early, so
+    a user, or a test, sees where the replicas run while they work)."""
+    ray = connect(config)
+    actors: list[Any] = []
+    try:
+        resources = replica_resources(ray, config)
+        remote = ray.remote(Replica).options(
+            **resources,
+            max_restarts=REPLICA_MAX_RESTARTS,
+            max_concurrency=config.concurrency + 4,  # slots for problems, plus placement/describe calls
+            scheduling_strategy="SPREAD",  # one replica per node while nodes last
+        )
+        config_json = portable_config(config).model_dump_json()
+        actors = [remote.remote(config_json, index) for index in range(config.replicas)]
+        placed = await _placements(actors)
+        for info in placed:
+            if info["error"]:
+                raise TtscaleError(f"replica {info['replica']} on {info['host']}: {info['error']}")
+        if on_placed:
+            on_placed(_backend_info(config, resources, placed, Counter()))
+        state = _Drain(remaining=len(todo))
+        for problem in todo:
+            state.queue.put_nowait(problem)
+        slots = [
+            _slot(ray, actor, index, state, append, config)
+            for index, actor in enumerate(actors) for _ in range(config.concurrency)
+        ]
+        await _gather_or_cancel(slots)
+        if state.remaining:
+            raise TtscaleError(
+                f"every replica died for good ({REPLICA_MAX_RESTARTS} restarts each) with {state.remaining} problems "
+                "left; finished problems are saved: see the run directory's engine.log, then rerun to resume"
+            )
+        described = await asyncio.gather(*(actor.describe.remote() for actor in actors), return_exceptions=True)
+        members = [d if isinstance(d, dict) else {**p, "error": f"no description ({type(d).__name__})"}
+                   for d, p in zip(described, placed)]
+        return _backend_info(config, resources, members, state.restarts)
+    finally:
+        await _release(ray, actors)
+
+
+async def _placements(actors: list[Any]) -> list[dict[str, Any]]:
+    """Each replica's placement, once its constructor has run; a constructor that crashed is one line."""
+    from ray.exceptions import RayActorError
+
+    try:
+        return list(await asyncio.gather(*(actor.placement.remote() for actor in actors)))
+    except RayActorError as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise TtscaleError(f"a replica failed to start ({first[:300]}); see the run directory's engine.log") from None
+
+
+async def _slot(ray, actor, index: int, state: _Drain, append, config: RunConfig) -> None:
+    """One of a replica's `concurrency` places: take the next problem, have the replica solve it, record it."""
+    from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+
+    while True:
+        problem = await state.queue.get()
+        if problem is None:
+            return
+        try:
+            record = await actor.solve.options(max_task_retries=0).remote(problem)
+        except RayTaskError as error:  # the problem itself failed (a strategy or backend error): as in one process
+            cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else error
+            raise cause from None
+        except RayActorError:  # the replica's worker died: a live replica takes the problem
+            state.attempts[problem.id] += 1
+            if state.attempts[problem.id] >= MAX_ATTEMPTS:
+                raise TtscaleError(
+                    f"problem {problem.id} was in flight on {MAX_ATTEMPTS} replicas that died; it may be what "
+                    "kills them (memory?): see the run directory's engine.log; finished problems are saved"
+                ) from None
+            state.restarts[index] += 1
+            state.queue.put_nowait(problem)
+            log.warning("replica %d died with problem %s in flight; a live replica takes it", index, problem.id)
+            try:
+                await _until_alive(actor)
+            except ActorDiedError:
+                return  # restarts used up: this replica's places close, the others finish the run
+            continue
+        if problem.id not in state.recorded:  # exactly once, whatever the replicas did
+            state.recorded.add(problem.id)
+            append(record)
+            state.remaining -= 1
+        if state.remaining == 0:
+            for _ in range(config.replicas * config.concurrency):
+                state.queue.put_nowait(None)  # every place stops
+
+
+async def _until_alive(actor) -> None:
+    """Wait while Ray restarts a replica (its constructor runs again); ActorDiedError if it never will."""
+    from ray.exceptions import ActorUnavailableError
+
+    while True:
+        try:
+            await actor.placement.remote()
+            return
+        except ActorUnavailableError:  # restarting: try again shortly
+            await asyncio.sleep(1.0)
+
+
+async def _gather_or_cancel(coroutines: Iterable) -> None:
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _release(ray, actors: list[Any]) -> None:
+    """Close each replica's engine, then end the actors and disconnect (a local cluster stops)."""
+    if actors:
+        closing = [actor.close.remote() for actor in actors]
+        try:
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), timeout=60)
+        except asyncio.TimeoutError:
+            log.warning("replicas took over 60 s to close; ending them")
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _backend_info(config: RunConfig, resources: dict[str, float], members: list[dict[str, Any]],
+                  restarts: Counter) -> dict[str, Any]:
+    """backend.json of a Ray run: the first replica's backend description (model, engine settings),
+    then the replicas, their hosts and devices, and each replica's own description."""
+    first = next((m for m in members if "backend" in m), {})
+    head = {key: first[key] for key in ("backend", "model", "num_params", "engine_settings") if key in first}
+    return {
+        **head,
+        "replicas": config.replicas,
+        "hosts": sorted({m["host"] for m in members}),
+        "devices": [{"replica": m["replica"], "host": m["host"], "devices": m["devices"]} for m in members],
+        "ray": {"address": config.ray, "replica_cpus": resources["num_cpus"], "replica_gpus": resources["num_gpus"],
+                "worker_deaths": {str(k): v for k, v in sorted(restarts.items())}},
+        "members": members,
+    }
+
+
+# --- merge -------------------------------------------------------------------------------------
+
+
+@dataclass
+class MergeResult:
+    """What `merge` wrote: the run directory, its summary, and the shards it did not get."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    shards: list[str]
+    missing: list[str]
+
+
+def _read_shard(run_dir: Path) -> tuple[RunConfig, list[dict[str, Any]]]:
+    from ttscale.store import SAMPLES, read_samples
+
+    config_path = run_dir / "config.json"
+    if not config_path.is_file() or not (run_dir / SAMPLES).is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (needs config.json and {SAMPLES}); pass runs/<id> as `ttscale eval --shard` wrote it")
+    try:
+        raw = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{config_path}: not JSON ({error}); pass a run directory `ttscale eval` wrote") from None
+    config = build_config(raw, where=str(config_path))
+    if config.shard is None:
+        raise ConfigError(f"{run_dir} is not a shard (its config has no shard); merge runs made with `ttscale eval --shard I/K`")
+    records: dict[str, dict[str, Any]] = {}
+    for record in read_samples(run_dir / SAMPLES):
+        records.setdefault(record["problem_id"], record)
+    return config, list(records.values())
+
+
+def _differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """Fields (other than the shard and where/how-fast fields) on which two configs differ."""
+    skip = NOT_HASHED | {"shard"}
+    left, right = a.model_dump(mode="json", exclude=skip), b.model_dump(mode="json", exclude=skip)
+    return sorted(name for name in left if left[name] != right.get(name))
+
+
+def merge_runs(run_dirs: Sequence[Path], output: Path) -> MergeResult:
+    """Join shard runs of one config into the run one process would have written, under `output`.
+
+    Refuses shards of different configs, of different shard counts, the same shard twice, records
+    outside their shard, problems in two shards, and a target run that already has records.
+    """
+    from ttscale.analysis.summary import summarize
+    from ttscale.store import RunStore
+
+    if not run_dirs:
+        raise ConfigError("no run directories given; pass the shard runs, e.g. ttscale merge runs/*-shard*of4-* -o runs")
+    shards = [(Path(d), *_read_shard(Path(d))) for d in run_dirs]
+    first_dir, first, _ = shards[0]
+    by_index: dict[int, Path] = {}
+    owner: dict[str, Path] = {}
+    for run_dir, config, records in shards:
+        differ = _differences(first, config)
+        if differ:
+            raise ConfigError(f"{run_dir} and {first_dir} are shards of different runs (they differ in {', '.join(differ)}); merge shards of one config")
+        index, count = config.shard_of()
+        if count != first.shard_of()[1]:
+            raise ConfigError(f"{run_dir} is shard {config.shard} but {first_dir} is shard {first.shard}: merge the shards of one split")
+        if index in by_index:
+            raise ConfigError(f"shard {config.shard} given twice: {by_index[index]} and {run_dir}")
+        by_index[index] = run_dir
+        for record in records:
+            pid = record["problem_id"]
+            if shard_index(pid, count) != index:
+                raise ConfigError(f"{run_dir}: problem {pid!r} does not belong to shard {config.shard}; was this run directory edited?")
+            if pid in owner:
+                raise ConfigError(f"problem {pid!r} is in both {owner[pid]} and {run_dir}; merge shards whose problems do not overlap")
+            owner[pid] = run_dir
+    count = first.shard_of()[1]
+    merged = first.model_copy(update={"shard": None, "output": Path(output), "ray": None, "replicas": 1, "replica_gpus": None})
+    with RunStore(merged) as store:
+        existing = store.records()
+        if existing:
+            raise ConfigError(f"{store.dir} already has {len(existing)} problems; pass another -o (merge writes a new run)")
+        for _, _, records in sorted(shards, key=lambda s: s[1].shard_of()[0]):
+            for record in records:
+                store.append(record)
+        store.write_json("backend.json", _merged_backend_info(shards))
+        records = store.records()
+        summary = {"run_id": merged.run_id(), **summarize(records)}
+        store.write_summary(summary)
+    missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
+    return MergeResult(store.dir, summary, [s[1].shard for s in shards], missing)
+
+
+def _merged_backend_info(shards) -> dict[str, Any]:
+    """backend.json of a merged run: the first shard's backend description, and every shard's."""
+    infos = []
+    for run_dir, config, _ in shards:
+        try:
+            info = json.loads((run_dir / "backend.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        infos.append({"shard": config.shard, "run_dir": str(run_dir), **info})
+    first = next((i for i in infos if "backend" in i), {})
+    head = {key: first[key] for key in ("backend", "model", "num_params", "engine_settings") if key in first}
+    hosts = sorted({h for i in infos for h in i.get("hosts", [])})
+    return {**head, "replicas": sum(int(i.get("replicas", 1)) for i in infos), "hosts": hosts,
+            "devices": [{"shard": i["shard"], "devices": i.get("devices")} for i in infos], "shards": infos}
