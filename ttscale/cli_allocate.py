@@ -17,6 +17,15 @@ allocate_app = typer.Typer(help="Fit a compute-optimal allocation policy from ru
 SPLIT_HELP = "Problems to use: all, or half a / half b by a stable hash of the problem id (fit on one, evaluate on the other)."
 
 
+FEATURES_HELP = ("Prefill probe: the .npz cache of the prompts' hidden states, keyed by model and prompt "
+                 "(default: next to the policy, POLICY.features.npz). Prompts not in it are read by one vLLM pooling engine.")
+
+
+def features_path(policy: Path, features: Path | None) -> Path:
+    """Where the prefill probe's feature cache lives: given, or next to the policy file."""
+    return features if features is not None else policy.with_name(policy.stem + ".features.npz")
+
+
 def _split(value: str) -> str:
     if value not in ("all", "a", "b"):
         raise typer.BadParameter(f"--split must be all, a or b, got {value!r}")
@@ -94,21 +103,38 @@ def allocate_fit(
     output: Path = typer.Option(Path("policy.json"), "--output", "-o", help="Where to write the policy."),
     split: str = typer.Option("all", "--split", help=SPLIT_HELP, callback=_split),
     k0: int = typer.Option(4, "--k0", help="Probe size: samples drawn to predict a new prompt's difficulty bin."),
-    statistic: str = typer.Option("agreement", "--probe", help="Probe statistic: agreement (answer self-agreement) or verifier (mean verifier score)."),
+    statistic: str = typer.Option("agreement", "--probe", help="Probe: agreement (self-agreement of k0 samples), verifier (their mean verifier score), or prefill (the model's hidden states of the prompt, one prefill, no samples; a ridge regressor predicts pass@1)."),
     min_gain: float = typer.Option(0.0, "--min-gain", help="A costlier setting must beat every cheaper one by more than this accuracy to be picked."),
+    features: Optional[Path] = typer.Option(None, "--features", help=FEATURES_HELP),
+    pooling: str = typer.Option("auto", "--pooling", help="Prefill probe: hidden states of the last prompt token, the mean over its tokens, both (last+mean), or auto (the best out-of-fold on the fitting split)."),
 ) -> None:
     """Fit a policy: per difficulty bin, the most accurate setting for every budget."""
     from ttscale.allocation.fit import fit_policy
     from ttscale.allocation.policy import describe_setting
     from ttscale.analysis.difficulty import NUMBERING
 
-    if statistic not in ("agreement", "verifier"):
-        raise typer.BadParameter(f"--probe must be agreement or verifier, got {statistic!r}")
-    policy = fit_policy(run_dirs, split=split, k0=k0, statistic=statistic, min_gain=min_gain)
+    if statistic not in ("agreement", "verifier", "prefill"):
+        raise typer.BadParameter(f"--probe must be agreement, verifier or prefill, got {statistic!r}")
+    if pooling not in ("auto", "last", "mean", "last+mean"):
+        raise typer.BadParameter(f"--pooling must be auto, last, mean or last+mean, got {pooling!r}")
+    prompts = None
+    if statistic == "prefill":
+        from ttscale.probe import PromptReader
+
+        prompts = PromptReader(features_path(output, features))
+    policy = fit_policy(run_dirs, split=split, k0=k0, statistic=statistic, min_gain=min_gain, prompts=prompts, pooling=pooling)
     policy.save(output)
+    k = policy.probe.k0
+    if prompts is not None:
+        regressor = policy.probe.regressor
+        cv = ", ".join(f"{name} {value:.3f}" for name, value in regressor.cv_spearman.items())
+        console.print(f"Prefill probe: {prompts.computed} prompts read by the engine, {len(prompts.cache) - prompts.computed} from "
+                      f"{prompts.cache.path}; ridge (alpha {regressor.alpha:.3g}) on {regressor.problems} fitting problems, "
+                      f"{regressor.pooling} pooling; out-of-fold Spearman with pass@1: {cv}; "
+                      f"mean cost {policy.probe.mean_flops:.3e} FLOPs per prompt")
     sources = (
         (f"oracle bins ({NUMBERING}; bins from gold: an upper bound)", policy.oracle_tables, 0),
-        (f"predicted bins (probe k0={k0} by {statistic}, its cost included in every setting)", policy.predicted_tables, k0),
+        (f"predicted bins ({policy.probe.describe()}, its cost included in every setting)", policy.predicted_tables, k),
         ("no probe (all fitting problems; bin -1)", [policy.unprobed], 0),
     )
     for source, tables, k in sources:
@@ -136,13 +162,20 @@ def allocate_eval(
     split: str = typer.Option("all", "--split", help=SPLIT_HELP, callback=_split),
     budget: Optional[list[float]] = typer.Option(None, "--budget", help="Per-prompt FLOP budget (repeatable; default: best-of-2/4/8's mean cost on the fitting problems)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
+    features: Optional[Path] = typer.Option(None, "--features", help=FEATURES_HELP),
 ) -> None:
     """Evaluate a policy on held-out problems against best-of-N majority at equal FLOPs."""
     from ttscale.allocation.evaluate import evaluate_policy
     from ttscale.allocation.policy import AllocationPolicy
 
     policy = AllocationPolicy.load(policy_file)
-    report = evaluate_policy(policy, run_dirs, split=split, budgets=budget)  # refuses fitted problems and bad budgets
+    prompts = None
+    if policy.probe.is_prefill:
+        from ttscale.probe import PromptReader
+
+        prompts = PromptReader(features_path(policy_file, features))
+    # refuses fitted problems and bad budgets
+    report = evaluate_policy(policy, run_dirs, split=split, budgets=budget, prompts=prompts)
     curve = Table(title=f"best-of-N majority on {report['problems']} held-out problems (split {split})")
     for column in ("N", "accuracy", "mean FLOPs"):
         curve.add_column(column, justify="right")
@@ -169,6 +202,17 @@ def allocate_eval(
         f"(oracle bins {report['oracle_bin_counts']}, predicted {report['predicted_bin_counts']}; {report['bin_numbering']}). "
         "Oracle-bin rows bin by graded samples: upper bounds, not a deployable policy."
     )
+    probe = report["probe"]
+    ratio = f" ({probe['flops_vs_one_sample']:.3f}x one sample)" if probe["flops_vs_one_sample"] else ""
+    console.print(f"Probe: {probe['kind']}: {probe['mean_flops']:.3e} FLOPs per problem{ratio}; Spearman with pass@1 "
+                  f"{probe['spearman_with_pass1']:.3f}; within one bin of the oracle bin for {probe['within_one_bin']:.1%}.")
+    confusion = Table(title="held-out problems by oracle bin (rows) and predicted bin (columns)")
+    confusion.add_column("oracle \\ predicted")
+    for b in range(len(probe["confusion"])):
+        confusion.add_column(str(b), justify="right")
+    for b, row in enumerate(probe["confusion"]):
+        confusion.add_row(str(b), *map(str, row))
+    console.print(confusion)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
         console.print(f"Report: {json_out}")

@@ -4,22 +4,29 @@ Held out by construction: the policy records the problems it was fitted on, and 
 refuses any of them. Every number comes from the one analysis layer, as in fitting: the same
 subsamples, prices (the probe's included for every setting planned after it) and log-FLOPs
 interpolation (ttscale.analysis.runs.accuracy_at / cost_for).
+
+The report also says how well the probe ranks and bins the held-out problems against their
+oracle bins (agreement, confusion matrix, Spearman of the probe's value with pass@1) and what
+the probe costs per problem next to one sample.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ttscale.allocation.fit import FitData, bins_of, load_fit_data
+from ttscale.allocation.fit import FitData, bins_of, load_fit_data, predict_prefill
 from ttscale.allocation.policy import (
     AllocationError, AllocationPolicy, BinSource, Entry, Split, check_budget, describe_setting,
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import accuracy_at, cost_for
+
+if TYPE_CHECKING:
+    from ttscale.probe import PromptReader
 
 ORACLE_MODE = "oracle (upper bound: bins from gold)"  # the oracle policy: bins from graded samples
 
@@ -72,18 +79,24 @@ def default_budgets(policy: AllocationPolicy, ns: Sequence[int] = (2, 4, 8)) -> 
 
 
 def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *, split: Split = "all",
-                    budgets: Sequence[float] | None = None, seed: int = 1) -> dict[str, Any]:
+                    budgets: Sequence[float] | None = None, seed: int = 1, prompts: "PromptReader | None" = None) -> dict[str, Any]:
     """The policy on held-out problems against best-of-N majority, at several per-prompt budgets.
 
     For each budget and bin source (oracle bins: an upper bound; or predicted by the probe, its
     cost added), and for batch allocation of the same total: accuracy, mean FLOPs, best-of-N's
     accuracy at those FLOPs, and best-of-N's FLOPs for that accuracy over the policy's (the saving).
+    A prefill probe's features come from `prompts` (ttscale.probe.PromptReader; the cache written at fit time).
     """
     for budget in budgets or ():
         check_budget(budget, "--budget")
-    data = load_fit_data(run_dirs, split, seed, policy.probe.k0, policy.probe.statistic)
+    if policy.probe.is_prefill and prompts is None:
+        raise AllocationError("this policy's probe reads the prompts' hidden states: pass prompts=PromptReader(cache) "
+                              "(the CLI uses the cache next to the policy)")
+    data = load_fit_data(run_dirs, split, seed, policy.probe.k0, policy.probe.statistic, prompts)
     refuse_fitted_problems(policy, data.problems, split)
     policy.check_model(data.reference.model)
+    if policy.probe.is_prefill:
+        predict_prefill(data, policy.probe)
     if data.reference.config.benchmark != policy.benchmark:
         raise AllocationError(f"policy fitted on benchmark {policy.benchmark!r}, runs are {data.reference.config.benchmark!r}")
     bins = bins_of(data, policy.oracle_edges, policy.probe)
@@ -117,17 +130,44 @@ def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *,
             else:
                 entries = [policy.choose(bins[source][p], budget_flops=budget, source=source, strict=False) for p in data.problems]
             values = [outcome(e, p, source) for e, p in zip(entries, data.problems)]
-            labels = [describe_setting(e.setting, policy.probe.k0 if source == "predicted" else 0) for e in entries]
+            labels = [_label(policy, e, source) for e in entries]
             rows.append(_row(budget, mode, values, curve, labels, upper_bound=source == "oracle"))
     return {
         "problems": len(data.problems),
         "split": split,
         "bin_numbering": diff.NUMBERING,
         "bin_agreement": diff.bin_agreement(bins["predicted"], bins["oracle"]),
+        "probe": probe_report(policy, data, bins),
         "oracle_bin_counts": _count(bins["oracle"].values()),
         "predicted_bin_counts": _count(bins["predicted"].values()),
         "best_of_n": [{"n": n, "flops": f, "accuracy": a} for n, f, a in curve],
         "rows": rows,
+    }
+
+
+def probe_report(policy: AllocationPolicy, data: FitData, bins: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """How the probe does on these problems: its cost next to one sample's, and its agreement with
+    the oracle bins (confusion: oracle bin rows, predicted bin columns; Spearman of its value with pass@1)."""
+    from ttscale.probe import spearman
+
+    records = data.records()
+    ids = list(records)
+    if policy.probe.is_prefill:
+        values = [data.probe_values[p] for p in ids]
+    else:
+        values = [diff.probe_of_record(records[p], policy.probe.k0, policy.probe.statistic) for p in ids]
+    one = [v for s, v in data.outcomes.values() if s.reuses_probe and s.samples == 1 and not s.uses_gold]
+    one_flops = float(np.mean([one[0][p][1] for p in ids])) if one else None
+    probe_flops = float(np.mean([data.probe_flops[p] for p in ids]))
+    off = [abs(bins["predicted"][p] - bins["oracle"][p]) for p in ids]
+    return {
+        "kind": policy.probe.describe(),
+        "mean_flops": probe_flops,
+        "best_of_1_flops": one_flops,
+        "flops_vs_one_sample": probe_flops / one_flops if one_flops else None,
+        "spearman_with_pass1": spearman(values, [records[p].pass1 for p in ids]),
+        "within_one_bin": float(np.mean([d <= 1 for d in off])),
+        "confusion": diff.confusion(bins["predicted"], bins["oracle"], policy.num_bins),
     }
 
 
@@ -144,6 +184,13 @@ def _row(budget: float, mode: str, values: Sequence[tuple[float, float]], curve,
         "saving": needed / flops if needed is not None else None,
         "settings": dict(sorted(_count(labels).items())),
     }
+
+
+def _label(policy: AllocationPolicy, entry: Entry, source: BinSource) -> str:
+    """What a planned setting does, after the probe where there was one."""
+    if source == "predicted" and policy.probe.is_prefill:
+        return f"prefill probe + {entry.setting.label()}"
+    return describe_setting(entry.setting, policy.probe.k0 if source == "predicted" else 0)
 
 
 def _count(values: Iterable[Any]) -> dict[Any, int]:

@@ -8,6 +8,11 @@ Per difficulty bin the policy keeps every setting and the accuracy-versus-cost f
 A setting that gold answers guided (Run.uses_gold) is measured and kept, labelled, but never
 put on a frontier. With a probe of k0 samples (predicted bins), plain best-of-n reuses the
 probe's samples, and every other setting pays the probe's cost on top of its own.
+
+The prefill probe (statistic "prefill", ttscale.probe) draws no samples: every setting pays one
+prefill of the prompt on top of its own cost. Its regressor is trained on the fitting split's
+problems only, and the fitting problems are binned by its out-of-fold predictions (as a new
+prompt would be), not by in-sample ones.
 """
 
 from __future__ import annotations
@@ -16,18 +21,22 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from ttscale.allocation.policy import (
-    AllocationPolicy, BinSource, BinTable, Entry, Probe, Setting, Split, drawn_samples, in_split,
+    POLICY_VERSION, PREFILL_POLICY_VERSION, AllocationPolicy, BinSource, BinTable, Entry, Probe, Setting, Split, drawn_samples,
+    in_split,
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import Run, load_run, probe_price, subsample
 from ttscale.errors import ConfigError
 from ttscale.protocols import prompt_template_of
 from ttscale.selection import VERIFIER_RULES
+
+if TYPE_CHECKING:
+    from ttscale.probe import PromptFeatures, PromptReader
 
 SUBSETS = 200  # random ordered draws per problem and n (compare's default too)
 
@@ -102,6 +111,8 @@ class FitData:
     probe_flops: dict[str, float] = field(default_factory=dict)  # the probe's cost per problem
     outcomes: Outcomes = field(default_factory=dict)  # settings run cold
     probed: Outcomes = field(default_factory=dict)  # settings run after the probe (its cost included)
+    features: dict[str, "PromptFeatures"] = field(default_factory=dict)  # prefill probe: every recorded problem's
+    probe_values: dict[str, float] = field(default_factory=dict)  # prefill probe: predicted pass@1 per problem
 
     def records(self):
         """The reference run's records of these problems, by problem id."""
@@ -134,9 +145,10 @@ def pool_runs(runs: Sequence[Run]) -> list[Run]:
 
 
 def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: int = 0, k0: int = 4,
-                  statistic: diff.ProbeStatistic = "agreement") -> FitData:
+                  statistic: diff.ProbeStatistic = "agreement", prompts: "PromptReader | None" = None) -> FitData:
     """Read runs of one model and benchmark, keep the problems they share in the split, and
-    measure every setting cold and after a probe of k0 samples."""
+    measure every setting cold and after the probe: k0 samples, or (statistic "prefill", whose
+    features `prompts` reads for every recorded problem, both splits: prompts only) one prefill."""
     loaded = [load_run(p) for p in run_dirs]
     if not loaded:
         raise ConfigError("no run directories given; pass one or more runs/<id>")
@@ -153,6 +165,8 @@ def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: in
     problems = sorted(p for p in shared if in_split(p, split))
     if len(problems) < diff.NUM_BINS:
         raise ConfigError(f"only {len(problems)} problems are shared by the runs in split {split!r}; need at least {diff.NUM_BINS}")
+    if statistic == "prefill":
+        return _prefill_fit_data(loaded, runs, reference, problems, seed, prompts)
     if min(rec.n for rec in reference.records) < k0:
         raise ConfigError(f"{reference.dir}: the probe needs k0={k0} samples per problem; pass --k0 up to its n")
     if statistic == "verifier" and not reference.config.verifier:
@@ -175,6 +189,46 @@ def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: in
     return data
 
 
+def _prefill_fit_data(loaded: list[Run], runs: list[Run], reference: Run, problems: list[str], seed: int,
+                      prompts: "PromptReader | None") -> FitData:
+    """FitData for the prefill probe: the prompts' features, and every setting with one prefill added."""
+    if prompts is None:
+        raise ConfigError("the prefill probe needs the prompts' features: pass prompts=PromptReader(cache_path)")
+    data = FitData(loaded, reference, problems)
+    data.features = prompts.features_for(reference)
+    # One prefill of the whole prompt, nothing cached: cache-independent, as every price here.
+    data.probe_flops = {p: float(reference.cost_model.prefill(data.features[p].prompt_tokens, 0)) for p in problems}
+    for run in [reference] + [r for r in runs if r is not reference]:
+        for key, value in run_outcomes(run, problems, seed=seed).items():
+            data.outcomes.setdefault(key, value)
+        for key, value in run_outcomes(run, problems, seed=seed, extra_flops=data.probe_flops).items():
+            data.probed.setdefault(key, value)
+    return data
+
+
+def fit_prefill_probe(data: FitData, split: Split, *, pooling: str = "auto", seed: int = 0,
+                      num_bins: int = diff.NUM_BINS) -> Probe:
+    """Train the prefill probe's regressor on the fitting problems' features and pass@1, and set
+    its edges (and data.probe_values) from out-of-fold predictions. Refuses problems outside `split`."""
+    from ttscale.probe import fit_regressor
+
+    outside = [p for p in data.problems if not in_split(p, split)]
+    if outside:
+        raise ConfigError(f"problem {outside[0]!r} is not in split {split!r}; the probe's regressor trains on the fitting split only")
+    records = data.records()
+    ids = list(records)
+    regressor, held_out = fit_regressor(data.reference.model, [data.features[p] for p in ids], [records[p].pass1 for p in ids],
+                                        pooling=pooling, seed=seed)
+    data.probe_values = dict(zip(ids, map(float, held_out)))
+    return Probe(k0=0, statistic="prefill", edges=diff.quantile_edges(list(data.probe_values.values()), num_bins),
+                 mean_flops=float(np.mean([data.probe_flops[p] for p in ids])), regressor=regressor)
+
+
+def predict_prefill(data: FitData, probe: Probe) -> None:
+    """data.probe_values from a fitted prefill probe (evaluation: the regressor as trained)."""
+    data.probe_values = {p: probe.regressor.predict(data.features[p]) for p in data.problems}
+
+
 def data_hash(runs: Sequence[Run], problems: Sequence[str]) -> str:
     """sha256 over every run's samples.jsonl and config, and the problem ids fitted on."""
     digest = hashlib.sha256()
@@ -190,7 +244,12 @@ def bins_of(data: FitData, oracle_edges: Sequence[float], probe: Probe) -> dict[
     records = data.records()
     ids = list(records)
     pass1 = [records[p].pass1 for p in ids]
-    stats = [diff.probe_of_record(records[p], probe.k0, probe.statistic) for p in ids]
+    if probe.is_prefill:
+        if set(ids) - set(data.probe_values):
+            raise ConfigError("the prefill probe's predictions are missing: fit_prefill_probe or predict_prefill first")
+        stats = [data.probe_values[p] for p in ids]
+    else:
+        stats = [diff.probe_of_record(records[p], probe.k0, probe.statistic) for p in ids]
     return {
         "oracle": dict(zip(ids, diff.assign_bins(pass1, oracle_edges))),
         "predicted": dict(zip(ids, diff.assign_bins(stats, probe.edges))),
@@ -227,22 +286,32 @@ def bin_tables(data: FitData, bins: dict[str, int], num_bins: int, min_gain: flo
 
 
 def fit_policy(run_dirs: Sequence[Path | str], *, split: Split = "all", num_bins: int = diff.NUM_BINS, k0: int = 4,
-               statistic: diff.ProbeStatistic = "agreement", min_gain: float = 0.0, seed: int = 0) -> AllocationPolicy:
-    """Fit a policy from finished runs of one model and benchmark (problems in `split` only)."""
-    data = load_fit_data(run_dirs, split, seed, k0, statistic)
+               statistic: diff.ProbeStatistic = "agreement", min_gain: float = 0.0, seed: int = 0,
+               prompts: "PromptReader | None" = None, pooling: str = "auto") -> AllocationPolicy:
+    """Fit a policy from finished runs of one model and benchmark (problems in `split` only).
+
+    statistic "prefill": the prefill probe, its features read by `prompts` (a ttscale.probe.PromptReader),
+    its regressor's pooling chosen on the fitting problems ("auto") or given; `k0` is ignored.
+    """
+    data = load_fit_data(run_dirs, split, seed, k0, statistic, prompts)
     records = data.records()
     ids = list(records)
     oracle_edges = diff.quantile_edges([records[p].pass1 for p in ids], num_bins)
-    probe_edges = diff.quantile_edges([diff.probe_of_record(records[p], k0, statistic) for p in ids], num_bins)
     config = data.reference.config
-    probe = Probe(k0=k0, statistic=statistic, verifier=config.verifier if statistic == "verifier" else None,
-                  edges=probe_edges, mean_flops=float(np.mean([data.probe_flops[p] for p in ids])))
+    if statistic == "prefill":
+        probe = fit_prefill_probe(data, split, pooling=pooling, seed=seed, num_bins=num_bins)
+        k0 = 0
+    else:
+        probe_edges = diff.quantile_edges([diff.probe_of_record(records[p], k0, statistic) for p in ids], num_bins)
+        probe = Probe(k0=k0, statistic=statistic, verifier=config.verifier if statistic == "verifier" else None,
+                      edges=probe_edges, mean_flops=float(np.mean([data.probe_flops[p] for p in ids])))
     bins = bins_of(data, oracle_edges, probe)
     from ttscale.runner import build_benchmark
 
     benchmark = build_benchmark(config)
     deployable = sorted({s.verifier for s, _ in data.outcomes.values() if s.verifier and not s.uses_gold})
     policy = AllocationPolicy(
+        version=PREFILL_POLICY_VERSION if probe.is_prefill else POLICY_VERSION,
         model=data.reference.model,
         num_params=data.reference.num_params,
         benchmark=config.benchmark,

@@ -10,6 +10,16 @@ Gold answers: a setting that gold guided (an oracle verifier's scores, the oracl
 in the tables labelled as an upper bound, and never on a frontier, so it is never chosen. The
 oracle-bin tables bin prompts by graded samples: planning with them (`difficulty=` given, or
 `source="oracle"`) is the oracle policy, an upper bound unless the bin comes from elsewhere.
+
+Probes. The sampling probe draws k0 samples and bins their answer agreement (or verifier
+score); plain best-of-n then keeps them. The prefill probe (statistic "prefill", k0 = 0)
+draws nothing: the policy model reads the prompt once through a pooling backend, and a ridge
+regressor stored in the policy (ttscale.probe.PrefillRegressor) predicts its pass@1 from the
+hidden states. Its cost (one prefill) is metered into the Plan like the sampling probe's.
+
+Versions. A policy with a sampling probe is written as version 2, exactly as before, so older
+ttscale releases still read it; a prefill probe is version 3 (older releases refuse it rather
+than run a probe they do not know). Both load here.
 """
 
 from __future__ import annotations
@@ -23,17 +33,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ttscale.analysis import difficulty as diff
 from ttscale.errors import ConfigError, TtscaleError
+from ttscale.probe import PrefillRegressor
 from ttscale.selection import first_answer, majority_vote
 from ttscale.types import Problem, SampleParams, Trace
 
 if TYPE_CHECKING:
-    from ttscale.protocols import Backend, Verifier
+    from ttscale.protocols import Backend, PoolingBackend, Verifier
 
 POLICY_VERSION = 2  # 2: problem ids fitted on, gold taint per setting, the probe's verifier
+PREFILL_POLICY_VERSION = 3  # 3: a prefill probe (hidden states and its regressor); otherwise as 2
+READABLE_VERSIONS = (POLICY_VERSION, PREFILL_POLICY_VERSION)
 BinSource = Literal["oracle", "predicted"]
 Split = Literal["all", "a", "b"]
 UPPER_BOUND = "(upper bound: uses gold)"
@@ -126,15 +139,37 @@ class BinTable(BaseModel):
 
 
 class Probe(BaseModel):
-    """The cheap difficulty probe: k0 samples, a statistic, and its quantile edges."""
+    """The cheap difficulty probe and its quantile edges: k0 samples and a statistic of them, or
+    (statistic "prefill", k0 = 0) one prefill of the prompt and the regressor that reads it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    k0: int = Field(ge=1)
+    k0: int = Field(ge=0, description="samples the probe draws (0 for the prefill probe)")
     statistic: diff.ProbeStatistic = "agreement"
     verifier: str | None = None  # statistic "verifier": the verifier that scores the probe
     edges: list[float]
     mean_flops: float  # its mean cost on the fitting problems (the verifier's included when it reads one)
+    regressor: PrefillRegressor | None = Field(None, description="statistic 'prefill': predicts pass@1 from hidden states")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Probe":
+        if self.is_prefill:
+            if self.k0 != 0 or self.regressor is None:
+                raise ValueError("the prefill probe draws no samples (k0=0) and needs its regressor")
+        elif self.k0 < 1 or self.regressor is not None:
+            raise ValueError(f"a {self.statistic} probe draws k0 >= 1 samples and has no regressor")
+        return self
+
+    @property
+    def is_prefill(self) -> bool:
+        """Whether the probe reads the prompt's hidden states (one prefill) instead of drawing samples."""
+        return self.statistic == "prefill"
+
+    def describe(self) -> str:
+        """The probe in words, for tables."""
+        if self.is_prefill:
+            return f"prefill probe (hidden states, {self.regressor.pooling} pooling, ridge -> pass@1)"
+        return f"probe k0={self.k0} by {self.statistic}"
 
 
 def _pick(table: BinTable, what: str, budget_flops: float | None, budget_samples: int | None, strict: bool) -> Entry:
@@ -168,7 +203,7 @@ class AllocationPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: Literal[2] = POLICY_VERSION
+    version: Literal[2, 3] = POLICY_VERSION  # 3 exactly when the probe is a prefill probe
     model: str
     num_params: int
     benchmark: str
@@ -187,6 +222,13 @@ class AllocationPolicy(BaseModel):
     predicted_tables: list[BinTable]
     unprobed: BinTable  # every fitting problem, no probe: for budgets where probing does not pay
 
+    @model_validator(mode="after")
+    def _version_matches_probe(self) -> "AllocationPolicy":
+        wanted = PREFILL_POLICY_VERSION if self.probe.is_prefill else POLICY_VERSION
+        if self.version != wanted:
+            raise ValueError(f"a policy whose probe is {self.probe.statistic!r} is version {wanted}, not {self.version}")
+        return self
+
     @property
     def problems(self) -> int:
         """How many problems it was fitted on."""
@@ -195,9 +237,10 @@ class AllocationPolicy(BaseModel):
     # -- persistence --
 
     def save(self, path: Path | str) -> Path:
-        """Write the policy as indented JSON."""
+        """Write the policy as indented JSON (a sampling probe's policy exactly as version 2 wrote it)."""
         path = Path(path)
-        path.write_text(self.model_dump_json(indent=2))
+        exclude = None if self.probe.is_prefill else {"probe": {"regressor"}}
+        path.write_text(self.model_dump_json(indent=2, exclude=exclude))
         return path
 
     @classmethod
@@ -211,9 +254,10 @@ class AllocationPolicy(BaseModel):
             raise ConfigError(f"policy file {path} does not exist; fit one with `ttscale allocate fit RUN_DIR -o {path}`") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not JSON ({getattr(error, 'msg', error)}); {refit}") from None
-        if not isinstance(data, dict) or data.get("version") != POLICY_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in READABLE_VERSIONS:
             version = data.get("version") if isinstance(data, dict) else None
-            raise ConfigError(f"{path}: policy version {version!r}, this ttscale reads version {POLICY_VERSION}; {refit}")
+            readable = " and ".join(map(str, READABLE_VERSIONS))
+            raise ConfigError(f"{path}: policy version {version!r}, this ttscale reads versions {readable}; {refit}")
         try:
             policy = cls.model_validate(data)
         except ValidationError as error:
@@ -294,12 +338,14 @@ class AllocationPolicy(BaseModel):
 
     def allocate(self, prompt: str | Problem, *, budget_flops: float | None = None, budget_samples: int | None = None,
                  difficulty: int | None = None, backend: "Backend | None" = None, model: str | None = None,
-                 probe: bool | None = None, verifier: "Verifier | None" = None) -> "Plan":
+                 probe: bool | None = None, verifier: "Verifier | None" = None,
+                 probe_backend: "PoolingBackend | None" = None) -> "Plan":
         """A Plan for one prompt. With `difficulty` (a bin) this is cheap: no probe runs.
 
-        Without it the probe runs on `backend` (k0 samples, scored by `verifier` when the probe
-        reads verifier scores; its cost goes into the Plan) where it pays at this budget
-        (probe=None), or always (True), or never (False).
+        Without it the probe runs (its cost goes into the Plan) where it pays at this budget
+        (probe=None), or always (True), or never (False): a sampling probe draws k0 samples on
+        `backend` (scored by `verifier` when it reads verifier scores); a prefill probe reads
+        the prompt once on `probe_backend` (see allocate_async).
         Inside a running event loop use `await policy.allocate_async(...)` instead.
         """
         check_budget(budget_flops, "budget_flops")
@@ -311,7 +357,7 @@ class AllocationPolicy(BaseModel):
                 asyncio.get_running_loop()
             except RuntimeError:
                 return asyncio.run(self.allocate_async(prompt, backend, budget_flops=budget_flops, budget_samples=budget_samples,
-                                                       probe=probe, verifier=verifier))
+                                                       probe=probe, verifier=verifier, probe_backend=probe_backend))
             raise AllocationError("allocate() with a probe cannot run inside an event loop; use `await policy.allocate_async(...)`")
         if model is not None or backend is not None:
             self.check_model(model if model is not None else backend.model.name)
@@ -320,9 +366,16 @@ class AllocationPolicy(BaseModel):
 
     async def allocate_async(self, prompt: str | Problem, backend: "Backend", *, budget_flops: float | None = None,
                              budget_samples: int | None = None, probe: bool | None = None,
-                             verifier: "Verifier | None" = None) -> "Plan":
-        """Run the probe on `backend` (with `verifier` where the probe reads its scores),
-        predict the bin, and plan for the budget. Where the probe does not pay, plan without it."""
+                             verifier: "Verifier | None" = None, probe_backend: "PoolingBackend | None" = None) -> "Plan":
+        """Run the probe, predict the bin, and plan for the budget. Where the probe does not pay,
+        plan without it.
+
+        A sampling probe draws k0 samples on `backend` (with `verifier` where it reads its scores).
+        A prefill probe (policy.probe.is_prefill) needs the policy model's hidden states: pass
+        `probe_backend`, a pooling backend of the same model, e.g.
+        `VLLMPoolingBackend(model, mode="hidden")` (ttscale.backends.vllm_pooling), started once
+        and shared across requests; `backend` itself serves when it is a pooling backend.
+        """
         from ttscale.solve import solve
 
         check_budget(budget_flops, "budget_flops")
@@ -332,6 +385,8 @@ class AllocationPolicy(BaseModel):
         budgets = dict(budget_flops=budget_flops, budget_samples=budget_samples)
         if probe is False or (probe is None and not self.probe_pays(**budgets)):
             return Plan(self, problem, self.choose_unprobed(**budgets), None, "unprobed", **budgets)
+        if self.probe.is_prefill:
+            return await self._prefill_plan(problem, backend, probe_backend, budgets)
         probe_verifier = None
         if self.probe.statistic == "verifier":
             if verifier is None:
@@ -345,6 +400,25 @@ class AllocationPolicy(BaseModel):
         bin = diff.assign_bins([stat], self.probe.edges)[0]
         entry = self.choose(bin, source="predicted", **budgets)
         return Plan(self, problem, entry, bin, "predicted", probe_trace, **budgets)
+
+    async def _prefill_plan(self, problem: Problem, backend: "Backend", probe_backend: "PoolingBackend | None",
+                            budgets: dict[str, Any]) -> "Plan":
+        """The prefill probe: the model reads the prompt once (metered), the regressor predicts
+        its pass@1, the edges bin it. The Plan's probe is a Trace with no candidates and that cost."""
+        from ttscale.probe import read_prompt
+        from ttscale.protocols import PoolingBackend
+
+        reader = probe_backend if probe_backend is not None else backend
+        if not isinstance(reader, PoolingBackend):
+            raise AllocationError("this policy's probe reads the prompt's hidden states: pass probe_backend=... , e.g. "
+                                  f"VLLMPoolingBackend({self.model!r}, mode='hidden') from ttscale.backends.vllm_pooling")
+        self.check_model(reader.model.name)
+        features, cost = await read_prompt(reader, problem.prompt)  # the prompt only: a blind Problem has no gold
+        predicted = self.probe.regressor.predict(features)
+        bin = diff.assign_bins([predicted], self.probe.edges)[0]
+        trace = Trace(candidates=(), selections={"majority": None}, chosen_rule="majority", cost=cost,
+                      metadata={"probe": "prefill", "predicted_pass1": predicted, "prompt_tokens": features.prompt_tokens})
+        return Plan(self, problem, self.choose(bin, source="predicted", **budgets), bin, "predicted", trace, **budgets)
 
     def _answers(self):
         """The fitting runs' benchmark (a .jsonl path included), for answer extraction and equivalence."""
@@ -460,6 +534,8 @@ class Plan:
 
     def describe(self) -> str:
         """The plan in words, including the probe's reuse where there was one."""
+        if self.probe is not None and self.policy.probe.is_prefill:
+            return f"prefill probe + {self.setting.label()}"
         return describe_setting(self.setting, self.policy.probe.k0 if self.probe is not None else 0)
 
     async def run(self, backend: "Backend", verifier: "Verifier | None" = None, *, seed: int = 0) -> Trace:
@@ -488,8 +564,9 @@ class Plan:
             return self._with_budget(trace)
         probe_cost = self.probe.cost
         # Budgets are cache-independent FLOPs, as the policy was fitted (ttscale.cost.cache_independent_cost).
-        exhausted = self.budget_flops is not None and probe_cost.structural_flops >= self.budget_flops
-        if self.setting.reuses_probe or exhausted:
+        # A prefill probe has no answer to fall back on: its setting runs, and metadata says if it went over.
+        exhausted = self.budget_flops is not None and probe_cost.structural_flops >= self.budget_flops and probe_k0 > 0
+        if (self.setting.reuses_probe and probe_k0 > 0) or exhausted:
             candidates, cost = list(self.probe.candidates), probe_cost
             extra = 0 if exhausted else self.setting.samples - probe_k0
             if extra > 0:  # seed + 1: the continuation must not redraw the probe's samples

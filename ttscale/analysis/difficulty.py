@@ -6,7 +6,8 @@ Every table, plot, policy and CLI message uses it (NUMBERING says it in words). 
 is an *ease*: higher = easier. "Oracle" bins bin per-problem pass@1 of graded samples (or, in
 compare, a benchmark's own difficulty, negated); "predicted" bins bin a cheap probe that needs no
 gold answer: the answer agreement of k0 samples (the share of them in the largest group of
-equivalent answers), or their mean verifier score. Edges are quantiles learned on the fitting
+equivalent answers), or their mean verifier score; or, costing one prefill and no samples, the
+pass@1 that a regressor predicts from the model's hidden states of the prompt (ttscale.probe). Edges are quantiles learned on the fitting
 problems; ties go to the lower (harder) bin.
 """
 
@@ -20,7 +21,8 @@ from ttscale.selection import answer_classes
 
 NUM_BINS = 5
 NUMBERING = "bin 0 = hardest"
-ProbeStatistic = Literal["agreement", "verifier"]
+ProbeStatistic = Literal["agreement", "verifier", "prefill"]
+SAMPLE_STATISTICS = ("agreement", "verifier")  # statistics of k0 samples; "prefill" reads the prompt (ttscale.probe)
 
 
 def quantile_edges(values: Sequence[float], num_bins: int = NUM_BINS) -> list[float]:
@@ -81,6 +83,8 @@ def probe_statistic(answers: Sequence[str | None], scores: Sequence[float | None
     """The probe's difficulty signal from its samples' answers and scores; higher = easier."""
     if statistic == "agreement":
         return agreement(answers)
+    if statistic == "prefill":
+        raise ValueError("the prefill probe reads the prompt, not samples: predict with ttscale.probe.PrefillRegressor")
     if not scores or any(s is None for s in scores):
         raise ValueError("probe statistic 'verifier' needs verifier scores on the samples; "
                          "use 'agreement', or a run (and a plan) with a verifier")
@@ -101,3 +105,11 @@ def bin_agreement(predicted: dict[str, int], oracle: dict[str, int]) -> float:
     if not shared:
         raise ValueError("no problems have both a predicted and an oracle bin")
     return sum(predicted[p] == oracle[p] for p in shared) / len(shared)
+
+
+def confusion(predicted: dict[str, int], oracle: dict[str, int], num_bins: int = NUM_BINS) -> list[list[int]]:
+    """Counts of problems by oracle bin (rows) and predicted bin (columns), over the problems both cover."""
+    matrix = np.zeros((num_bins, num_bins), dtype=int)
+    for p in predicted.keys() & oracle.keys():
+        matrix[oracle[p], predicted[p]] += 1
+    return matrix.tolist()

@@ -1,10 +1,20 @@
-"""A vLLM engine in pooling mode, for process reward models (the vllm-prm verifier).
+"""A vLLM engine in pooling mode: a process reward model's step scores (the vllm-prm verifier),
+or a causal LM's own hidden states of a prompt (the allocator's prefill probe, mode="hidden").
 
 vLLM 0.32 (checked against the installed package): the engine runs with `runner="pooling"`,
 and step rewards come from `AsyncLLM.encode(..., PoolingParams(task="token_classify"))`; for
 Qwen2ForProcessRewardModel vLLM sets step pooling on the `<extra_0>` token itself (step_tag_id
 151651), so each request returns one [negative, positive] row per step. Older vLLMs called the
 task "encode"/"reward"; vLLM 0.32 rejects those names with a message naming the new one.
+
+mode="hidden" (checked against vLLM 0.32 too): `runner="pooling", convert="embed"` wraps a
+causal LM (e.g. LlamaForCausalLM) as an embedding model without adding layers, and the task
+"token_embed" with `use_activation=False` returns the final hidden state (after the model's
+last norm) of every prompt token, unnormalized: one row per token, from which the caller takes
+the last token's row and the mean. The prompt is rendered as the generator renders it (chat
+template with the generation prompt), so the last row is where the model starts to answer.
+Prefix caching and chunked prefill are off in this mode: every row must come from one full
+prefill of the prompt (a cached prefix has no hidden states to return).
 Like ttscale/backends/vllm.py, vllm is imported only when the engine starts.
 """
 
@@ -12,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from ttscale.backends.vllm import EngineModel
 from ttscale.errors import TtscaleError
@@ -22,21 +32,34 @@ from ttscale.modelshape import load_shape
 from ttscale.types import PoolRequest, PoolResult
 
 POOLING_TASK = "token_classify"
+HIDDEN_TASK = "token_embed"
+PoolingMode = Literal["prm", "hidden"]
 
 
 class VLLMPoolingBackend:
-    """In-process AsyncLLM with the pooling runner; `pool` returns each request's pooled rows."""
+    """In-process AsyncLLM with the pooling runner; `pool` returns each request's pooled rows.
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float | None = None, max_model_len: int = 4096, dtype: str = "auto"):
+    mode="prm": a PRM's step rows (token_classify). mode="hidden": a causal LM's final hidden
+    state of every prompt token (token_embed, unnormalized), priced with the model's shape.
+    """
+
+    def __init__(self, model: str, *, gpu_memory_utilization: float | None = None, max_model_len: int = 4096,
+                 dtype: str = "auto", mode: PoolingMode = "prm"):
+        if mode not in ("prm", "hidden"):
+            raise TtscaleError(f"pooling mode must be 'prm' or 'hidden', got {mode!r}")
+        self.mode = mode
         self._resolved = prepare_model(model)
-        self.model = EngineModel(self._resolved.name, self._resolved.num_params or 0)
+        shape = load_shape(self._resolved.path) if mode == "hidden" else None  # priced as the generator prices it
+        self.model = EngineModel(self._resolved.name, self._resolved.num_params or (shape.num_params if shape else 0), shape)
         self._settings: dict[str, Any] = {
             "model": self._resolved.path,
             "runner": "pooling",
             "max_model_len": max_model_len,
-            "enable_prefix_caching": True,
+            "enable_prefix_caching": mode == "prm",
             "dtype": dtype,
         }
+        if mode == "hidden":
+            self._settings.update(convert="embed", enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         if gpu_memory_utilization is not None:
             self._settings["gpu_memory_utilization"] = gpu_memory_utilization
         self._engine = None
@@ -57,10 +80,12 @@ class VLLMPoolingBackend:
                     self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._settings))
                 except Exception as error:
                     reason = " ".join(str(error).split())[:300]
+                    hint = ("A 7B PRM needs a GPU; on CPU use --verifier llm-judge-prm." if self.mode == "prm" else
+                            "The prefill probe reads the policy model's hidden states; check that vLLM can load it (`ttscale models`).")
+                    what = "the PRM" if self.mode == "prm" else "the prefill probe's model"
                     raise TtscaleError(
-                        f"the vLLM pooling engine for the PRM {self._resolved.path} failed to start "
-                        f"({type(error).__name__}: {reason}). A 7B PRM needs a GPU; on CPU use "
-                        "--verifier llm-judge-prm."
+                        f"the vLLM pooling engine for {what} {self._resolved.path} failed to start "
+                        f"({type(error).__name__}: {reason}). {hint}"
                     ) from error
                 self._tokenizer = self._engine.get_tokenizer()
 
@@ -76,12 +101,17 @@ class VLLMPoolingBackend:
         return settings
 
     def render(self, request: PoolRequest) -> str:
-        """The chat as the PRM reads it: the template applied to the finished conversation."""
+        """The chat as the model reads it: for a PRM the finished conversation; in mode "hidden"
+        the prompt as the generator sends it (with the generation prompt: the model about to answer)."""
         if isinstance(request.prompt, str):
             return request.prompt
         return self._tokenizer.apply_chat_template(
-            [m.model_dump() for m in request.prompt], tokenize=False, add_generation_prompt=False
+            [m.model_dump() for m in request.prompt], tokenize=False, add_generation_prompt=self.mode == "hidden"
         )
+
+    def _prompt_ids(self, request: PoolRequest) -> list[int]:
+        """The token ids the engine reads for a request (raw text gets special tokens as vLLM adds them)."""
+        return self._tokenizer.encode(self.render(request), add_special_tokens=self.mode == "hidden" and isinstance(request.prompt, str))
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
         """Pool every request concurrently; rows come back as plain floats."""
@@ -92,11 +122,10 @@ class VLLMPoolingBackend:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        ids = self._tokenizer.encode(self.render(request), add_special_tokens=False)
+        ids = self._prompt_ids(request) if self.mode == "hidden" else self._tokenizer.encode(self.render(request), add_special_tokens=False)
+        params = PoolingParams(task=HIDDEN_TASK, use_activation=False) if self.mode == "hidden" else PoolingParams(task=POOLING_TASK)
         final = None
-        async for output in self._engine.encode(
-            TokensPrompt(prompt_token_ids=ids), PoolingParams(task=POOLING_TASK), request_id=uuid.uuid4().hex
-        ):
+        async for output in self._engine.encode(TokensPrompt(prompt_token_ids=ids), params, request_id=uuid.uuid4().hex):
             final = output
         data = final.outputs.data
         rows = data.tolist() if hasattr(data, "tolist") else data
@@ -108,7 +137,9 @@ class VLLMPoolingBackend:
 
     async def generate(self, requests):
         """A pooling engine does not generate."""
-        raise TtscaleError("the PRM's pooling engine cannot generate text; it only scores steps")
+        what = "the PRM's pooling engine cannot generate text; it only scores steps" if self.mode == "prm" else \
+            "the prefill probe's pooling engine cannot generate text; it only reads prompts"
+        raise TtscaleError(what)
 
     async def close(self) -> None:
         """Shut the engine down."""
