@@ -26,6 +26,7 @@ the setting, and the bin and budget where the policy chose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -34,6 +35,7 @@ import math
 import os
 import re
 import secrets
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -640,14 +642,14 @@ def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choice
     if options.get("selection") == ORACLE_RULE or getattr(strategy, "selection", None) == ORACLE_RULE:
         raise bad_request("selection 'oracle' needs gold answers, and a request has none; use majority, first, "
                           "max-score or weighted-vote", resolved.param.get("selection", "ttscale.selection"))
+    if params.stop and name not in STOP_HONOURED:
+        raise bad_request(f"stop cannot be honoured by {name!r}: it ends steps with its own stop strings; drop stop", "stop")
     verifier = state.verifier(resolved.verifier, resolved.param.get("verifier", "ttscale.verifier"))
     from ttscale.protocols import needs_verifier, samples_per_problem
 
     if verifier is None and needs_verifier(strategy):
         raise bad_request(f"strategy {name!r} with options {options} needs a verifier; pass ttscale.verifier "
                           "(e.g. llm-judge-prm)", "ttscale.verifier")
-    if params.stop and name not in STOP_HONOURED:
-        raise bad_request(f"stop cannot be honoured by {name!r}: it ends steps with its own stop strings; drop stop", "stop")
     if choices > samples_per_problem(strategy):
         raise bad_request(f"n={choices} choices, but {name!r} returns at most {samples_per_problem(strategy)} "
                           "candidates; raise ttscale.n or lower n", "n")
@@ -1031,6 +1033,20 @@ def bind(host: str, port: int):
     return sock
 
 
+@contextlib.contextmanager
+def _signals_end_serving():
+    """uvicorn handles SIGTERM and SIGINT (stop taking requests, finish those in flight), then
+    raises the signal again for the handler that was there before it. Here that handler does
+    nothing, so the engine is closed after uvicorn returns and the command exits 0."""
+    wanted = [signal.SIGTERM, signal.SIGINT]
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 async def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
                 announce: Any = None) -> None:
     """Start the backend, then answer requests until SIGTERM or SIGINT: uvicorn then stops
@@ -1052,7 +1068,8 @@ async def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int =
         server = uvicorn.Server(config)
         if announce:
             announce(state)
-        await server.serve(sockets=[sock])
+        with _signals_end_serving():
+            await server.serve(sockets=[sock])
     finally:
         await state.close()
         sock.close()
