@@ -1,32 +1,83 @@
 """Best-of-N: draw N samples in one request, then pick an answer by a selection rule.
 
-    samples = LLM(prompt, n=N)
+    samples = LLM(prompt, n=N)                      # sample i is seeded seed + i (vLLM)
     answers = [extract(s) for s in samples]
-    if verifier: scores = [aggregate(PRM(s)) for s in samples]     # or an ORM's score
+    scores  = [scorer(s) for s in samples]          # a verifier (ORM, or PRM step scores aggregated),
+                                                    # or the sample's own logprobs (no verifier)
     return select(answers, scores)   # majority | first | max-score | weighted-vote | oracle
 
 max-score is "ORM/PRM best-of-N"; weighted-vote sums the scores of equivalent answers (Snell et
 al.'s "best-of-N weighted"). The oracle rule ("any of the N is correct", i.e. coverage) needs the
 gold answer, so the runner applies it when grading; the strategy never sees gold answers.
+
+Scorers (`-S scorer=...`): "verifier" (default) asks the run's verifier. The others need no
+verifier model and read no gold: they are computed from the sample's own top-k logprobs
+(`-S logprobs=K`, ttscale.confidence), so `--selection weighted-vote -S scorer=self-certainty
+-S logprobs=10` is deployable as it stands:
+
+- mean-logprob: exp(mean token logprob), the geometric mean of the sampled tokens' probabilities
+  (monotone in the mean logprob, so max-score picks the same sample; positive, so it can weight
+  a vote);
+- self-certainty (Kang et al. 2025): the mean over tokens of C_i - log k (>= 0);
+- deepconf-lowest-group, deepconf-bottom-10, deepconf-tail, deepconf-mean (Fu et al. 2025):
+  DeepConf's trace confidences over windows of `window` tokens.
+
+The scorer's name is recorded as trace metadata "scorer", so nobody reads a confidence as a
+verifier's score.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import math
+from typing import ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ttscale.confidence import mean_logprob, token_confidences
+from ttscale.confidence import DEFAULT_WINDOW, mean_logprob, self_certainty, token_confidences, trace_score
 from ttscale.context import SolveContext
 from ttscale.selection import first_answer, majority_vote, max_score, weighted_vote
-from ttscale.types import Candidate, GenRequest, Problem, Trace
+from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
 from ttscale.steps import Aggregation, aggregate, split_steps
 
 VERIFIER_RULES = ("max-score", "weighted-vote")
+Scorer = Literal[
+    "verifier", "mean-logprob", "self-certainty",
+    "deepconf-lowest-group", "deepconf-bottom-10", "deepconf-tail", "deepconf-mean",
+]
+
+
+def sample_candidates(completions: Sequence[Completion], ctx: SolveContext, logprobs: int | None) -> list[Candidate]:
+    """Candidates of sampled completions: the extracted answer, and with top-k logprobs asked
+    for, each token's DeepConf confidence and the sample's mean logprob."""
+    return [
+        Candidate(
+            text=c.text,
+            answer=ctx.answers.extract_answer(c.text),
+            num_tokens=c.num_tokens,
+            finish_reason=c.finish_reason,
+            token_confidences=token_confidences(c, logprobs) if logprobs else None,
+            mean_logprob=mean_logprob(c) if logprobs else None,
+        )
+        for c in completions
+    ]
+
+
+def confidence_score(candidate: Candidate, scorer: str, *, k: int, window: int = DEFAULT_WINDOW) -> float | None:
+    """A verifier-free score of one candidate from its own logprobs (None when it has none)."""
+    if scorer == "mean-logprob":
+        return None if candidate.mean_logprob is None else math.exp(candidate.mean_logprob)
+    if candidate.token_confidences is None:
+        return None
+    if scorer == "self-certainty":
+        return self_certainty(candidate.token_confidences, k)
+    if scorer.startswith("deepconf-"):
+        return trace_score(candidate.token_confidences, scorer.removeprefix("deepconf-"), window)
+    raise ValueError(f"unknown scorer {scorer!r}")
 
 
 class BestOfN(BaseModel):
-    """N parallel samples; selection by majority vote, first sample, verifier max or weighted vote."""
+    """N parallel samples; selection by majority vote, first sample, max score or weighted vote,
+    scored by a verifier or by the samples' own confidence."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: ClassVar[str] = "best-of-n"
@@ -38,39 +89,48 @@ class BestOfN(BaseModel):
         default=None, ge=1, le=20,
         description="k: record each token's confidence from its top-k logprobs (DeepConf), and each sample's mean logprob",
     )
+    scorer: Scorer = Field(
+        default="verifier",
+        description="what scores samples for max-score and weighted-vote: the verifier, or (no verifier) mean-logprob, "
+        "self-certainty or a DeepConf trace confidence, read from the sample's own logprobs (needs logprobs=K)",
+    )
+    window: int = Field(default=DEFAULT_WINDOW, ge=1, description="tokens per group for the deepconf-* scorers")
+
+    @model_validator(mode="after")
+    def _scorer_has_logprobs(self) -> "BestOfN":
+        if self.scorer != "verifier" and self.logprobs is None:
+            raise ValueError(f"scorer {self.scorer!r} reads the samples' top-k logprobs; add -S logprobs=10")
+        return self
 
     @property
     def needs_verifier(self) -> bool:
         """Whether the chosen rule needs a verifier (the runner checks before starting)."""
-        return self.selection in VERIFIER_RULES
+        return self.selection in VERIFIER_RULES and self.scorer == "verifier"
 
     async def solve(self, problem: Problem, ctx: SolveContext) -> Trace:
         """Sample N completions of the problem's prompt and apply every selection rule."""
-        if self.selection in VERIFIER_RULES:
+        if self.needs_verifier:
             ctx.require_verifier(f"{self.name} --selection {self.selection}")
         params = ctx.params.model_copy(update={"n": self.n, "logprobs": self.logprobs})
         [generation] = await ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
-        candidates = [
-            Candidate(
-                text=c.text,
-                answer=ctx.answers.extract_answer(c.text),
-                num_tokens=c.num_tokens,
-                finish_reason=c.finish_reason,
-                token_confidences=token_confidences(c, self.logprobs) if self.logprobs else None,
-                mean_logprob=mean_logprob(c) if self.logprobs else None,
-            )
-            for c in generation.completions
-        ]
+        candidates = sample_candidates(generation.completions, ctx, self.logprobs)
         selections = {
             "majority": majority_vote(candidates, ctx.answers.equivalent),
             "first": first_answer(candidates),
         }
-        if ctx.verifier is not None:
+        metadata = {}
+        if self.scorer != "verifier":
+            scores = [confidence_score(c, self.scorer, k=self.logprobs, window=self.window) for c in candidates]
+            candidates = [c.model_copy(update={"score": s}) for c, s in zip(candidates, scores)]
+            metadata["scorer"] = self.scorer  # Candidate.score is the sample's own confidence, not a verifier's
+        elif ctx.verifier is not None:
             step_scores = await ctx.verifier.score_steps([split_steps(c.text) for c in candidates])
             candidates = [
                 c.model_copy(update={"score": aggregate(s, self.aggregation), "step_scores": tuple(s)})
                 for c, s in zip(candidates, step_scores)
             ]
+            metadata["scorer"] = "verifier"
+        if metadata:
             selections["max-score"] = max_score(candidates)
             selections["weighted-vote"] = weighted_vote(candidates, ctx.answers.equivalent)
-        return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection)
+        return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)

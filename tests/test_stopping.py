@@ -60,6 +60,11 @@ def test_dirichlet_with_two_answers_equals_beta(c1, c2):
     assert dirichlet_posterior(classes) == pytest.approx(float(exact_beta_tail(c1, c2)), abs=1e-9)
 
 
+def test_dirichlet_with_one_answer_seen_is_beta_against_an_unseen_one():
+    for c in range(1, 6):
+        assert dirichlet_posterior([0] * c) == pytest.approx(1 - 0.5 ** (c + 1), abs=1e-9)
+
+
 def test_dirichlet_symmetric_three_way_tie_is_one_third():
     assert dirichlet_posterior(classes_with_counts(2, 2, 2)) == pytest.approx(1 / 3, abs=1e-9)
 

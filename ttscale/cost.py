@@ -55,7 +55,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from ttscale.modelshape import ModelShape
-from ttscale.protocols import Backend, ModelInfo, PoolingBackend, PromptTokens, draft_num_params_of
+from ttscale.errors import ConfigError
+from ttscale.protocols import Backend, ModelInfo, PoolingBackend, PromptTokens, StreamingBackend, TokenStop, draft_num_params_of
 from ttscale.types import Cost, Generation, GenRequest, PoolRequest, PoolResult
 
 log = logging.getLogger(__name__)
@@ -426,6 +427,39 @@ class CostMeter:
         for cost in costs:
             self._record(cost)
         return generations, costs
+
+    @property
+    def streams(self) -> bool:
+        """Whether the wrapped backend can stream a sample and abort it early (`generate_until`)."""
+        inner = self._backend
+        return inner.streams if isinstance(inner, CostMeter) else isinstance(inner, StreamingBackend)
+
+    async def generate_until(self, request: GenRequest, stop: TokenStop) -> Generation:
+        """Stream one sample through the wrapped backend, stopped where `stop` says
+        (StreamingBackend), and record what it cost: every token generated, a stopped sample's too."""
+        generation, _ = await self._generate_until_priced(request, stop)
+        return generation
+
+    async def _generate_until_priced(self, request: GenRequest, stop: TokenStop) -> tuple[Generation, list[Cost]]:
+        if isinstance(self._backend, CostMeter):
+            generation, costs = await self._backend._generate_until_priced(request, stop)
+        elif isinstance(self._backend, StreamingBackend):
+            started = time.perf_counter()
+            generation = await self._backend.generate_until(request, stop)
+            wall_s = time.perf_counter() - started
+            structural = self._structure.cached([request], [generation])
+            costs = [
+                generation_cost(self.cost_model, [generation], wall_s, structural),
+                speculative_cost(self.model, [generation]),
+            ]
+        else:
+            raise ConfigError(
+                f"the {type(self._backend).__name__} backend cannot stream a sample and stop it early; "
+                "use --backend vllm (or fake in tests)"
+            )
+        for cost in costs:
+            self._record(cost)
+        return generation, costs
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
         """Run a pooling model (e.g. a PRM's step classifier) and record its prefill cost."""

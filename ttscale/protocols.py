@@ -17,6 +17,8 @@ new plugin implements only what it has:
     SpeculativeEngine               backend      no counters           runner (backend.json)
       .speculative_metrics()
     DraftingModel.draft_num_params  backend.model  0 (n-gram, none)    CostMeter (speculation)
+    StreamingBackend                backend      strategies that stop  CostMeter.generate_until
+      .generate_until                            samples early refuse  (DeepConf online)
     VerifierNeed.needs_verifier     strategy     False                 runner, before any problem
     SampleBudget.n                  strategy     1                     runner (engine sizing)
     PromptTemplated                 benchmark    None                  allocator (bare prompts)
@@ -30,7 +32,7 @@ runner's record and `ttscale.solve` both take it from there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypedDict, runtime_checkable
 
 from ttscale.types import Generation, GenRequest, Grade, PoolRequest, PoolResult, Problem, Trace
 
@@ -123,6 +125,25 @@ class PoolingBackend(Protocol):
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]: ...
 
 
+TokenStop = Callable[[Mapping[str, float]], bool]
+"""Fed each generated token's top-k {token: logprob} in order (a fresh one per request); True
+stops the sample after that token (ttscale.confidence.GroupConfidenceStop)."""
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A backend that streams one sample and aborts it the moment a rule says stop (DeepConf online).
+
+    The request asks for one sample (n=1) with logprobs. The Generation's completion is cut after
+    the token where `stop` said True, with finish_reason "abort"; its `num_tokens` counts every
+    token the engine generated for it (at least the kept ones: a streamed chunk may carry tokens
+    past the stop), so the meter prices what was spent. A sample `stop` never stops is returned
+    whole, as `generate` would return it.
+    """
+
+    async def generate_until(self, request: GenRequest, stop: TokenStop) -> Generation: ...
+
+
 @runtime_checkable
 class PromptTokens(Protocol):
     """A backend that can say which token ids it prefills for a request (vLLM; the fake's token
@@ -206,6 +227,10 @@ class TraceMetadata(TypedDict, total=False):
     """Sequential revision: each candidate's attempt number in its chain (1 = first attempt)."""
     depth_cost: list[dict[str, Any]]
     """Sequential revision: the Cost (as a dict) of each depth over all chains, index d-1 for depth d."""
+    scorer: str
+    """What produced Candidate.score: "verifier" (the run's verifier), or the name of a
+    verifier-free scorer read from the sample's own logprobs (strategies/best_of_n.py: mean-logprob,
+    self-certainty, deepconf-*). Such scores are no verifier's: no gold, no verifier model."""
 
 
 PER_CANDIDATE_KEYS = ("subtree", "chain", "depth")
@@ -225,6 +250,11 @@ def check_trace_metadata(trace: Trace, strategy: str) -> None:
 def needs_verifier(strategy: object) -> bool:
     """Whether the strategy, with its options, cannot run without a verifier (default: it can)."""
     return bool(strategy.needs_verifier) if isinstance(strategy, VerifierNeed) else False
+
+
+def streams(backend: object) -> bool:
+    """Whether a backend can stream a sample and abort it early (StreamingBackend)."""
+    return isinstance(backend, StreamingBackend)
 
 
 def engine_settings_of(backend: object) -> dict[str, Any]:

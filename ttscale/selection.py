@@ -2,7 +2,9 @@
 
 Strategies call the Candidate functions (`majority_vote`, `max_score`, ...) on their samples;
 the analysis layer (ttscale.analysis.runs) calls `chosen_positions` on thousands of subsets of
-recorded samples at once. Both go through `chosen_positions`, so a subsampled curve applies
+recorded samples at once. DeepConf's confidence-filtered vote (`filtered_positions`,
+`filtered_vote`) and confidence-weighted vote (`confidence_vote`: "weighted-vote" with trace
+confidences as the scores) take the scores as an argument. Both go through `chosen_positions`, so a subsampled curve applies
 exactly the rule a strategy applies. Shared conventions:
 
 - candidates without an answer never win (and do not vote);
@@ -13,6 +15,7 @@ exactly the rule a strategy applies. Shared conventions:
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -63,19 +66,53 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
         return np.where(usable.any(axis=1), subsets[np.arange(rows), best], -1)
     if rule not in ("majority", "weighted-vote"):
         raise ValueError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
-    num_classes = max(int(classes.max(initial=-1)) + 1, 1)
+    if rule == "majority":
+        weights = np.ones(cls.shape)
+    else:  # a candidate without a score adds 0 to its answer's total
+        weights = np.nan_to_num(scores[subsets], nan=0.0)
+    return _vote(cls, weights, subsets, num_classes=max(int(classes.max(initial=-1)) + 1, 1))
+
+
+def _vote(cls: np.ndarray, weights: np.ndarray, subsets: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """Per row, the first candidate of the class with the largest total weight (ties: the class
+    seen first); class -1 never wins; -1 when a row has no class at all."""
+    rows, k = subsets.shape
     onehot = cls[:, :, None] == np.arange(num_classes)[None, None, :]  # (rows, k, classes)
     present = onehot.any(axis=1)
     first_pos = np.where(present, onehot.argmax(axis=1), k)  # where each class first appears
-    if rule == "majority":
-        weight = onehot.sum(axis=1).astype(np.float64)
-    else:  # a candidate without a score adds 0 to its answer's total
-        weight = (onehot * np.nan_to_num(scores[subsets], nan=0.0)[:, :, None]).sum(axis=1)
+    weight = (onehot * weights[:, :, None]).sum(axis=1)
     weight = np.where(present, weight, -np.inf)
     top = present & (weight == weight.max(axis=1, keepdims=True))
     winner = np.where(top, first_pos, k).min(axis=1)  # of the tied classes, the one seen first
     picked = subsets[np.arange(rows), np.minimum(winner, k - 1)]
     return np.where(present.any(axis=1), picked, -1)
+
+
+def filtered_positions(classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray, keep: float,
+                       *, weighted: bool = True) -> np.ndarray:
+    """DeepConf's confidence filtering on arrays, as `chosen_positions`: in each subset, keep the
+    candidates whose score is at least the subset's (100 - keep)-th percentile (numpy's linear
+    interpolation, over the candidates that have an answer and a score, as Fu et al.'s code),
+    then vote among them, each weighted by its score (`weighted`, the paper's DeepConf@N) or
+    counted once. `keep` is eta, the percent kept (10: DeepConf-low, 90: DeepConf-high).
+
+    scores: a trace score per candidate (ttscale.confidence.trace_score; nan: none). Confidence
+    scores are read from the sample itself: no verifier, no gold.
+    """
+    subsets = np.asarray(subsets, dtype=np.int64)
+    rows, k = subsets.shape
+    if k == 0:
+        return np.full(rows, -1)
+    cls = classes[subsets]
+    sc = np.asarray(scores, dtype=np.float64)[subsets]
+    usable = (cls >= 0) & ~np.isnan(sc)
+    masked = np.where(usable, sc, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with nothing usable: nan, keeps none
+        cut = np.nanpercentile(masked, 100.0 - keep, axis=1, keepdims=True)
+    kept = usable & (masked >= cut)
+    weights = np.where(kept, sc, 0.0) if weighted else kept.astype(np.float64)
+    return _vote(np.where(kept, cls, -1), weights, subsets, num_classes=max(int(classes.max(initial=-1)) + 1, 1))
 
 
 def _pick(rule: str, candidates: Sequence[Candidate], equivalent: Callable[[str, str], bool]) -> str | None:
@@ -116,3 +153,30 @@ def answer_groups(candidates: Sequence[Candidate], equivalent: Callable[[str, st
         if cls >= 0:
             groups[cls].append(candidate)
     return groups
+
+
+def confidence_vote(candidates: Sequence[Candidate], scores: Sequence[float],
+                    equivalent: Callable[[str, str], bool]) -> str | None:
+    """Confidence-weighted majority vote (DeepConf): sum each answer's candidates' `scores`
+    (trace confidences read from the samples themselves, not a verifier's), pick the largest."""
+    return _pick_scored(candidates, scores, equivalent, keep=None)
+
+
+def filtered_vote(candidates: Sequence[Candidate], scores: Sequence[float],
+                  equivalent: Callable[[str, str], bool], keep: float) -> str | None:
+    """DeepConf's confidence-filtered vote: keep the top `keep`% of candidates by `scores`, then
+    the confidence-weighted vote among them (`filtered_positions`)."""
+    return _pick_scored(candidates, scores, equivalent, keep=keep)
+
+
+def _pick_scored(candidates, scores, equivalent, *, keep: float | None) -> str | None:
+    if not candidates:
+        return None
+    classes = answer_classes([c.answer for c in candidates], equivalent)
+    values = np.asarray([np.nan if s is None else float(s) for s in scores], dtype=np.float64)
+    subsets = np.arange(len(candidates))[None, :]
+    if keep is None:
+        position = int(chosen_positions("weighted-vote", classes, values, subsets)[0])
+    else:
+        position = int(filtered_positions(classes, values, subsets, keep)[0])
+    return candidates[position].answer if position >= 0 else None

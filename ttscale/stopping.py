@@ -18,7 +18,8 @@ Rules (the posterior ones put a uniform prior on the answer distribution):
   form in general; it is computed by deterministic numerical integration (scipy.integrate.quad)
   of its one-dimensional gamma form: with G_i ~ Gamma(alpha_i) independent, p = G / sum(G), so
   P(p_lead > p_j for all j) = integral_0^inf f_lead(x) * prod_{j != lead} F_j(x) dx.
-  With two answers it equals the Beta rule.
+  With two answers it equals the Beta rule; with one, an unseen second answer (count 0) stands
+  for all others, so it also equals the Beta rule.
 - esc (Li et al. 2024, "Escape Sky-high Cost: Early-stopping Self-Consistency"): samples fall
   into consecutive windows of `window`; stop once a whole window holds one answer (checked at
   window boundaries, as ESC does: windows [0, w), [w, 2w), ...).
@@ -37,7 +38,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import integrate, special, stats
+from scipy import integrate, special
 
 StopReason = Literal["settled", "give-up"]
 
@@ -68,7 +69,8 @@ def beta_posterior(classes: Sequence[int]) -> float:
 
 def dirichlet_posterior(classes: Sequence[int]) -> float:
     """P(the leading answer's probability is the largest) under Dirichlet(counts + 1) over the
-    answers seen (0.0: no answers; 1.0 with a single answer seen: it is the only one)."""
+    answers seen (0.0: no answers). With one answer seen, a second with count 0 stands for all
+    others (else the posterior would be certain after one sample): Beta(c1 + 1, 1), as the beta rule."""
     counts = class_counts(classes)
     lead = leading_class(classes)
     if lead < 0:
@@ -76,16 +78,20 @@ def dirichlet_posterior(classes: Sequence[int]) -> float:
     alphas = counts.astype(np.float64) + 1.0
     others = np.delete(alphas, lead)
     if not others.size:
-        return 1.0
+        others = np.ones(1)
 
-    def integrand(x: float) -> float:
-        return float(stats.gamma.pdf(x, alphas[lead]) * np.prod(stats.gamma.cdf(x, others)))
+    a, log_norm = alphas[lead], special.gammaln(alphas[lead])
 
-    # The integrand lives where Gamma(alpha_lead) has its mass: split there so quad sees it.
-    mode = max(alphas[lead] - 1.0, 0.0)
-    upper = stats.gamma.ppf(1 - 1e-14, alphas[lead])
+    def integrand(x: float) -> float:  # Gamma(a) density times the others' CDFs (scipy.special: fast)
+        if x <= 0.0:
+            return 0.0
+        return float(np.exp((a - 1.0) * np.log(x) - x - log_norm) * np.prod(special.gammainc(others, x)))
+
+    # The integrand lives where Gamma(a) has its mass: split at its mode so quad sees it.
+    mode = max(a - 1.0, 0.0)
+    upper = float(special.gammaincinv(a, 1.0 - 1e-14))
     parts = [(0.0, mode), (mode, upper)] if mode > 0 else [(0.0, upper)]
-    total = sum(integrate.quad(integrand, a, b, epsabs=1e-12, epsrel=1e-10, limit=200)[0] for a, b in parts)
+    total = sum(integrate.quad(integrand, lo, hi, epsabs=1e-12, epsrel=1e-10, limit=200)[0] for lo, hi in parts)
     return float(min(max(total, 0.0), 1.0))
 
 

@@ -8,19 +8,33 @@ It has four modes:
   `\\boxed{gold}` with probability `accuracy`, otherwise in a wrong number;
 - default: each sample ends in `\\boxed{d}` for a random digit d.
 
+Seeds work as in vLLM's parallel sampling: sample i of a request with seed s is the sample a
+request with seed s + i draws first, a pure function of (s + i, prompt). So best-of-N with seed s
+and batches [j, j + b) requested as n=b with seed s + j draw the same samples (an adaptive run is
+a prefix of best-of-N), and so does a single-sample request with seed s + j.
+
+With `logprobs=k` asked for, each generated token gets k alternatives {token: logprob} (the
+sampled token, then k - 1 made-up ones sharing the rest of the mass) and the completion its
+cumulative logprob. They are seeded like the text (a function of (s + i, prompt), drawn from
+their own stream so asking for them changes no text) and vary: each sample has a certainty
+level, higher on average for answers that match `answer_key` (0.85) than for wrong ones (0.6),
+and each token's probability scatters around it.
+
 Tokens are words and punctuation marks (regex `\\w+|[^\\w\\s]`), so tests can count them by hand.
-With `logprobs` asked for, each generated token is reported as certain ({token: 0.0}).
 A tiny prefix cache in blocks of `block_size` tokens reports cached prompt tokens like vLLM's.
+`generate_until` streams one sample and stops it where a caller's rule says (DeepConf online): the
+full sample is drawn, then cut after the first token the rule stops at, as a replay would cut it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ttscale.modelshape import ModelShape
 from ttscale.errors import ConfigError
@@ -103,25 +117,69 @@ class FakeBackend:
         """The tokens prefilled for a request, as vLLM's backend gives ids (here the token strings)."""
         return [m.group() for m in fake_tokens(render_prompt(request))]
 
+    async def generate_until(self, request: GenRequest, stop: Callable[[Mapping[str, float]], bool]) -> Generation:
+        """One sample (n must be 1), fed token by token to `stop` ({token: logprob} of each
+        position); cut after the first token where it says True, with finish_reason "abort"."""
+        if request.params.n != 1:
+            raise ValueError(f"generate_until streams one sample; got n={request.params.n}")
+        if request.params.logprobs is None:
+            raise ValueError("generate_until needs logprobs: the stop rule reads each token's top-k")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        [generation] = [self._generate_one(request)]
+        completion = generation.completions[0]
+        for position, alternatives in enumerate(completion.top_logprobs or ()):
+            if stop(alternatives):
+                cut = _cut(completion, position + 1)
+                return generation.model_copy(update={"completions": (cut,)})
+        return generation
+
     def _generate_one(self, request: GenRequest) -> Generation:
         self.requests.append(request)
         prompt = render_prompt(request)
         prompt_tokens = [m.group() for m in fake_tokens(prompt)]
-        completions = tuple(
-            self._truncate(self._raw_text(request, prompt, index), request.params)
-            for index in range(request.params.n)
-        )
+        completions = tuple(self._sample(request, prompt, index) for index in range(request.params.n))
         return Generation(
             completions=completions,
             prompt_tokens=len(prompt_tokens),
             cached_prompt_tokens=self._lookup_and_fill_cache(prompt_tokens),
         )
 
-    def _rng(self, params: SampleParams, prompt: str, index: int) -> random.Random:
-        # A per-request seed makes the sample a pure function of (seed, prompt, index), as in vLLM.
+    def _sample_key(self, params: SampleParams, prompt: str, index: int) -> object:
+        # As vLLM's parallel sampling: sample `index` of a request seeded s is seeded s + index,
+        # so the sample is a pure function of (s + index, prompt). Unseeded: drawn once per sample.
         if params.seed is None:
-            return random.Random(self._unseeded_rng.random())
-        return random.Random(f"{params.seed}|{prompt}|{index}")
+            return self._unseeded_rng.random()
+        return f"{params.seed + index}|{prompt}"
+
+    def _rng(self, params: SampleParams, prompt: str, index: int) -> random.Random:
+        """The random stream of sample `index`'s text."""
+        return random.Random(self._sample_key(params, prompt, index))
+
+    def _sample(self, request: GenRequest, prompt: str, index: int) -> Completion:
+        params = request.params
+        key = self._sample_key(params, prompt, index) if params.seed is not None else None
+        raw = self._raw_text(request, prompt, index)
+        completion = self._truncate(raw, params)
+        if params.logprobs is None:
+            return completion
+        # Their own stream (asking for logprobs changes no text), keyed like the text's; one
+        # draw per position, so a position's logprobs do not depend on where the text ends.
+        rng = random.Random(f"{key}|logprobs" if key is not None else self._unseeded_rng.random())
+        certainty = self._certainty(prompt, raw) + rng.gauss(0.0, SAMPLE_SPREAD)  # of the whole sample
+        tokens = _token_texts(completion.text)
+        positions = tuple(_position_logprobs(token, certainty, params.logprobs, rng) for token in tokens)
+        return completion.model_copy(update={
+            "top_logprobs": positions, "cumulative_logprob": _sampled_logprob_sum(tokens, positions),
+        })
+
+    def _certainty(self, prompt: str, text: str) -> float:
+        """The level a sample's token probabilities lie around: high when it states the answer
+        key's answer, low when it states another, in between when the fake cannot tell."""
+        gold = next((answer for question, answer in self.answer_key.items() if question in prompt), None)
+        if gold is None:
+            return UNKNOWN_CERTAINTY
+        return RIGHT_CERTAINTY if f"\\boxed{{{gold}}}" in text else WRONG_CERTAINTY
 
     def _raw_text(self, request: GenRequest, prompt: str, index: int) -> str:
         if self.responder is not None:
@@ -149,8 +207,7 @@ class FakeBackend:
             text = text[: tokens[params.max_tokens - 1].end()]
             tokens = tokens[: params.max_tokens]
             finish = "length"
-        top_logprobs = tuple({t.group(): 0.0} for t in tokens) if params.logprobs is not None else None
-        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish, top_logprobs=top_logprobs)
+        return Completion(text=text, num_tokens=len(tokens), finish_reason=finish)
 
     def _lookup_and_fill_cache(self, prompt_tokens: list[str]) -> int:
         """Cached tokens = leading full blocks whose whole prefix was seen before (vLLM-style)."""
@@ -165,6 +222,43 @@ class FakeBackend:
                 hit_so_far = False
                 self._cached_blocks.add(key)
         return cached
+
+
+UNKNOWN_CERTAINTY = 0.75  # mean token probability of a sample whose correctness the fake does not know
+RIGHT_CERTAINTY = 0.85  # of a sample that states the answer key's answer
+WRONG_CERTAINTY = 0.6  # of a sample that states a wrong answer
+SAMPLE_SPREAD = 0.05  # how far one sample's level scatters around its kind's
+TOKEN_SPREAD = 0.15  # how far one token's probability scatters around the sample's level
+
+
+def _token_texts(text: str) -> list[str]:
+    return [m.group() for m in fake_tokens(text)]
+
+
+def _position_logprobs(token: str, certainty: float, k: int, rng: random.Random) -> dict[str, float]:
+    """One position's top-k: the sampled token at probability p around `certainty`, then k - 1
+    made-up alternatives sharing the rest (halving), so a sure token has a peaked top-k."""
+    p = min(max(certainty + rng.gauss(0.0, TOKEN_SPREAD), 0.02), 0.995)
+    alternatives = {token: math.log(p)}
+    for j in range(1, k):
+        alternatives[f"<alt{j}>"] = math.log((1.0 - p) / 2.0**j)
+    return alternatives
+
+
+def _sampled_logprob_sum(tokens: Sequence[str], positions: Sequence[Mapping[str, float]]) -> float:
+    """The cumulative logprob of a completion: its sampled tokens' logprobs, summed."""
+    return sum(position[token] for token, position in zip(tokens, positions))
+
+
+def _cut(completion: Completion, tokens: int) -> Completion:
+    """A completion stopped after its first `tokens` tokens (finish_reason "abort")."""
+    matches = fake_tokens(completion.text)
+    text = completion.text[: matches[tokens - 1].end()] if tokens else ""
+    kept = tuple((completion.top_logprobs or ())[:tokens])
+    return Completion(
+        text=text, num_tokens=tokens, finish_reason="abort",
+        cumulative_logprob=_sampled_logprob_sum(_token_texts(text), kept), top_logprobs=kept,
+    )
 
 
 def _wrong_answer(gold: str, rng: random.Random) -> str:
