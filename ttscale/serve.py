@@ -547,6 +547,7 @@ class ServerState:
         self.metrics = Metrics()
         self.slots = asyncio.Semaphore(settings.concurrency)
         self._engine_verifiers: dict[str, Any] = {}  # verifiers with their own engine, built once
+        self._strategies: dict[str, tuple[Any, bool, int]] = {}
         self.started = time.time()
         if policy is not None:
             from ttscale.config import RunConfig
@@ -592,6 +593,33 @@ class ServerState:
         """The model's name as clients send it."""
         return self.backend.model.name
 
+    def strategy(self, name: str, options: dict[str, Any], param: dict[str, str]) -> tuple[Any, bool, int]:
+        """A validated strategy, whether it needs a verifier, and its N; cached per name and options
+        (strategies hold no state beyond one problem, and the protocol checks are not cheap)."""
+        from ttscale.protocols import needs_verifier, samples_per_problem
+
+        key = name + json.dumps(options, sort_keys=True, default=str)
+        found = self._strategies.get(key)
+        if found is not None:
+            return found
+        where = param.get("strategy", "strategy")
+        try:
+            factory = registry.strategies.factory(name)
+        except ConfigError as error:
+            raise bad_request(str(error), where) from None
+        try:
+            strategy = factory(**options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            option = str(first["loc"][0]) if first["loc"] else ""
+            raise bad_request(describe_validation_error(error, f"strategy {name!r}"), param.get(option, where)) from None
+        except (TypeError, ValueError) as error:
+            raise bad_request(f"strategy {name!r}: {error}", where) from None
+        found = (strategy, needs_verifier(strategy), samples_per_problem(strategy))
+        if len(self._strategies) < 1024:  # bounded: options come from clients
+            self._strategies[key] = found
+        return found
+
     def verifier(self, name: str | None, param: str, answers: Any = None) -> Any:
         """A verifier by name (None: none); refuses one that reads gold answers (a request has none)."""
         if name is None:
@@ -623,36 +651,21 @@ class Outcome:
 def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choices: int) -> tuple[Any, dict[str, Any], Any]:
     """Validate a strategy request before anything runs: (strategy object, options, verifier)."""
     name = resolved.strategy
-    param = resolved.param.get("strategy", "strategy")
     options = dict(resolved.options)
     if resolved.n_from_default and "n" in options and choices > options["n"]:
         options["n"] = choices  # a plain request for n choices draws at least n samples
-    try:
-        factory = registry.strategies.factory(name)
-    except ConfigError as error:
-        raise bad_request(str(error), param) from None
-    try:
-        strategy = factory(**options)
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else ""
-        raise bad_request(describe_validation_error(error, f"strategy {name!r}"), resolved.param.get(key, param)) from None
-    except (TypeError, ValueError) as error:
-        raise bad_request(f"strategy {name!r}: {error}", param) from None
+    strategy, wants_verifier, samples = state.strategy(name, options, resolved.param)
     if options.get("selection") == ORACLE_RULE or getattr(strategy, "selection", None) == ORACLE_RULE:
         raise bad_request("selection 'oracle' needs gold answers, and a request has none; use majority, first, "
                           "max-score or weighted-vote", resolved.param.get("selection", "ttscale.selection"))
     if params.stop and name not in STOP_HONOURED:
         raise bad_request(f"stop cannot be honoured by {name!r}: it ends steps with its own stop strings; drop stop", "stop")
     verifier = state.verifier(resolved.verifier, resolved.param.get("verifier", "ttscale.verifier"))
-    from ttscale.protocols import needs_verifier, samples_per_problem
-
-    if verifier is None and needs_verifier(strategy):
+    if verifier is None and wants_verifier:
         raise bad_request(f"strategy {name!r} with options {options} needs a verifier; pass ttscale.verifier "
                           "(e.g. llm-judge-prm)", "ttscale.verifier")
-    if choices > samples_per_problem(strategy):
-        raise bad_request(f"n={choices} choices, but {name!r} returns at most {samples_per_problem(strategy)} "
-                          "candidates; raise ttscale.n or lower n", "n")
+    if choices > samples:
+        raise bad_request(f"n={choices} choices, but {name!r} returns at most {samples} candidates; raise ttscale.n or lower n", "n")
     return strategy, options, verifier
 
 
@@ -821,26 +834,7 @@ def create_app(state: ServerState):
     async def _not_allowed(request: Request, error: Exception):
         return JSONResponse(APIError(405, f"{request.method} is not allowed on {request.url.path}").body(), status_code=405)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        path = request.url.path
-        route = path if path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health") else None
-        started = time.perf_counter()
-        state.metrics.in_flight += 1
-        status = 500
-        try:
-            if path.startswith("/v1/") and api_key is not None and not _authorized(request.headers.get("authorization", ""), api_key):
-                error = APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY' "
-                                      f"(the key in ${state.settings.api_key_env} where the server runs)", code="invalid_api_key")
-                status = 401
-                return JSONResponse(error.body(), status_code=401)
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            state.metrics.in_flight -= 1
-            if route is not None:
-                state.metrics.observe(route, status, time.perf_counter() - started)
+    app.add_middleware(_Gate, state=state, api_key=api_key)
 
     @app.get("/health")
     async def health():
@@ -929,6 +923,46 @@ def create_app(state: ServerState):
         return JSONResponse(response)
 
     return app
+
+
+ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"})  # counted in /metrics
+
+
+class _Gate:
+    """Plain ASGI middleware (cheaper than BaseHTTPMiddleware): the API key on /v1/ routes, and
+    each request's status and latency into the metrics."""
+
+    def __init__(self, app: Any, state: "ServerState", api_key: str | None):
+        self.app, self.state, self.api_key = app, state, api_key
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        metrics = self.state.metrics
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        metrics.in_flight += 1
+        try:
+            if path.startswith("/v1/") and self.api_key is not None:
+                header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+                if not _authorized(header, self.api_key):
+                    error = APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY' (the key in "
+                                          f"${self.state.settings.api_key_env} where the server runs)", code="invalid_api_key")
+                    await JSONResponse(error.body(), status_code=401)(scope, receive, send_status)
+                    return
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.in_flight -= 1
+            if path in ROUTES:
+                metrics.observe(path, status[0], time.perf_counter() - started)
 
 
 def _authorized(header: str, api_key: str) -> bool:

@@ -1,0 +1,269 @@
+"""Load on `ttscale serve`, on 127.0.0.1 only, bounded in time and in request count.
+
+(a) fake backend: C concurrent clients (default 64) send chat completions for --duration
+    seconds (at most --max-requests): requests/s, p50 and p99 latency, errors (must be 0), and
+    the server's RSS at start and end.
+(b) the embedded model (SmolLM2-135M), best-of-n with n=1: the same greedy requests go, round
+    by round in rotating order, straight to a vLLM OpenAI server (the baseline), through
+    `ttscale serve --backend vllm` (its own in-process engine, same engine settings and KV
+    cache), and through `ttscale serve --backend openai` in front of that same vLLM server (the
+    proxy alone). Prints generated tok/s per round and the median ratios to the baseline
+    (target for serve/direct: >= 0.95). Only one path is loaded at a time. Run (b) under the
+    engine lock: flock /tmp/ttscale-engine.lock python perf/serve_load.py --part b
+
+    python perf/serve_load.py --part a [--duration 60] [--clients 64]
+    python perf/serve_load.py --part b [--requests 16] [--max-tokens 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+MODEL = "smollm2-135m"
+PROMPTS = [
+    "What is {a} + {b}? Think step by step and put the final answer in \\boxed{{}}.",
+    "A shop sells {a} apples in the morning and {b} in the afternoon. How many apples does it sell?",
+    "Compute {a} times {b}, showing your work.",
+    "Explain in two sentences why {a} is {parity}.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def machine() -> str:
+    """CPU flags that matter, cores, the NUMA node's memory and the load: these machines differ."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    node = Path("/sys/devices/system/node/node0/meminfo")
+    total = next((line.split()[-2] for line in node.read_text().splitlines() if "MemTotal" in line), "?") if node.exists() else "?"
+    load = os.getloadavg()
+    return (f"machine: {os.cpu_count()} cores, flags {' '.join(wanted) or 'none of avx2/avx512'}, NUMA node0 "
+            f"{int(total) / 2**20:.1f} GiB, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), children excluded."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_healthy(process: subprocess.Popen, port: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    sys.exit(f"server on port {port} did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def start(command: list[str], port: int, log: Path, timeout: float = 600) -> subprocess.Popen:
+    with open(log, "a") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TTSCALE_API_KEY": ""})
+    wait_healthy(process, port, log, timeout)
+    return process
+
+
+def stop(process: subprocess.Popen) -> int:
+    """SIGTERM the server, then its whole session if anything is left."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # an engine-core child of a vLLM server
+    except ProcessLookupError:
+        pass
+    return code
+
+
+def serve_command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ttscale.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+
+
+def messages(i: int) -> list[dict[str, str]]:
+    template = PROMPTS[i % len(PROMPTS)]
+    return [{"role": "user", "content": template.format(a=17 + i, b=5 + 3 * i, parity="even" if i % 2 == 0 else "odd")}]
+
+
+# --- (a) the fake backend under 64 concurrent clients ---------------------------------------------
+
+
+async def load(url: str, clients: int, duration: float, max_requests: int) -> tuple[list[float], int, int, float]:
+    """Clients each send one request after another until the time or the request count runs out."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        deadline = started + duration
+
+        async def one_client(c: int) -> None:
+            nonlocal errors, sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                body = {"model": "fake", "messages": messages(sent), "max_tokens": 32, "seed": sent}
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post("/chat/completions", json=body)
+                    ok = response.status_code == 200 and response.json()["usage"]["completion_tokens"] > 0
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+
+        await asyncio.gather(*(one_client(c) for c in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, errors, sent, elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def part_a(args: argparse.Namespace, workdir: Path) -> None:
+    port = free_port()
+    server = start(serve_command(port, "--backend", "fake", "--model", "fake", "--concurrency", str(args.clients)),
+                   port, workdir / "serve-fake.log", timeout=120)
+    try:
+        rss_start = rss_mib(server.pid)
+        latencies, errors, sent, elapsed = asyncio.run(load(f"http://127.0.0.1:{port}/v1", args.clients, args.duration, args.max_requests))
+        rss_end = rss_mib(server.pid)
+    finally:
+        code = stop(server)
+    print(f"(a) fake backend, {args.clients} concurrent clients, {elapsed:.1f} s (limit {args.duration:.0f} s, "
+          f"{args.max_requests} requests): {sent} requests, {len(latencies) / elapsed:.1f} req/s, "
+          f"p50 {1000 * percentile(latencies, 50):.1f} ms, p99 {1000 * percentile(latencies, 99):.1f} ms, "
+          f"errors {errors}; server RSS {rss_start:.0f} MiB at start, {rss_end:.0f} MiB at end; SIGTERM exit {code}")
+
+
+# --- (b) the embedded model: ttscale serve next to a vLLM server ------------------------------------
+
+
+def vllm_server_command(port: int, kv_bytes: int, dtype: str | None, model_path: str) -> list[str]:
+    """The test fixture's vLLM server command (tests/conftest.py), with the given KV cache."""
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+               "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
+               "--max-model-len", "4096", "--enable-prefix-caching", "--enable-prompt-tokens-details", "--seed", "0"]
+    if dtype is not None:  # on CPU: ttscale.backends.vllm.cpu_engine_settings
+        command += ["--dtype", dtype, "--enforce-eager", "--kv-cache-memory-bytes", str(kv_bytes),
+                    "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+    return command
+
+
+async def one_round(url: str, model: str, requests: int, max_tokens: int, round_index: int) -> tuple[int, float]:
+    """`requests` greedy chat completions at once; (generated tokens, seconds)."""
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=requests)) as client:
+        async def one(i: int) -> int:
+            body = {"model": model, "messages": messages(i + 1000 * round_index), "max_tokens": max_tokens,
+                    "temperature": 0.0, "seed": i}
+            response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()["usage"]["completion_tokens"]
+
+        started = time.perf_counter()
+        tokens = await asyncio.gather(*(one(i) for i in range(requests)))
+        return sum(tokens), time.perf_counter() - started
+
+
+def part_b(args: argparse.Namespace, workdir: Path) -> None:
+    from ttscale.machine import GiB, choose_cpu_dtype, plan_kv_cache
+    from ttscale.models import prepare_model
+    from ttscale.modelshape import load_shape
+
+    model = prepare_model(MODEL)
+    gpu = subprocess.run(["sh", "-c", "command -v nvidia-smi >/dev/null && nvidia-smi -L"], capture_output=True).returncode == 0
+    dtype = None if gpu else choose_cpu_dtype().dtype
+    plan = plan_kv_cache(load_shape(model.path), dtype=dtype or "bfloat16", max_model_len=4096,
+                         sequences=args.requests, max_tokens=args.max_tokens)
+    direct_port, serve_port, proxy_port = free_port(), free_port(), free_port()
+    servers = []
+    try:
+        servers.append(start(vllm_server_command(direct_port, plan.cache_bytes, dtype, model.path), direct_port, workdir / "vllm.log"))
+        kv = [] if gpu else ["--backend-option", f"kv_cache_gib={plan.cache_bytes / GiB:.6f}"]
+        servers.append(start(serve_command(serve_port, "--backend", "vllm", "--model", MODEL, "--concurrency", str(args.requests),
+                                           "--max-tokens-limit", str(args.max_tokens), *kv), serve_port, workdir / "serve-vllm.log"))
+        servers.append(start(serve_command(proxy_port, "--backend", "openai", "--base-url", f"http://127.0.0.1:{direct_port}/v1",
+                                           "--model", MODEL, "--concurrency", str(args.requests), "--max-tokens-limit", str(args.max_tokens)),
+                             proxy_port, workdir / "serve-openai.log", timeout=180))
+        paths = {
+            "direct": (f"http://127.0.0.1:{direct_port}/v1", MODEL),
+            "serve": (f"http://127.0.0.1:{serve_port}/v1", f"best-of-n-1/{MODEL}"),
+            "proxy": (f"http://127.0.0.1:{proxy_port}/v1", f"best-of-n-1/{MODEL}"),
+        }
+        for name, (url, name_of_model) in paths.items():  # warm-up: first requests, prefix caches
+            asyncio.run(one_round(url, name_of_model, min(4, args.requests), 8, -1))
+        rates: dict[str, list[float]] = {name: [] for name in paths}
+        order = list(paths)
+        print(f"(b) {MODEL}, dtype {dtype or 'GPU default'}, KV cache {plan.cache_bytes / GiB:.2f} GiB each engine; "
+              f"{args.requests} concurrent greedy requests of up to {args.max_tokens} tokens per round")
+        for r in range(args.rounds):
+            line = []
+            for name in order[r % len(order):] + order[: r % len(order)]:  # rotating order
+                url, name_of_model = paths[name]
+                tokens, seconds = asyncio.run(one_round(url, name_of_model, args.requests, args.max_tokens, r))
+                rates[name].append(tokens / seconds)
+                line.append(f"{name} {tokens} tok in {seconds:.2f} s = {tokens / seconds:.1f} tok/s")
+            print(f"  round {r + 1}: " + "; ".join(line))
+        for name in ("serve", "proxy"):
+            ratios = [a / b for a, b in zip(rates[name], rates["direct"])]
+            print(f"  {name}/direct generated tok/s: median ratio {statistics.median(ratios):.3f} "
+                  f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+    finally:
+        for server in reversed(servers):
+            stop(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["a", "b", "both"], default="a")
+    parser.add_argument("--duration", type=float, default=10.0, help="(a) seconds of load (the issue's figure: 60)")
+    parser.add_argument("--clients", type=int, default=64, help="(a) concurrent clients")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="(a) stop after this many requests")
+    parser.add_argument("--requests", type=int, default=16, help="(b) concurrent requests per round")
+    parser.add_argument("--max-tokens", type=int, default=64, help="(b) max tokens per request")
+    parser.add_argument("--rounds", type=int, default=3, help="(b) rounds, each path once per round")
+    args = parser.parse_args()
+    print(machine())
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        if args.part in ("a", "both"):
+            part_a(args, Path(tmp))
+        if args.part in ("b", "both"):
+            part_b(args, Path(tmp))
+    print(machine().replace("machine:", "after:"))
+
+
+if __name__ == "__main__":  # the engine's workers are spawned: the guard is required
+    main()
