@@ -126,8 +126,8 @@ class FakeBackend:
             raise ValueError("generate_until needs logprobs: the stop rule reads each token's top-k")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        [generation] = [self._generate_one(request)]
-        completion = generation.completions[0]
+        generation = self._generate_one(request)
+        [completion] = generation.completions
         for position, alternatives in enumerate(completion.top_logprobs or ()):
             if stop(alternatives):
                 cut = _cut(completion, position + 1)
