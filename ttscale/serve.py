@@ -607,6 +607,8 @@ class ServerState:
             factory = registry.strategies.factory(name)
         except ConfigError as error:
             raise bad_request(str(error), where) from None
+        except ImportError as error:  # registered, but its module is missing from this install
+            raise bad_request(f"strategy {name!r} cannot be loaded here ({error}); use another strategy", where) from None
         try:
             strategy = factory(**options)
         except ValidationError as error:
