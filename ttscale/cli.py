@@ -314,6 +314,10 @@ from ttscale.cli_compare import register as _register_compare  # noqa: E402  (co
 
 _register_compare(app)
 
+from ttscale.cli_adaptive import register as _register_adaptive  # noqa: E402  (adaptive)
+
+_register_adaptive(app)
+
 from ttscale.cli_serve import register as _register_serve  # noqa: E402  (serve)
 
 _register_serve(app)

@@ -53,12 +53,15 @@ RULE_ORDER = ("majority", "weighted-vote", "max-score", "first", ORACLE_RULE)
 
 @dataclass(frozen=True)
 class Sample:
-    """One recorded candidate: its answer, its grade, its verifier score and its length."""
+    """One recorded candidate: its answer, its grade, its verifier score and its length, and,
+    when the strategy recorded logprobs, each token's confidence (ttscale.confidence)."""
 
     answer: str | None
     correct: bool
     score: float | None
     num_tokens: int
+    token_confidences: tuple[float, ...] | None = None
+    mean_logprob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,9 @@ class Record:
         """A samples.jsonl line (already checked by ttscale.store) as a typed record."""
         samples = tuple(
             Sample(c.get("answer"), bool(c.get("correct")), None if c.get("score") is None else float(c["score"]),
-                   int(c.get("num_tokens", 0)))
+                   int(c.get("num_tokens", 0)),
+                   None if c.get("token_confidences") is None else tuple(c["token_confidences"]),
+                   c.get("mean_logprob"))
             for c in raw["candidates"]
         )
         subtree = (raw.get("trace_metadata") or {}).get("subtree")

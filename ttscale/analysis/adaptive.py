@@ -1,0 +1,297 @@
+"""Adaptive compute replayed from a recorded best-of-N run: no new generation, no gold at inference.
+
+Sample i of best-of-N carries the seed s+i whichever request draws it (vLLM's parallel sampling),
+so an adaptive run (`adaptive-consistency`, DeepConf online) draws a prefix of the recorded
+samples, and cuts some of them short: what it would have answered and spent can be read off the
+recorded run (tests/test_adaptive.py and tests/test_deepconf.py check both equalities on the
+fake backend). The samples are exchangeable, so each method is replayed over the recorded order
+and over random permutations of it, and the outcome averaged: less noise than one order.
+
+Every replay is priced by the one cost model (`ttscale.cost.subsample_costs`, cache-independent):
+the prompt once (repeated prompts of later batches are prefix-cache hits), each drawn sample's
+tokens, a stopped trace's tokens up to where it stopped.
+
+Held-out protocol (`held_out`): the problems are split in halves by a stable hash of their id
+(`ttscale.allocation.policy.split_of`). On half a, each method picks its cheapest setting that
+reaches best-of-N majority's accuracy at the run's full N; on half b that setting is measured and
+set against the best-of-N majority curve of half b: the compute best-of-N needs for the same
+accuracy, over the compute the method spent. Bootstrap resampling of half b's problems gives the
+interval. Nothing here reads gold except the grading of the answers the methods chose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from ttscale.analysis.runs import Record, Run, subsample
+from ttscale.analysis.scaling import Curve, CurvePoint
+from ttscale.cost import subsample_costs
+from ttscale.errors import ConfigError
+from ttscale.selection import answer_classes, chosen_positions
+from ttscale.stopping import StoppingRule, stop_index
+
+AXES = ("flops", "eflops", "generated_tokens")  # compute at equal accuracy is reported on each
+
+
+@dataclass(frozen=True)
+class ProblemSamples:
+    """One recorded best-of-N problem as a method sees it: answers (as classes), lengths and each
+    token's confidence; `correct` is only read to grade the method's choice afterwards."""
+
+    record: Record
+    classes: np.ndarray
+    tokens: np.ndarray
+    confidences: tuple[np.ndarray, ...] | None
+    correct: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """How many samples were recorded."""
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A method on one problem in one sample order: which samples it drew (in draw order), how
+    many tokens each of them generated (a stopped trace: up to its stop), and its choice."""
+
+    drawn: np.ndarray
+    tokens: np.ndarray
+    chosen: int  # the index of the sample whose answer it gives, -1 for none
+
+
+class Method(Protocol):
+    """An adaptive method replayed on recorded samples."""
+
+    label: str
+
+    def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class AdaptiveConsistencyReplay:
+    """`adaptive-consistency`: draw in batches until the stopping rule settles, majority vote."""
+
+    rule: StoppingRule
+    batch: int = 1
+    label: str = ""
+
+    def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome:
+        drawn = order[: stop_index(problem.classes[order], self.rule, self.batch)]
+        return Outcome(drawn, problem.tokens[drawn], _majority(problem, drawn))
+
+
+def _majority(problem: ProblemSamples, drawn: np.ndarray) -> int:
+    no_scores = np.full(problem.n, np.nan)
+    return int(chosen_positions("majority", problem.classes, no_scores, drawn[None, :])[0])
+
+
+@dataclass
+class Replayed:
+    """A method's mean outcome per problem (over the sample orders): correctness, samples, cost."""
+
+    label: str
+    problem_ids: list[str]
+    correct: np.ndarray
+    samples: np.ndarray
+    cost: dict[str, np.ndarray]
+
+    def mean(self, axis: str) -> float:
+        """Mean cost per problem on one axis ("samples" for the samples drawn)."""
+        return float((self.samples if axis == "samples" else self.cost[axis]).mean())
+
+
+def problem_samples(run: Run, record: Record) -> ProblemSamples:
+    """A record's samples as arrays, with their token confidences when all of them recorded some."""
+    confidences = None
+    if all(s.token_confidences is not None for s in record.samples):
+        confidences = tuple(np.asarray(s.token_confidences, dtype=np.float64) for s in record.samples)
+    return ProblemSamples(
+        record,
+        answer_classes([s.answer for s in record.samples], run.equivalent),
+        np.asarray([s.num_tokens for s in record.samples], dtype=np.int64),
+        confidences,
+        np.asarray([s.correct for s in record.samples], dtype=bool),
+    )
+
+
+def sample_orders(n: int, orders: int, seed: int) -> np.ndarray:
+    """The recorded order first, then `orders - 1` seeded random permutations of it."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.arange(n)] + [rng.permutation(n) for _ in range(orders - 1)])
+
+
+def replay(run: Run, problems: Sequence[ProblemSamples], method: Method, *, orders: int = 20, seed: int = 0) -> Replayed:
+    """`method` on every problem, averaged over `orders` sample orders, priced by the cost model."""
+    correct = np.zeros(len(problems))
+    samples = np.zeros(len(problems))
+    cost = {axis: np.zeros(len(problems)) for axis in AXES}
+    for j, problem in enumerate(problems):
+        for order in sample_orders(problem.n, orders, seed + j):
+            outcome = method.replay(problem, order)
+            tokens = problem.tokens.copy()
+            tokens[outcome.drawn] = outcome.tokens
+            priced = subsample_costs(run.cost_model, problem.record.cost, tokens, outcome.drawn[None, :])
+            correct[j] += outcome.chosen >= 0 and bool(problem.correct[outcome.chosen])
+            samples[j] += len(outcome.drawn)
+            for axis in AXES:
+                cost[axis][j] += float(priced[axis][0])
+    return Replayed(method.label, [p.record.problem_id for p in problems], correct / orders, samples / orders,
+                    {axis: values / orders for axis, values in cost.items()})
+
+
+# -- best-of-N, the baseline -----------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    """Best-of-N majority at every k <= N on some problems: per-problem correctness and cost."""
+
+    ks: list[int]
+    correct: np.ndarray  # (k, problems)
+    cost: dict[str, np.ndarray]  # axis -> (k, problems)
+
+    def curve(self, axis: str, rows: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+        """(cost, accuracy) per k over the problems `rows` (all by default), accuracy made
+        non-decreasing in cost: a larger budget may always spend less."""
+        rows = np.arange(self.correct.shape[1]) if rows is None else rows
+        costs = self.cost[axis][:, rows].mean(axis=1)
+        accuracy = np.maximum.accumulate(self.correct[:, rows].mean(axis=1))
+        return costs.tolist(), accuracy.tolist()
+
+
+def baseline(run: Run, problem_ids: Sequence[str], *, subsets: int = 200, seed: int = 0) -> Baseline:
+    """Best-of-k majority for k = 1..N on `problem_ids`, subsampled from the run."""
+    table = subsample(run, rules=["majority"], problems=problem_ids, subsets=subsets, seed=seed)
+    return Baseline([int(k) for k in table.n], table.correct["majority"],
+                    {axis: table.cost[axis] for axis in AXES})
+
+
+def bon_cost_at(costs: Sequence[float], accuracy: Sequence[float], target: float) -> float:
+    """What best-of-N majority spends to reach `target` accuracy, linear in log cost between its
+    points; inf when even its full N does not reach it."""
+    if target <= accuracy[0]:
+        return float(costs[0])  # best-of-1 already reaches it: nothing cheaper to compare with
+    for (c0, a0), (c1, a1) in zip(zip(costs, accuracy), zip(costs[1:], accuracy[1:])):
+        if a1 >= target:
+            t = (target - a0) / (a1 - a0) if a1 > a0 else 1.0
+            return float(math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0))))
+    return math.inf
+
+
+# -- held-out measurement --------------------------------------------------------------------------
+
+
+@dataclass
+class HeldOutResult:
+    """One method family on half b, at the setting half a chose."""
+
+    family: str
+    setting: str
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    bon_accuracy: float  # best-of-N majority at full N on half b
+    samples: float
+    cost: dict[str, float]
+    bon_cost: dict[str, float]  # best-of-N's cost at the method's accuracy (inf: unreached)
+    saving: dict[str, float]  # bon_cost / cost
+    saving_ci: dict[str, tuple[float, float]]
+    curve: list[Replayed] = field(default_factory=list)  # every setting, on half b
+
+
+def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int = 20, bootstrap: int = 1000, seed: int = 0, splits: tuple[str, str] = ("a", "b")) -> tuple[Baseline, list[HeldOutResult]]:
+    """Each family's setting chosen on split a, measured on split b against best-of-N majority."""
+    from ttscale.allocation.policy import split_of
+
+    fit_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[0]]
+    eval_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[1]]
+    if not fit_ids or not eval_ids:
+        raise ConfigError(f"{run.dir}: needs problems in both halves ({len(fit_ids)} in a, {len(eval_ids)} in b)")
+    by_id = {r.problem_id: r for r in run.records}
+
+    def arrays(ids: Sequence[str]) -> list[ProblemSamples]:
+        return [problem_samples(run, by_id[pid]) for pid in ids]
+
+    fit_problems, eval_problems = arrays(fit_ids), arrays(eval_ids)
+    fit_base, eval_base = baseline(run, fit_ids, seed=seed), baseline(run, eval_ids, seed=seed)
+    target = float(fit_base.correct[-1].mean())
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, len(eval_ids), size=(bootstrap, len(eval_ids)))
+    results = []
+    for family, methods in families.items():
+        if not methods:
+            continue
+        fitted = [replay(run, fit_problems, m, orders=orders, seed=seed) for m in methods]
+        reaching = [i for i, r in enumerate(fitted) if r.correct.mean() >= target - 1e-12]
+        pick = min(reaching, key=lambda i: fitted[i].mean("flops")) if reaching else max(
+            range(len(fitted)), key=lambda i: fitted[i].correct.mean())
+        measured = [replay(run, eval_problems, m, orders=orders, seed=seed) for m in methods]
+        results.append(_measure(family, methods[pick].label, measured[pick], eval_base, resamples, measured))
+    return eval_base, results
+
+
+def _measure(family: str, setting: str, chosen: Replayed, base: Baseline, resamples: np.ndarray,
+             curve: list[Replayed]) -> HeldOutResult:
+    accuracy = float(chosen.correct.mean())
+    cost = {axis: chosen.mean(axis) for axis in AXES}
+    bon_cost, saving, saving_ci = {}, {}, {}
+    for axis in AXES:
+        costs, acc = base.curve(axis)
+        bon_cost[axis] = bon_cost_at(costs, acc, accuracy)
+        saving[axis] = bon_cost[axis] / cost[axis]
+        draws = []
+        for rows in resamples:
+            b_costs, b_acc = base.curve(axis, rows)
+            draws.append(bon_cost_at(b_costs, b_acc, chosen.correct[rows].mean()) / chosen.cost[axis][rows].mean())
+        saving_ci[axis] = _interval(draws)
+    acc_draws = [chosen.correct[rows].mean() for rows in resamples]
+    return HeldOutResult(family, setting, accuracy, _interval(acc_draws), float(base.correct[-1].mean()),
+                         chosen.mean("samples"), cost, bon_cost, saving, saving_ci, curve)
+
+
+def _interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95% percentile interval; draws are never interpolated, so an end may be inf (in that
+    many resamples best-of-N never reached the method's accuracy)."""
+    if not len(values):
+        return (math.nan, math.nan)
+    low, high = np.quantile(np.asarray(values, dtype=np.float64), [0.025, 0.975], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def as_curve(run: Run, replays: Sequence[Replayed], strategy: str) -> Curve:
+    """Replayed settings as one compare curve, a point per setting (its threshold), by cost."""
+    ordered = sorted(replays, key=lambda r: r.mean("flops"))
+    points = [
+        CurvePoint(r.mean("samples"), float(r.correct.mean()), float(r.correct.mean()), float(r.correct.mean()),
+                   r.mean("flops"), r.mean("eflops"), r.mean("generated_tokens"), 0.0, 0.0)
+        for r in ordered
+    ]
+    per_problem = np.stack([r.correct for r in ordered])
+    return Curve(run.name, strategy, "majority", run.model, run.num_params, "adaptive", points,
+                 ordered[0].problem_ids, per_problem)
+
+
+def default_families(run: Run) -> dict[str, list[Method]]:
+    """The settings `ttscale adaptive` sweeps: each stopping rule over its thresholds (batch 1:
+    later samples' prompts are prefix-cache hits), ESC over windows that divide into N, and the
+    DeepConf variants when the run recorded token confidences."""
+    n = min(r.n for r in run.records)
+    families: dict[str, list[Method]] = {
+        "adaptive-consistency (beta)": [
+            AdaptiveConsistencyReplay(StoppingRule(rule="beta", threshold=t), 1, f"beta p>={t}") for t in BETA_THRESHOLDS],
+        "adaptive-consistency (beta, give up)": [
+            AdaptiveConsistencyReplay(StoppingRule(rule="beta", threshold=t, give_up=GIVE_UP), 1, f"beta p>={t}, give up at {GIVE_UP}")
+            for t in BETA_THRESHOLDS],
+        "adaptive-consistency (dirichlet)": [] and [
+            AdaptiveConsistencyReplay(StoppingRule(rule="dirichlet", threshold=t), 1, f"dirichlet p>={t}") for t in BETA_THRESHOLDS],
+        "ESC": [AdaptiveConsistencyReplay(StoppingRule(rule="esc", window=w), w, f"window {w}") for w in range(2, n // 2 + 1)],
+    }
+    return families
+
+
+BETA_THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+GIVE_UP = 4  # the issue's variant: stop when the first 4 samples all disagree

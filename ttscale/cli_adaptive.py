@@ -1,0 +1,67 @@
+"""`ttscale adaptive`: adaptive methods replayed from a recorded best-of-N run, held out."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def adaptive_command(
+    run_dir: Path = typer.Argument(..., help="A best-of-N run directory (record logprobs with -S logprobs=10 for DeepConf)."),
+    orders: int = typer.Option(20, "--orders", help="Sample orders each method is replayed over: the recorded one, then random permutations."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples of the held-out problems for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the permutations, the subsampling and the bootstrap."),
+    curves: bool = typer.Option(False, "--curves", help="Also print every setting of every method on the held-out half."),
+) -> None:
+    """Adaptive compute without gold, held out: each method's setting is chosen on half a of the
+    problems (the cheapest that reaches best-of-N majority's accuracy there), then measured on
+    half b against best-of-N majority: the compute best-of-N needs for the same accuracy."""
+    from ttscale.analysis.adaptive import default_families, held_out
+    from ttscale.analysis.runs import load_run
+
+    run = load_run(run_dir)
+    families = default_families(run)
+    base, results = held_out(run, families, orders=orders, bootstrap=bootstrap, seed=seed)
+    problems = base.correct.shape[1]
+    flops, _ = base.curve("flops")
+    console.print(f"Held-out half b: {problems} problems; best-of-{base.ks[-1]} majority accuracy "
+                  f"{base.correct[-1].mean():.3f} at {flops[-1]:.3g} FLOPs per problem. Settings chosen on half a.")
+    table = Table(title="Compute at equal accuracy vs best-of-N majority (held out; no gold at inference)")
+    for column in ("method", "setting (chosen on a)", "accuracy [95% CI]", "samples", "FLOPs", "tokens",
+                   "best-of-N FLOPs there", "saving FLOPs [95% CI]", "saving tokens [95% CI]"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.family, r.setting, f"{r.accuracy:.3f} [{r.accuracy_ci[0]:.3f}, {r.accuracy_ci[1]:.3f}]",
+                      f"{r.samples:.2f}", f"{r.cost['flops']:.3g}", f"{r.cost['generated_tokens']:.0f}",
+                      _cost(r.bon_cost["flops"]), _saving(r, "flops"), _saving(r, "generated_tokens"))
+    console.print(table)
+    console.print("inf: best-of-N majority never reaches that accuracy, even at full N.")
+    if curves:
+        for r in results:
+            detail = Table(title=f"{r.family}: every setting on half b")
+            for column in ("setting", "accuracy", "samples", "FLOPs", "tokens"):
+                detail.add_column(column)
+            for point in r.curve:
+                detail.add_row(point.label, f"{point.correct.mean():.3f}", f"{point.mean('samples'):.2f}",
+                               f"{point.mean('flops'):.3g}", f"{point.mean('generated_tokens'):.0f}")
+            console.print(detail)
+
+
+def _cost(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.3g}"
+
+
+def _saving(result, axis: str) -> str:
+    low, high = result.saving_ci[axis]
+    return f"{result.saving[axis]:.2f}x [{low:.2f}, {high:.2f}]"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `adaptive` to the ttscale app."""
+    app.command("adaptive")(adaptive_command)
