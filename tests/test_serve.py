@@ -434,3 +434,37 @@ def test_cli_refuses_user_mistakes_in_one_line(tmp_path):
         result = subprocess.run([sys.executable, "-m", "ttscale.cli", "serve", "--backend", "fake", "--port", str(taken)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verifier_tokens_are_in_usage_and_the_block(fake):
+    """A judge verifier on the same backend: its tokens are counted apart and in total_tokens."""
+    from ttscale.registry import verifiers
+    from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+
+    client, _, _ = fake
+    response = ask(client, seed=11, extra_body={"ttscale": {"n": 2, "selection": "max-score", "verifier": "llm-judge-prm"}})
+    problem_backend = FakeBackend("fake")
+    judge = verifiers.create("llm-judge-prm", benchmark=DEFAULT_VERIFIER)
+    from ttscale.serve import chat_problem
+
+    problem = chat_problem((ChatMessage(role="user", content=QUESTION),))
+    trace = asyncio.run(solve(problem, backend=problem_backend, options={"n": 2, "selection": "max-score"}, verifier=judge,
+                              params=SampleParams(max_tokens=256), seed=11))
+    usage, block = response.usage, response.model_extra["ttscale"]
+    assert trace.cost.verifier_tokens > 0 and usage.verifier_tokens == trace.cost.verifier_tokens
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens + trace.cost.verifier_tokens
+    assert (usage.prompt_tokens, usage.completion_tokens) == (trace.cost.prompt_tokens, trace.cost.generated_tokens)
+    assert block["verifier_calls"] == trace.cost.verifier_calls >= 1 and block["verifier_flops"] == trace.cost.verifier_flops
+    assert block["engine_calls"] == trace.cost.calls + trace.cost.verifier_calls
+    assert block["flops"] == trace.cost.flops and block["verifier"] == "llm-judge-prm" and block["selection"] == "max-score"
+
+
+def test_a_step_search_runs_with_a_verifier(fake):
+    client, _, _ = fake
+    response = ask(client, model="beam-search/fake", seed=3,
+                   extra_body={"ttscale": {"n": 4, "verifier": "scripted-prm", "options": {"beam_width": 2, "max_steps": 3},
+                                           "candidates": True}})
+    block = response.model_extra["ttscale"]
+    assert block["strategy"] == "beam-search" and block["options"] == {"n": 4, "beam_width": 2, "max_steps": 3}
+    assert response.usage.completion_tokens == block["cost"]["generated_tokens"] > 0
+    assert block["engine_calls"] >= 2 and len(block["candidates"]) >= 1
