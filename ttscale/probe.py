@@ -139,9 +139,10 @@ def default_backend_factory(model: str) -> "PoolingBackend":
     return VLLMPoolingBackend(model, mode="hidden")
 
 
-def run_prompts(run: "Run") -> dict[str, Problem]:
-    """Every recorded problem of a run with the prompt its generation read (the benchmark rebuilt
-    from config.json; only ids and prompts are used, never gold answers)."""
+def run_prompts(run: "Run", *, every: bool = False) -> dict[str, Problem]:
+    """The recorded problems of a run (every=True: every problem of its benchmark, recorded or
+    not) with the prompts its generation read: the benchmark rebuilt from config.json; only ids
+    and prompts are used, never gold answers."""
     from ttscale.runner import build_benchmark
 
     problems = {p.id: p for p in build_benchmark(run.config).load()}
@@ -149,6 +150,8 @@ def run_prompts(run: "Run") -> dict[str, Problem]:
     if missing:
         raise ConfigError(f"{run.dir}: problem {missing[0]!r} is not in benchmark {run.config.benchmark!r} as rebuilt from "
                           "its config.json, so its prompt is unknown; the prefill probe needs the benchmark the run used")
+    if every:
+        return problems
     return {r.problem_id: problems[r.problem_id] for r in run.records}
 
 
@@ -167,21 +170,27 @@ class PromptReader:
         self.computed = 0  # prompts read by the engine in this process (the rest came from the cache)
 
     def features_for(self, run: "Run") -> dict[str, PromptFeatures]:
-        """Features of every recorded problem of `run`, keyed by problem id."""
-        prompts = run_prompts(run)
+        """Features of every recorded problem of `run`, keyed by problem id.
+
+        When some are missing, the engine starts once and reads every prompt of the run's
+        benchmark not in the cache (recorded or not: a run still recording, or the other split,
+        then needs no second start)."""
+        every = run_prompts(run, every=True)
         model_name = run.model
-        keys = {pid: prompt_key(model_name, p.prompt) for pid, p in prompts.items()}
-        missing = {pid: prompts[pid].prompt for pid, key in keys.items() if key not in self.cache}
+        keys = {pid: prompt_key(model_name, p.prompt) for pid, p in every.items()}
+        recorded = [r.problem_id for r in run.records]
+        missing = [pid for pid in recorded if keys[pid] not in self.cache]
         if missing:
             if self.backend_factory is None:
                 raise ConfigError(f"{self.cache.path} lacks the features of {len(missing)} prompts of {run.dir}; "
-                                  "read them with the engine (drop --no-engine) or pass the cache written at fit time")
-            read = asyncio.run(self._read(run.config.model, model_name, missing))
+                                  "pass the feature cache written when the policy was fitted (--features)")
+            unread = {pid: p.prompt for pid, p in every.items() if keys[pid] not in self.cache}
+            read = asyncio.run(self._read(run.config.model, model_name, unread))
             for pid, features in read.items():
                 self.cache.put(keys[pid], features)
             self.cache.save()
             self.computed += len(read)
-        return {pid: self.cache.get(key) for pid, key in keys.items()}
+        return {pid: self.cache.get(keys[pid]) for pid in recorded}
 
     async def _read(self, model: str, model_name: str, prompts: Mapping[str, Any]) -> dict[str, PromptFeatures]:
         backend = self.backend_factory(model)
