@@ -214,9 +214,10 @@ def part_b(args: argparse.Namespace, workdir: Path) -> None:
         servers.append(start(vllm_server_command(direct_port, plan.cache_bytes, dtype, model.path), direct_port, workdir / "vllm.log"))
         kv = [] if gpu else ["--backend-option", f"kv_cache_gib={plan.cache_bytes / GiB:.6f}"]
         servers.append(start(serve_command(serve_port, "--backend", "vllm", "--model", MODEL, "--concurrency", str(args.requests),
-                                           "--max-tokens-limit", str(args.max_tokens), *kv), serve_port, workdir / "serve-vllm.log"))
+                                           "--max-tokens", str(args.max_tokens), "--max-tokens-limit", str(args.max_tokens), *kv), serve_port, workdir / "serve-vllm.log"))
         servers.append(start(serve_command(proxy_port, "--backend", "openai", "--base-url", f"http://127.0.0.1:{direct_port}/v1",
-                                           "--model", MODEL, "--concurrency", str(args.requests), "--max-tokens-limit", str(args.max_tokens)),
+                                           "--model", MODEL, "--concurrency", str(args.requests), "--max-tokens", str(args.max_tokens),
+                                           "--max-tokens-limit", str(args.max_tokens)),
                              proxy_port, workdir / "serve-openai.log", timeout=180))
         paths = {
             "direct": (f"http://127.0.0.1:{direct_port}/v1", MODEL),

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.engine
 MODEL = "smollm2-135m"
 KEY = "engine-test-key"
 QUESTION = "What is 12 + 7? Put the final answer in \\boxed{}."
+LONG = "Write a long, detailed story of at least 600 words about a lighthouse keeper and a storm."
 
 
 def free_port() -> int:
@@ -247,7 +248,9 @@ def test_upstream_killed_mid_request_gives_503_and_the_proxy_serves_again(tmp_pa
 
         def long_request():
             try:
-                outcome["response"] = ask(client, max_tokens=256, temperature=1.0, seed=5, extra_body={"ttscale": {"n": 4}})
+                outcome["response"] = client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": LONG}], max_tokens=256, temperature=1.0, seed=5,
+                    extra_body={"ttscale": {"n": 4}})
             except openai.APIStatusError as error:
                 outcome["error"] = error
 
