@@ -41,7 +41,7 @@ def adaptive_command(
                       f"{r.samples:.2f}", f"{r.cost['flops']:.3g}", f"{r.cost['generated_tokens']:.0f}",
                       _cost(r.bon_cost["flops"]), _saving(r, "flops"), _saving(r, "generated_tokens"))
     console.print(table)
-    console.print("inf: best-of-N majority never reaches that accuracy, even at full N.")
+    console.print(">x: best-of-N majority never reaches that accuracy, even at full N; inf in an interval: in some resamples it does not.")
     if curves:
         for r in results:
             detail = Table(title=f"{r.family}: every setting on half b")
@@ -58,8 +58,12 @@ def _cost(value: float) -> str:
 
 
 def _saving(result, axis: str) -> str:
+    """The saving with its interval; where best-of-N never reaches the method's accuracy, the
+    saving is at least its full-N cost over the method's ("> x")."""
     low, high = result.saving_ci[axis]
-    return f"{result.saving[axis]:.2f}x [{low:.2f}, {high:.2f}]"
+    at_least = result.bon_full_cost[axis] / result.cost[axis]
+    value = f">{at_least:.2f}x" if math.isinf(result.saving[axis]) else f"{result.saving[axis]:.2f}x"
+    return f"{value} [{low:.2f}, {'inf' if math.isinf(high) else f'{high:.2f}'}]"
 
 
 def register(app: typer.Typer) -> None:

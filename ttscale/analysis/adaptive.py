@@ -31,7 +31,8 @@ from ttscale.analysis.runs import Record, Run, subsample
 from ttscale.analysis.scaling import Curve, CurvePoint
 from ttscale.cost import subsample_costs
 from ttscale.errors import ConfigError
-from ttscale.selection import answer_classes, chosen_positions
+from ttscale.confidence import DEFAULT_WINDOW, online_replay, self_certainty, trace_score
+from ttscale.selection import answer_classes, chosen_positions, filtered_positions
 from ttscale.stopping import StoppingRule, stop_index
 
 AXES = ("flops", "eflops", "generated_tokens")  # compute at equal accuracy is reported on each
@@ -47,6 +48,7 @@ class ProblemSamples:
     tokens: np.ndarray
     confidences: tuple[np.ndarray, ...] | None
     correct: np.ndarray
+    k: int = 0  # the top-k the confidences were read from (the run's -S logprobs)
 
     @property
     def n(self) -> int:
@@ -85,6 +87,57 @@ class AdaptiveConsistencyReplay:
         return Outcome(drawn, problem.tokens[drawn], _majority(problem, drawn))
 
 
+@dataclass(frozen=True)
+class DeepConfOnlineReplay:
+    """DeepConf online: warm-up traces set the threshold, later traces stop when their group
+    confidence falls below it, sampling stops at consensus (ttscale.confidence.online_replay,
+    the function the strategy's test checks against a live online run)."""
+
+    n: int
+    warmup: int
+    eta: float
+    consensus: float
+    window: int = DEFAULT_WINDOW
+    label: str = ""
+
+    def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome:
+        result = online_replay([problem.confidences[i] for i in order], problem.classes[order], n=self.n,
+                               warmup=self.warmup, eta=self.eta, window=self.window, consensus=self.consensus)
+        drawn = order[: result.drawn]
+        return Outcome(drawn, np.asarray(result.tokens, dtype=np.int64), int(order[result.winner]) if result.winner >= 0 else -1)
+
+
+@dataclass(frozen=True)
+class ScoredVoteReplay:
+    """k full traces, then a vote weighted by each trace's own confidence: DeepConf offline's
+    filtered vote (keep the top eta%), or best-of-N's verifier-free weighted vote (eta None)."""
+
+    k: int
+    score: str  # a ttscale.confidence trace score, or "self-certainty" / "mean-logprob"
+    eta: float | None = None
+    window: int = DEFAULT_WINDOW
+    label: str = ""
+
+    def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome:
+        drawn = order[: self.k]
+        scores = np.asarray([self._score(problem, i) for i in range(problem.n)])
+        if self.eta is None:
+            chosen = chosen_positions("weighted-vote", problem.classes, scores, drawn[None, :])[0]
+        else:
+            chosen = filtered_positions(problem.classes, scores, drawn[None, :], self.eta)[0]
+        return Outcome(drawn, problem.tokens[drawn], int(chosen))
+
+    def _score(self, problem: ProblemSamples, index: int) -> float:
+        if self.score == "mean-logprob":
+            # exp: a positive weight (the per-token geometric-mean probability); same order as the mean logprob
+            value = problem.record.samples[index].mean_logprob
+            return math.nan if value is None else math.exp(value)
+        confidences = problem.confidences[index]
+        if self.score == "self-certainty":
+            return self_certainty(tuple(confidences), problem.k)
+        return trace_score(confidences, self.score, self.window)
+
+
 def _majority(problem: ProblemSamples, drawn: np.ndarray) -> int:
     no_scores = np.full(problem.n, np.nan)
     return int(chosen_positions("majority", problem.classes, no_scores, drawn[None, :])[0])
@@ -116,6 +169,7 @@ def problem_samples(run: Run, record: Record) -> ProblemSamples:
         np.asarray([s.num_tokens for s in record.samples], dtype=np.int64),
         confidences,
         np.asarray([s.correct for s in record.samples], dtype=bool),
+        int(run.config.strategy_options.get("logprobs") or 0),
     )
 
 
@@ -198,6 +252,7 @@ class HeldOutResult:
     samples: float
     cost: dict[str, float]
     bon_cost: dict[str, float]  # best-of-N's cost at the method's accuracy (inf: unreached)
+    bon_full_cost: dict[str, float]  # best-of-N's cost at full N (the saving is above full/cost when unreached)
     saving: dict[str, float]  # bon_cost / cost
     saving_ci: dict[str, tuple[float, float]]
     curve: list[Replayed] = field(default_factory=list)  # every setting, on half b
@@ -238,9 +293,10 @@ def _measure(family: str, setting: str, chosen: Replayed, base: Baseline, resamp
              curve: list[Replayed]) -> HeldOutResult:
     accuracy = float(chosen.correct.mean())
     cost = {axis: chosen.mean(axis) for axis in AXES}
-    bon_cost, saving, saving_ci = {}, {}, {}
+    bon_cost, bon_full_cost, saving, saving_ci = {}, {}, {}, {}
     for axis in AXES:
         costs, acc = base.curve(axis)
+        bon_full_cost[axis] = costs[-1]
         bon_cost[axis] = bon_cost_at(costs, acc, accuracy)
         saving[axis] = bon_cost[axis] / cost[axis]
         draws = []
@@ -250,7 +306,7 @@ def _measure(family: str, setting: str, chosen: Replayed, base: Baseline, resamp
         saving_ci[axis] = _interval(draws)
     acc_draws = [chosen.correct[rows].mean() for rows in resamples]
     return HeldOutResult(family, setting, accuracy, _interval(acc_draws), float(base.correct[-1].mean()),
-                         chosen.mean("samples"), cost, bon_cost, saving, saving_ci, curve)
+                         chosen.mean("samples"), cost, bon_cost, bon_full_cost, saving, saving_ci, curve)
 
 
 def _interval(values: Sequence[float]) -> tuple[float, float]:
@@ -286,12 +342,26 @@ def default_families(run: Run) -> dict[str, list[Method]]:
         "adaptive-consistency (beta, give up)": [
             AdaptiveConsistencyReplay(StoppingRule(rule="beta", threshold=t, give_up=GIVE_UP), 1, f"beta p>={t}, give up at {GIVE_UP}")
             for t in BETA_THRESHOLDS],
-        "adaptive-consistency (dirichlet)": [] and [
+        "adaptive-consistency (dirichlet)": [
             AdaptiveConsistencyReplay(StoppingRule(rule="dirichlet", threshold=t), 1, f"dirichlet p>={t}") for t in BETA_THRESHOLDS],
         "ESC": [AdaptiveConsistencyReplay(StoppingRule(rule="esc", window=w), w, f"window {w}") for w in range(2, n // 2 + 1)],
     }
+    if all(s.token_confidences is not None for r in run.records for s in r.samples):
+        ks = range(2, n + 1)
+        families["DeepConf online (low, eta=10)"] = [
+            DeepConfOnlineReplay(n, w, 10.0, tau, label=f"warm-up {w}, tau {tau}") for w in WARMUPS if w < n for tau in CONSENSUS]
+        families["DeepConf online (high, eta=90)"] = [
+            DeepConfOnlineReplay(n, w, 90.0, tau, label=f"warm-up {w}, tau {tau}") for w in WARMUPS if w < n for tau in CONSENSUS]
+        families["DeepConf offline (filtered vote, eta=10)"] = [
+            ScoredVoteReplay(k, "lowest-group", 10.0, label=f"k={k}") for k in ks]
+        families["DeepConf offline (filtered vote, eta=90)"] = [
+            ScoredVoteReplay(k, "lowest-group", 90.0, label=f"k={k}") for k in ks]
+        families["best-of-N weighted vote (self-certainty)"] = [ScoredVoteReplay(k, "self-certainty", label=f"k={k}") for k in ks]
+        families["best-of-N weighted vote (mean logprob)"] = [ScoredVoteReplay(k, "mean-logprob", label=f"k={k}") for k in ks]
     return families
 
 
+WARMUPS = (1, 2, 4)
+CONSENSUS = (0.6, 0.8, 0.95)
 BETA_THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 GIVE_UP = 4  # the issue's variant: stop when the first 4 samples all disagree

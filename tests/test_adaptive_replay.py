@@ -1,0 +1,113 @@
+"""The replay of adaptive methods from a recorded best-of-N run (ttscale.analysis.adaptive) equals
+live runs of the strategies with the same seeds, on the fake backend; the held-out protocol
+keeps its halves apart."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ttscale.analysis.adaptive import (
+    AdaptiveConsistencyReplay,
+    DeepConfOnlineReplay,
+    ScoredVoteReplay,
+    bon_cost_at,
+    default_families,
+    held_out,
+    problem_samples,
+    replay,
+)
+from ttscale.analysis.runs import load_run
+from ttscale.config import build_config
+from ttscale.runner import run_eval
+from ttscale.stopping import StoppingRule
+
+BENCHMARK = {"benchmark": "arithmetic", "benchmark_options": {"size": 40}, "backend": "fake", "seed": 3}
+
+
+async def _run(tmp_path, strategy: str, options: dict) -> load_run:
+    config = build_config({**BENCHMARK, "strategy": strategy, "strategy_options": options, "output": str(tmp_path)})
+    result = await run_eval(config)
+    return result.run_dir
+
+
+def _records(run_dir) -> dict[str, dict]:
+    lines = (run_dir / "samples.jsonl").read_text().splitlines()
+    return {record["problem_id"]: record for record in map(json.loads, lines)}
+
+
+@pytest.mark.parametrize("stopping", [
+    {"rule": "beta", "threshold": 0.8},
+    {"rule": "beta", "threshold": 0.9, "give_up": 3},
+    {"rule": "esc", "window": 2},
+])
+async def test_adaptive_consistency_replay_equals_a_live_run(tmp_path, stopping):
+    best_of_n = load_run(await _run(tmp_path, "best-of-n", {"n": 8}))
+    batch = stopping.get("window", 1)
+    live = _records(await _run(tmp_path, "adaptive-consistency", {"n": 8, "batch": batch, **stopping}))
+    method = AdaptiveConsistencyReplay(StoppingRule(**stopping), batch)
+    drawn_counts = set()
+    for record in best_of_n.records:
+        problem = problem_samples(best_of_n, record)
+        outcome = method.replay(problem, np.arange(problem.n))  # the recorded order: the live run's seeds
+        ran = live[record.problem_id]
+        drawn_counts.add(len(outcome.drawn))
+        assert len(outcome.drawn) == len(ran["candidates"])
+        assert [record.samples[i].answer for i in outcome.drawn] == [c["answer"] for c in ran["candidates"]]
+        assert int(outcome.tokens.sum()) == ran["cost"]["generated_tokens"]
+        chosen = record.samples[outcome.chosen].answer if outcome.chosen >= 0 else None
+        assert chosen == ran["selections"]["majority"]["answer"]
+    assert len(drawn_counts) > 1  # the rule stopped at different points on different problems
+
+
+async def test_deepconf_online_replay_equals_a_live_run(tmp_path):
+    recorded = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
+    options = {"n": 8, "mode": "online", "warmup": 2, "eta": 90.0, "window": 4, "consensus": 0.8, "logprobs": 5}
+    live = _records(await _run(tmp_path, "deepconf", options))
+    method = DeepConfOnlineReplay(8, 2, 90.0, 0.8, window=4)
+    stopped_any = False
+    for record in recorded.records:
+        problem = problem_samples(recorded, record)
+        outcome = method.replay(problem, np.arange(problem.n))
+        ran = live[record.problem_id]
+        assert len(outcome.drawn) == len(ran["candidates"])
+        assert outcome.tokens.tolist() == [c["num_tokens"] for c in ran["candidates"]]
+        assert int(outcome.tokens.sum()) == ran["cost"]["generated_tokens"]
+        stopped_any |= bool((outcome.tokens < problem.tokens[outcome.drawn]).any())
+        chosen = record.samples[outcome.chosen].answer if outcome.chosen >= 0 else None
+        assert chosen == ran["selections"]["deepconf"]["answer"]
+    assert stopped_any  # some trace was cut short, and its tokens still counted
+
+
+async def test_replay_prices_only_the_drawn_samples(tmp_path):
+    run = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
+    problems = [problem_samples(run, r) for r in run.records]
+    everything = replay(run, problems, ScoredVoteReplay(8, "self-certainty"), orders=3)
+    one = replay(run, problems, ScoredVoteReplay(1, "self-certainty"), orders=1)
+    assert everything.samples.tolist() == [8.0] * len(problems)
+    assert one.cost["generated_tokens"].tolist() == [float(p.tokens[0]) for p in problems]
+    assert (everything.cost["flops"] > one.cost["flops"]).all()
+
+
+def test_best_of_n_cost_at_an_accuracy_interpolates_in_log_cost():
+    costs, accuracy = [1.0, 4.0, 16.0], [0.2, 0.4, 0.5]
+    assert bon_cost_at(costs, accuracy, 0.1) == 1.0  # best-of-1 already reaches it
+    assert bon_cost_at(costs, accuracy, 0.3) == pytest.approx(2.0)  # halfway in log between 1 and 4
+    assert bon_cost_at(costs, accuracy, 0.5) == pytest.approx(16.0)
+    assert math.isinf(bon_cost_at(costs, accuracy, 0.6))
+
+
+async def test_held_out_chooses_on_one_half_and_measures_on_the_other(tmp_path):
+    from ttscale.allocation.policy import split_of
+
+    run = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
+    base, results = held_out(run, default_families(run), orders=2, bootstrap=50)
+    eval_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == "b"]
+    assert base.correct.shape == (8, len(eval_ids))
+    families = {r.family for r in results}
+    assert {"adaptive-consistency (beta)", "ESC", "DeepConf online (low, eta=10)"} <= families
+    for result in results:
+        assert result.curve and all(point.problem_ids == eval_ids for point in result.curve)
+        assert 1.0 <= result.samples <= 8.0
+        assert result.accuracy_ci[0] <= result.accuracy <= result.accuracy_ci[1]
