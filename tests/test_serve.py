@@ -106,6 +106,8 @@ def test_header_strategy_and_selection_order(fake):
     response = ask(client, model="dvts/fake", seed=2, extra_headers={"X-TTS-Strategy": "best-of-n"}, extra_body={"ttscale": {"n": 3}})
     block = response.model_extra["ttscale"]
     assert (block["strategy"], block["source"], block["options"]["n"]) == ("best-of-n", "header", 3)
+    block = ask(client, seed=2, extra_headers={"X-TTS-Strategy": "best-of-n-3"}).model_extra["ttscale"]
+    assert (block["strategy"], block["source"], block["options"]["n"]) == ("best-of-n", "header", 3)
     # Nothing named: the server's default, best-of-n n=1.
     block = ask(client, seed=2).model_extra["ttscale"]
     assert (block["strategy"], block["source"], block["options"]) == ("best-of-n", "default", {"n": 1})

@@ -358,7 +358,9 @@ def header_layer(headers: Any) -> Layer:
                                    "budget_samples": "X-TTS-Budget-Samples", "options": "X-TTS-Strategy"})
     strategy = headers.get("x-tts-strategy")
     if strategy is not None:
-        layer.strategy = strategy.strip()
+        layer.strategy, layer.options = split_strategy(strategy.strip())
+        if layer.options:
+            layer.param["n"] = "X-TTS-Strategy"
     flops = headers.get("x-tts-budget-flops")
     if flops is not None:
         try:
@@ -374,6 +376,14 @@ def header_layer(headers: Any) -> Layer:
     return layer
 
 
+def split_strategy(name: str) -> tuple[str, dict[str, Any]]:
+    """"best-of-n-8" as ("best-of-n", {"n": 8}); a registered name, or anything else, as it is."""
+    match = re.fullmatch(r"(.+)-(\d+)", name)
+    if name not in registry.strategies and match and match.group(1) in registry.strategies:
+        return match.group(1), {"n": int(match.group(2))}
+    return name, {}
+
+
 def model_layer(model: str, served: str) -> Layer:
     """The model name's prefix (`best-of-n-8/`, `beam-search/`, `policy/`) as a Layer; 404 for another model."""
     layer = Layer("model", param={"strategy": "model", "n": "model", "options": "model", "budget_flops": "model", "budget_samples": "model"})
@@ -387,12 +397,9 @@ def model_layer(model: str, served: str) -> Layer:
     if prefix == POLICY_PREFIX:
         layer.policy = True
         return layer
-    if prefix in registry.strategies:
-        layer.strategy = prefix
-        return layer
-    match = re.fullmatch(r"(.+)-(\d+)", prefix)
-    if match and match.group(1) in registry.strategies:
-        layer.strategy, layer.options = match.group(1), {"n": int(match.group(2))}
+    strategy, options = split_strategy(prefix)
+    if strategy in registry.strategies:
+        layer.strategy, layer.options = strategy, options
         return layer
     raise APIError(404, f"the model {model!r} does not exist here: {prefix!r} is no strategy "
                         f"({', '.join(registry.strategies.names())}) and not {POLICY_PREFIX!r}",
