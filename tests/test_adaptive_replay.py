@@ -111,3 +111,18 @@ async def test_held_out_chooses_on_one_half_and_measures_on_the_other(tmp_path):
         assert result.curve and all(point.problem_ids == eval_ids for point in result.curve)
         assert 1.0 <= result.samples <= 8.0
         assert result.accuracy_ci[0] <= result.accuracy <= result.accuracy_ci[1]
+
+
+async def test_compare_adaptive_adds_a_curve_per_method_whose_points_are_its_settings(tmp_path):
+    from ttscale.analysis.report import build_comparison
+
+    run_dir = await _run(tmp_path, "best-of-n", {"n": 4, "logprobs": 5})
+    plain = build_comparison([run_dir], bootstrap=0)
+    comparison = build_comparison([run_dir], bootstrap=0, adaptive=True)
+    added = [c for c in comparison.curves if c.rule == "replayed"]
+    assert len(comparison.curves) == len(plain.curves) + len(added)
+    assert {"ESC", "adaptive-consistency (beta)", "DeepConf online (high, eta=90)"} <= {c.strategy for c in added}
+    for curve in added:
+        assert all(1.0 <= p.n <= 4.0 for p in curve.points)
+        assert [p.flops for p in curve.points] == sorted(p.flops for p in curve.points)
+        assert not curve.uses_gold  # no gold at inference: these compete, and may win

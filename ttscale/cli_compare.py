@@ -17,10 +17,11 @@ console = Console()
 RUNS = typer.Argument(..., help="Run directories written by `ttscale eval` (e.g. runs/arithmetic-best-of-n-1a2b3c4d5e6f).")
 
 
-def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio):
+def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive=False):
     return {
         "rules": rule or None, "subsets": subsets, "bootstrap": bootstrap, "seed": seed, "intensity": intensity,
         "budgets": budgets or None, "budget_count": budget_count, "ratios": tuple(ratio) if ratio else SNELL_RATIOS,
+        "adaptive": adaptive,
     }
 
 
@@ -32,6 +33,7 @@ INTENSITY = typer.Option(KINETICS_INTENSITY, "--intensity", help="Kinetics arith
 BUDGETS = typer.Option(None, "--budget", help="FLOPs budget(s) per problem for the matched view (default: a log-spaced grid).")
 BUDGET_COUNT = typer.Option(8, "--budgets", help="How many log-spaced budgets in the matched view's default grid.")
 RATIO = typer.Option(None, "--ratio", help="R = D_inference/D_pretrain for the small-vs-large-model view (default: 0.16, 0.79, 22).")
+ADAPTIVE = typer.Option(False, "--adaptive", help="Add adaptive-consistency, ESC and DeepConf replayed from each best-of-N run: a curve per method, its points its thresholds (held-out figures: `ttscale adaptive`).")
 
 
 def compare_command(
@@ -45,6 +47,7 @@ def compare_command(
     budgets: Optional[list[float]] = BUDGETS,
     budget_count: int = BUDGET_COUNT,
     ratio: Optional[list[float]] = RATIO,
+    adaptive: bool = ADAPTIVE,
 ) -> None:
     """Compare runs: accuracy vs cost per strategy and budget, the winner at matched FLOPs, plots.
 
@@ -53,7 +56,7 @@ def compare_command(
     from ttscale.analysis.report import build_comparison
 
     out = out or run_dirs[0].parent / "compare"
-    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio))
+    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive))
     print_comparison(comparison)
     console.print("Plots:")
     for paths in comparison.plots.values():

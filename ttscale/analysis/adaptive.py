@@ -322,12 +322,12 @@ def as_curve(run: Run, replays: Sequence[Replayed], strategy: str) -> Curve:
     """Replayed settings as one compare curve, a point per setting (its threshold), by cost."""
     ordered = sorted(replays, key=lambda r: r.mean("flops"))
     points = [
-        CurvePoint(r.mean("samples"), float(r.correct.mean()), float(r.correct.mean()), float(r.correct.mean()),
+        CurvePoint(round(r.mean("samples"), 2), float(r.correct.mean()), float(r.correct.mean()), float(r.correct.mean()),
                    r.mean("flops"), r.mean("eflops"), r.mean("generated_tokens"), 0.0, 0.0)
         for r in ordered
     ]
     per_problem = np.stack([r.correct for r in ordered])
-    return Curve(run.name, strategy, "majority", run.model, run.num_params, "adaptive", points,
+    return Curve(run.name, strategy, "replayed", run.model, run.num_params, "adaptive", points,
                  ordered[0].problem_ids, per_problem)
 
 
@@ -365,3 +365,13 @@ WARMUPS = (1, 2, 4)
 CONSENSUS = (0.6, 0.8, 0.95)
 BETA_THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 GIVE_UP = 4  # the issue's variant: stop when the first 4 samples all disagree
+
+
+def adaptive_curves(run: Run, *, orders: int = 5, seed: int = 0) -> list[Curve]:
+    """For `ttscale compare --adaptive`: each adaptive family replayed on all of a best-of-N run's
+    problems, as one curve whose points are its settings (thresholds), by cost."""
+    if run.kind != "best-of-n":
+        return []
+    problems = [problem_samples(run, r) for r in run.records]
+    return [as_curve(run, [replay(run, problems, m, orders=orders, seed=seed) for m in methods], family)
+            for family, methods in default_families(run).items() if methods]

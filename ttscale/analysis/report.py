@@ -69,10 +69,18 @@ def build_comparison(
     budgets: Sequence[float] | None = None,
     budget_count: int = 8,
     ratios: Sequence[float] = SNELL_RATIOS,
+    adaptive: bool = False,
 ) -> Comparison:
-    """Load runs, subsample their curves, compare at matched FLOPs, and plot into `out_dir`."""
+    """Load runs, subsample their curves, compare at matched FLOPs, and plot into `out_dir`.
+
+    `adaptive`: add the adaptive methods replayed from each best-of-N run (ttscale.analysis.adaptive),
+    a curve per method whose points are its thresholds."""
     runs = [load_run(d, intensity=intensity) for d in run_dirs]
     curves = [c for run in runs for c in scaling_curves(run, subsets=subsets, bootstrap=bootstrap, seed=seed, rules=rules)]
+    if adaptive:
+        from ttscale.analysis.adaptive import adaptive_curves
+
+        curves += [c for run in runs for c in adaptive_curves(run, seed=seed)]
     rows = matched_budgets(curves, budgets, count=budget_count)
     coverage = {run_label(run): coverage_curve(run) for run in runs}
     bins, ease, bins_source = compare_bins(runs[0].records)
