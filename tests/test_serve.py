@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from ttscale.backends.fake import FakeBackend
 from ttscale.serve import ServeSettings, ServerState, create_app
 from ttscale.solve import solve
-from ttscale.types import ChatMessage, Problem, SampleParams
+from ttscale.types import ChatMessage, SampleParams
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _allocation_data import write_run  # noqa: E402
@@ -50,10 +50,9 @@ def fake():
 
 def direct_trace(strategy="best-of-n", options=None, seed=1, params=None, question=QUESTION):
     """The same solve, straight through ttscale.solve on a fresh fake backend."""
-    problem = Problem(id="x", question=question, prompt=(ChatMessage(role="user", content=question),))
     from ttscale.serve import chat_problem
 
-    problem = chat_problem(problem.prompt)
+    problem = chat_problem((ChatMessage(role="user", content=question),))
     return asyncio.run(solve(problem, backend=FakeBackend("fake"), strategy=strategy, options=options or {"n": 1},
                              params=params or SampleParams(max_tokens=256), seed=seed))
 
@@ -223,7 +222,6 @@ def test_api_key(monkeypatch):
     monkeypatch.setenv("TTS_TEST_KEY", "s3cret")
     settings = ServeSettings(backend="fake", model="fake", api_key_env="TTS_TEST_KEY")
     client, http, _ = make_client(settings, api_key="wrong")
-    good, _, _ = make_client(settings, api_key="s3cret")
     good = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=http, max_retries=0)
     with http:
         with pytest.raises(openai.AuthenticationError) as caught:
