@@ -25,7 +25,7 @@ from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app
 from ttscale.errors import ConfigError
 from ttscale.analysis.runs import load_run
-from ttscale.probe import FeatureCache, PromptReader, features_of, prompt_key, read_prompt, run_prompts
+from ttscale.probe import BASELINE, FeatureCache, PromptReader, features_of, prompt_key, read_prompt, run_prompts
 from ttscale.types import ChatMessage, PoolRequest, PoolResult, Problem
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -146,7 +146,7 @@ def test_regressor_is_fitted_on_split_a_only_and_reads_no_grade_of_split_b(tmp_p
     assert all(split_of(p) == "a" for p in policy.problem_ids)
     # The hardness is in the mean row, not in the last one (the template's last word): auto finds it.
     scores = policy.probe.regressor.cv_spearman
-    assert set(scores) == {"last", "mean", "last+mean"} and policy.probe.regressor.pooling != "last"
+    assert set(scores) == {"last", "mean", "last+mean", BASELINE} and policy.probe.regressor.pooling != "last"
     assert scores[policy.probe.regressor.pooling] > 0.8 and scores["last"] < scores["mean"]
     # Other grades for every split-b problem: the same regressor, edges and tables.
     flipped = [1.0 - p if split_of(f"p{i}") == "b" else p for i, p in enumerate(accuracies)]

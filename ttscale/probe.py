@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 Pooling = Literal["last", "mean", "last+mean"]
 POOLINGS: tuple[Pooling, ...] = ("last", "mean", "last+mean")
 FEATURES = "final-hidden-v1"  # what a cached vector is: the final hidden states (after the last norm), unnormalized
-ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 29))  # RidgeCV's grid: strong shrinkage for ~100 problems x d_model features
+ALPHAS = tuple(float(a) for a in np.logspace(-3, 6, 37))  # RidgeCV's grid: strong shrinkage for ~100 problems x d_model features
 FOLDS = 5
+BASELINE = "prompt length (baseline)"  # reported beside the poolings: what hidden states must beat
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,8 @@ class PrefillRegressor(BaseModel):
     intercept: float
     alpha: float = Field(description="the ridge penalty RidgeCV chose")
     problems: int = Field(description="fitting problems it was trained on")
-    cv_spearman: dict[str, float] = Field(default_factory=dict, description="out-of-fold Spearman with pass@1, per pooling tried")
+    cv_spearman: dict[str, float] = Field(default_factory=dict, description="out-of-fold Spearman with pass@1, per pooling tried, "
+                                          "and of the prompt's length in tokens (a baseline, never chosen)")
 
     def predict(self, features: PromptFeatures) -> float:
         """The predicted pass@1 of a prompt (not clipped: only its rank among others matters for bins)."""
@@ -280,6 +282,8 @@ def fit_regressor(model: str, features: Sequence[PromptFeatures], targets: Seque
         predictions[name] = cross_val_predict(pipeline(), x, y, cv=folds)
         scores[name] = spearman(predictions[name], y)
     best = max(candidates, key=lambda name: (np.nan_to_num(scores[name], nan=-2.0), -candidates.index(name)))
+    length = np.asarray([[f.prompt_tokens] for f in features], dtype=np.float64)
+    scores[BASELINE] = spearman(cross_val_predict(pipeline(), length, y, cv=folds), y)
     x = np.stack([f.vector(best) for f in features])
     fitted = pipeline().fit(x, y)
     scaler, ridge = fitted[0], fitted[1]
