@@ -311,10 +311,11 @@ def _free_port():
 
 def test_external_cluster_started_with_ray_start(tmp_path, reference, ray_env):
     port = _free_port()
-    # `ray start --block` in a session of its own, ended by its id below. (`ray stop` ends every Ray
+    # `ray start --head` on this machine, whose address 127.0.0.1:PORT is (Ray reaches it through the
+    # node's IP). With --block, in a session of its own, ended by its id below. (`ray stop` ends every Ray
     # process on the machine, other users' too.)
     head = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
+        [str(Path(sys.executable).with_name("ray")), "start", "--head",
          "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
          "--object-store-memory", str(200 * 2**20), "--temp-dir", ray_env["RAY_TMPDIR"], "--block"],
         cwd=tmp_path, env=ray_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

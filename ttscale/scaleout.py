@@ -183,11 +183,37 @@ def connect(config: RunConfig):
     try:
         ray.init(**settings)
     except ConnectionError as error:
-        raise TtscaleError(
-            f"cannot join the Ray cluster at {config.ray} ({' '.join(str(error).split())[:200]}); "
-            "start it with `ray start --head` there, or pass --ray local"
-        ) from None
+        if not _needs_token(error):
+            raise TtscaleError(
+                f"cannot join the Ray cluster at {config.ray} ({' '.join(str(error).split())[:200]}); "
+                "start it with `ray start --head` there, or pass --ray local"
+            ) from None
+        # Ray >= 2.5x: `ray start` turns token authentication on where a token exists (any local
+        # ray.init() writes ~/.ray/auth_token), but a driver given an address does not: it must be
+        # told, with RAY_AUTH_MODE=token (Ray's documented switch), and then reads the same token.
+        if os.environ.get("RAY_AUTH_MODE") or not _token_available():
+            raise TtscaleError(
+                f"the Ray cluster at {config.ray} wants its authentication token: export RAY_AUTH_MODE=token "
+                "and RAY_AUTH_TOKEN (or copy the head's ~/.ray/auth_token here), then rerun"
+            ) from None
+        os.environ["RAY_AUTH_MODE"] = "token"
+        log.warning("the Ray cluster at %s uses token authentication: joining with this machine's token", config.ray)
+        ray.init(**settings)
     return ray
+
+
+def _needs_token(error: BaseException) -> bool:
+    """Whether a failed ray.init was refused for want of Ray's authentication token."""
+    cause = error.__cause__
+    return type(cause).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(cause or "")
+
+
+def _token_available() -> bool:
+    """A Ray authentication token this driver can send (the places Ray itself reads)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()
 
 
 def replica_resources(ray, config: RunConfig) -> dict[str, float]:
@@ -214,6 +240,7 @@ class _Drain:
     attempts: Counter = field(default_factory=Counter)
     recorded: set[str] = field(default_factory=set)
     restarts: Counter = field(default_factory=Counter)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def solve_on_ray(
@@ -258,7 +285,7 @@ async def solve_on_ray(
                 f"every replica died for good ({REPLICA_MAX_RESTARTS} restarts each) with {state.remaining} problems "
                 "left; finished problems are saved: see the run directory's engine.log, then rerun to resume"
             )
-        described = await asyncio.gather(*(actor.describe.remote() for actor in actors), return_exceptions=True)
+        described = await asyncio.gather(*(_describe(actor) for actor in actors), return_exceptions=True)
         members = [d if isinstance(d, dict) else {**p, "error": f"no description ({type(d).__name__})"}
                    for d, p in zip(described, placed)]
         return _backend_info(config, resources, members, state.restarts)
@@ -300,16 +327,23 @@ async def _slot(ray, actor, index: int, state: _Drain, append, config: RunConfig
             state.restarts[index] += 1
             state.queue.put_nowait(problem)
             log.warning("replica %d died with problem %s in flight; a live replica takes it", index, problem.id)
-            try:
-                await _until_alive(actor)
-            except ActorDiedError:
+            restarted = asyncio.ensure_future(_until_alive(actor))
+            finished = asyncio.ensure_future(state.done.wait())  # the others may finish the run first
+            await asyncio.wait([restarted, finished], return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            if not restarted.done():
+                restarted.cancel()
+                return
+            if isinstance(restarted.exception(), ActorDiedError):
                 return  # restarts used up: this replica's places close, the others finish the run
+            restarted.result()
             continue
         if problem.id not in state.recorded:  # exactly once, whatever the replicas did
             state.recorded.add(problem.id)
             append(record)
             state.remaining -= 1
-        if state.remaining == 0:
+        if state.remaining == 0 and not state.done.is_set():
+            state.done.set()
             for _ in range(config.replicas * config.concurrency):
                 state.queue.put_nowait(None)  # every place stops
 
@@ -323,6 +357,20 @@ async def _until_alive(actor) -> None:
             await actor.placement.remote()
             return
         except ActorUnavailableError:  # restarting: try again shortly
+            await asyncio.sleep(1.0)
+
+
+async def _describe(actor, patience_s: float = 120.0) -> dict[str, Any]:
+    """A replica's description for backend.json, waiting a while for one that Ray is restarting."""
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            return await actor.describe.remote()
+        except ActorUnavailableError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
             await asyncio.sleep(1.0)
 
 
