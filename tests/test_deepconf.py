@@ -356,3 +356,64 @@ async def test_eval_runs_weighted_vote_by_self_certainty_with_no_verifier(tmp_pa
     for record in records:
         assert record["trace_metadata"]["scorer"] == "self-certainty"
         assert all(c["score"] is not None and c["score"] >= 0 for c in record["candidates"])
+
+
+# --- the real engine ----------------------------------------------------------------------------
+
+
+class Recording:
+    """A backend proxy that keeps what the engine returned for each streamed request."""
+
+    def __init__(self, inner):
+        self.inner, self.model, self.streamed = inner, inner.model, []
+
+    async def generate(self, requests):
+        return await self.inner.generate(requests)
+
+    async def generate_until(self, request, stop):
+        generation = await self.inner.generate_until(request, stop)
+        self.streamed.append(generation)
+        return generation
+
+    def prompt_token_ids(self, request):
+        return self.inner.prompt_token_ids(request)
+
+    async def close(self):
+        pass
+
+
+@pytest.mark.engine
+@pytest.mark.asyncio(loop_scope="session")
+async def test_deepconf_online_on_the_engine_stops_traces_and_counts_their_tokens(vllm_backend):
+    answers = JsonlBenchmark.__new__(JsonlBenchmark)
+    # eta=10 (DeepConf-low) sets a high threshold, so streamed traces do get stopped
+    strategy = DeepConf(n=7, warmup=3, eta=10, window=8, batch=4, logprobs=5, consensus=1.0)
+    stopped_total = 0
+    for i, question in enumerate(["What is 3 + 4?", "What is 12 - 5?"]):
+        problem = Problem(id=f"q{i}", question=question, prompt=(ChatMessage(role="user", content=question),))
+        engine = Recording(vllm_backend)
+        ctx = SolveContext.for_problem(problem, backend=engine, answers=answers,
+                                       params=SampleParams(max_tokens=48, temperature=0.8), seed=1234 + i)
+        trace = await ctx.solve(strategy, problem)
+        meta = trace.metadata
+        later = trace.candidates[3:]
+        assert len(engine.streamed) == len(later) == meta["samples_drawn"] - 3
+        # the meter counted every token the engine generated, stopped traces' included
+        assert trace.cost.generated_tokens == sum(c.num_tokens for c in trace.candidates)
+        for candidate, generation, stop in zip(later, engine.streamed, meta["stopped_at"][3:]):
+            [returned] = generation.completions
+            assert candidate.num_tokens == returned.num_tokens
+            confs = candidate.token_confidences
+            # where it stopped is where a replay of its own recorded confidences stops it
+            assert stop_position(confs, 8, meta["threshold"]) == stop
+            if stop is None:
+                assert candidate.finish_reason in ("stop", "length")
+                assert len(confs) == returned.num_tokens
+            else:
+                stopped_total += 1
+                assert candidate.finish_reason == "abort" and candidate.answer is None
+                assert len(confs) == stop <= returned.num_tokens
+        assert trace.cost.calls == 1 + len(engine.streamed)  # the warm-up request, then one per streamed trace
+        print(f"{problem.id}: threshold {meta['threshold']:.3f}, stopped at {meta['stopped_at'][3:]}, "
+              f"tokens returned {[g.completions[0].num_tokens for g in engine.streamed]}, votes {meta['votes']}")
+    assert stopped_total >= 1, "no streamed trace was stopped: the abort path went untested"

@@ -12,6 +12,12 @@ its online stop rule and self-certainty can all be replayed from a recorded run.
 Self-certainty (Kang et al. 2025) is the mean KL divergence of the token distribution from
 uniform. Over the top-k alone (all the engine returns) it is the same quantity up to a constant:
 mean_j(-log(k * P_i(j))) = C_i - log k.
+
+What replays of recorded runs call (pure functions of a trace's recorded C_i): `group_confidences`,
+`lowest_group_confidence`, `bottom_group_confidence`, `tail_confidence`, `mean_confidence`,
+`trace_score`; for DeepConf online, `online_threshold`, `stop_position` and `online_replay` (the
+whole online run). `GroupConfidenceStop` is the same stop rule fed token by token by a streaming
+backend, bit-identical to `stop_position`.
 """
 
 from __future__ import annotations

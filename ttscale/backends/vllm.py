@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ttscale.analysis.speculative import speculative_metrics
 from ttscale.errors import TtscaleError
@@ -50,14 +51,15 @@ def cpu_engine_settings(max_model_len: int, dtype: str) -> dict[str, Any]:
     }
 
 
-def to_sampling_params(params: SampleParams):
-    """Our SampleParams as vLLM's SamplingParams (vLLM types stay at this edge)."""
+def to_sampling_params(params: SampleParams, *, stream: bool = False):
+    """Our SampleParams as vLLM's SamplingParams (vLLM types stay at this edge); `stream`: the new
+    tokens of each engine step as they come (DELTA), for samples stopped early."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
         # FINAL_ONLY: one output per request holding all n samples, and no streaming overhead.
-        output_kind=RequestOutputKind.FINAL_ONLY,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         n=params.n,
         max_tokens=params.max_tokens,
         temperature=params.temperature,
@@ -272,6 +274,77 @@ class VLLMBackend:
             cached_prompt_tokens=min(final.num_cached_tokens or 0, len(prompt_ids)),
             **request_spec_counts(final.outputs),
         )
+
+    async def generate_until(self, request: GenRequest, stop: Callable[[Mapping[str, float]], bool]) -> Generation:
+        """Stream one sample (n=1, with logprobs) and abort it in the engine after the first token
+        where `stop` (fed each token's {token: logprob}) says True (StreamingBackend).
+
+        The completion keeps the tokens up to and including that one (text decoded from them,
+        finish_reason "abort"); `num_tokens` counts every token the engine sent for it, which a
+        streamed chunk may carry past the stop. Tokens the engine computed after its last chunk
+        and before the abort reached it are not reported by vLLM and so not counted (at most
+        an engine step's worth per stopped sample)."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        if request.params.n != 1 or request.params.logprobs is None:
+            raise ValueError("generate_until streams one sample with logprobs: n=1 and logprobs=K")
+        await self.start()
+        prompt_ids = self.prompt_token_ids(request)
+        request_id = uuid.uuid4().hex
+        token_ids: list[int] = []
+        positions: list[dict[str, float]] = []
+        sampled: list[float] = []  # each generated token's own logprob, for the kept part's cumulative logprob
+        texts: list[str] = []
+        kept: int | None = None  # tokens kept when stopped
+        last = None
+        stream = self._engine.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids), to_sampling_params(request.params, stream=True), request_id=request_id
+        )
+        try:
+            async for output in stream:
+                last = output
+                [sample] = output.outputs
+                for token_id, position in zip(sample.token_ids, sample.logprobs or ()):
+                    alternatives = {lp.decoded_token or "": lp.logprob for lp in position.values()}
+                    token_ids.append(token_id)
+                    positions.append(alternatives)
+                    own = position.get(token_id)
+                    sampled.append(own.logprob if own is not None else max(alternatives.values()))
+                    if kept is None and stop(alternatives):
+                        kept = len(token_ids)
+                texts.append(sample.text)
+                if kept is not None:
+                    if not output.finished:
+                        await self._engine.abort(request_id)
+                    break
+        except VLLMClientError as error:
+            raise TtscaleError(
+                f"vLLM rejected a request of {len(prompt_ids)} prompt tokens: {error}. "
+                f"Raise --backend-option max_model_len (now {self._max_model_len}) or lower --max-tokens."
+            ) from None
+        finally:
+            await stream.aclose()  # a stream left early aborts its request (vLLM's generate does so on close)
+        cached = min(last.num_cached_tokens or 0, len(prompt_ids)) if last is not None else 0
+        if kept is None:
+            final = last.outputs[0] if last is not None else None
+            completion = Completion(
+                text="".join(texts),
+                num_tokens=len(token_ids),
+                finish_reason=FINISH_REASONS.get((final.finish_reason if final else None) or "", "error"),
+                cumulative_logprob=final.cumulative_logprob if final is not None else None,
+                top_logprobs=tuple(positions),
+            )
+        else:
+            completion = Completion(
+                text=self._tokenizer.decode(token_ids[:kept], skip_special_tokens=True),
+                num_tokens=len(token_ids),  # every token the engine sent: all were computed
+                finish_reason="abort",
+                cumulative_logprob=math.fsum(sampled[:kept]),
+                top_logprobs=tuple(positions[:kept]),
+            )
+        return Generation(completions=(completion,), prompt_tokens=len(prompt_ids), cached_prompt_tokens=cached,
+                          **request_spec_counts(last.outputs if last is not None and kept is None else ()))
 
     async def decode_throughput(self, batch: int, *, max_tokens: int, prompt_tokens: int = 32) -> tuple[int, float]:
         """Raw engine speed for perf/engine_throughput.py: `batch` requests of one short prompt,
