@@ -154,3 +154,12 @@ def test_stopping_rule_validates_its_fields():
         StoppingRule(rule="wald")
     with pytest.raises(ValidationError):
         StoppingRule(give_up=1)
+
+
+def test_dirichlet_ignores_class_ids_with_no_sample():
+    """A replay in another sample order sees class ids numbered on the full sequence: class 2
+    may be present while class 1 is not. An id with no sample is no answer seen."""
+    from ttscale.stopping import dirichlet_posterior
+
+    assert dirichlet_posterior([0, 2, 0]) == dirichlet_posterior([0, 1, 0])
+    assert dirichlet_posterior([3, 3, 0]) == dirichlet_posterior([0, 0, 1])

@@ -34,6 +34,7 @@ A batch of b samples is drawn at once, so a run can stop only at batch boundarie
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, Sequence
 
 import numpy as np
@@ -72,15 +73,19 @@ def dirichlet_posterior(classes: Sequence[int]) -> float:
     answers seen (0.0: no answers). With one answer seen, a second with count 0 stands for all
     others (else the posterior would be certain after one sample): Beta(c1 + 1, 1), as the beta rule."""
     counts = class_counts(classes)
-    lead = leading_class(classes)
-    if lead < 0:
+    counts = counts[counts > 0]  # a class id with no sample here (numbered on other samples) is no answer seen
+    if not counts.size:
         return 0.0
-    alphas = counts.astype(np.float64) + 1.0
-    others = np.delete(alphas, lead)
-    if not others.size:
-        others = np.ones(1)
+    return _lead_probability(tuple(sorted(counts.tolist(), reverse=True)))
 
-    a, log_norm = alphas[lead], special.gammaln(alphas[lead])
+
+@functools.lru_cache(maxsize=4096)
+def _lead_probability(counts: tuple[int, ...]) -> float:
+    """dirichlet_posterior for answer counts sorted high to low; depends on nothing else, so a
+    replay over thousands of sample orders integrates each count pattern once."""
+    alphas = np.asarray(counts, dtype=np.float64) + 1.0
+    others = alphas[1:] if len(alphas) > 1 else np.ones(1)
+    a, log_norm = alphas[0], special.gammaln(alphas[0])
 
     def integrand(x: float) -> float:  # Gamma(a) density times the others' CDFs (scipy.special: fast)
         if x <= 0.0:
