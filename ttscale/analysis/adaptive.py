@@ -21,6 +21,7 @@ interval. Nothing here reads gold except the grading of the answers the methods 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
@@ -38,7 +39,7 @@ from ttscale.stopping import StoppingRule, stop_index
 AXES = ("flops", "eflops", "generated_tokens")  # compute at equal accuracy is reported on each
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: trace_scores caches per problem object
 class ProblemSamples:
     """One recorded best-of-N problem as a method sees it: answers (as classes), lengths and each
     token's confidence; `correct` is only read to grade the method's choice afterwards."""
@@ -120,22 +121,30 @@ class ScoredVoteReplay:
 
     def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome:
         drawn = order[: self.k]
-        scores = np.asarray([self._score(problem, i) for i in range(problem.n)])
+        scores = trace_scores(problem, self.score, self.window)
         if self.eta is None:
             chosen = chosen_positions("weighted-vote", problem.classes, scores, drawn[None, :])[0]
         else:
             chosen = filtered_positions(problem.classes, scores, drawn[None, :], self.eta)[0]
         return Outcome(drawn, problem.tokens[drawn], int(chosen))
 
-    def _score(self, problem: ProblemSamples, index: int) -> float:
-        if self.score == "mean-logprob":
-            # exp: a positive weight (the per-token geometric-mean probability); same order as the mean logprob
-            value = problem.record.samples[index].mean_logprob
-            return math.nan if value is None else math.exp(value)
-        confidences = problem.confidences[index]
-        if self.score == "self-certainty":
-            return self_certainty(tuple(confidences), problem.k)
-        return trace_score(confidences, self.score, self.window)
+
+
+@functools.lru_cache(maxsize=65536)
+def trace_scores(problem: ProblemSamples, score: str, window: int) -> np.ndarray:
+    """Every sample's own confidence score (computed once per problem, whatever the order)."""
+    return np.asarray([_score(problem, i, score, window) for i in range(problem.n)])
+
+
+def _score(problem: ProblemSamples, index: int, score: str, window: int) -> float:
+    if score == "mean-logprob":
+        # exp: a positive vote weight (the per-token geometric-mean probability), ordered as the mean logprob
+        value = problem.record.samples[index].mean_logprob
+        return math.nan if value is None else math.exp(value)
+    confidences = problem.confidences[index]
+    if score == "self-certainty":
+        return self_certainty(tuple(confidences), problem.k)
+    return trace_score(confidences, score, window)
 
 
 def _majority(problem: ProblemSamples, drawn: np.ndarray) -> int:
