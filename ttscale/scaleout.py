@@ -197,6 +197,14 @@ def connect(config: RunConfig):
                 "and RAY_AUTH_TOKEN (or copy the head's ~/.ray/auth_token here), then rerun"
             ) from None
         os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray reads RAY_AUTH_MODE into its config once; re-read it, as Ray's own token setup does
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            raise TtscaleError(
+                f"the Ray cluster at {config.ray} wants its authentication token: export RAY_AUTH_MODE=token and rerun"
+            ) from None
         log.warning("the Ray cluster at %s uses token authentication: joining with this machine's token", config.ray)
         ray.init(**settings)
     return ray
