@@ -185,15 +185,16 @@ class PromptReader:
             if self.backend_factory is None:
                 raise ConfigError(f"{self.cache.path} lacks the features of {len(missing)} prompts of {run.dir}; "
                                   "pass the feature cache written when the policy was fitted (--features)")
-            unread = {pid: p.prompt for pid, p in every.items() if keys[pid] not in self.cache}
+            unread = {keys[pid]: p.prompt for pid, p in every.items() if keys[pid] not in self.cache}  # one read per distinct prompt
             read = asyncio.run(self._read(run.config.model, model_name, unread))
-            for pid, features in read.items():
-                self.cache.put(keys[pid], features)
+            for key, features in read.items():
+                self.cache.put(key, features)
             self.cache.save()
             self.computed += len(read)
         return {pid: self.cache.get(keys[pid]) for pid in recorded}
 
     async def _read(self, model: str, model_name: str, prompts: Mapping[str, Any]) -> dict[str, PromptFeatures]:
+        """Read `prompts` (any keys) on one backend started for them, then closed; features by the same keys."""
         backend = self.backend_factory(model)
         try:
             if backend.model.name != model_name:
