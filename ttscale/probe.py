@@ -170,28 +170,40 @@ class PromptReader:
         self.concurrency = concurrency
         self.computed = 0  # prompts read by the engine in this process (the rest came from the cache)
 
-    def features_for(self, run: "Run") -> dict[str, PromptFeatures]:
-        """Features of every recorded problem of `run`, keyed by problem id.
+    def features_for(self, *runs: "Run") -> dict[str, PromptFeatures]:
+        """Features of every recorded problem of the runs (of one model), keyed by problem id.
 
-        When some are missing, the engine starts once and reads every prompt of the run's
-        benchmark not in the cache (recorded or not: a run still recording, or the other split,
+        When some are missing, the engine starts once and reads every prompt of the runs'
+        benchmarks not in the cache (recorded or not: a run still recording, or the other split,
         then needs no second start)."""
-        every = run_prompts(run, every=True)
-        model_name = run.model
-        keys = {pid: prompt_key(model_name, p.prompt) for pid, p in every.items()}
-        recorded = [r.problem_id for r in run.records]
-        missing = [pid for pid in recorded if keys[pid] not in self.cache]
+        if not runs:
+            return {}
+        model_name = runs[0].model
+        if {r.model for r in runs} != {model_name}:
+            raise ConfigError(f"runs of several models ({', '.join(sorted({r.model for r in runs}))}); one feature set per model")
+        keys: dict[str, str] = {}
+        unread: dict[str, Any] = {}
+        for run in runs:
+            every = run_prompts(run, every=True)
+            recorded = {r.problem_id for r in run.records}
+            for pid, problem in every.items():
+                key = prompt_key(model_name, problem.prompt)
+                if key not in self.cache:
+                    unread[key] = problem.prompt  # one read per distinct prompt
+                if pid in recorded:
+                    keys.setdefault(pid, key)  # a problem in several runs keeps its first prompt, as pool_runs keeps its first record
+        missing = [pid for pid, key in keys.items() if key not in self.cache]
         if missing:
             if self.backend_factory is None:
-                raise ConfigError(f"{self.cache.path} lacks the features of {len(missing)} prompts of {run.dir}; "
+                where = ", ".join(str(r.dir) for r in runs)
+                raise ConfigError(f"{self.cache.path} lacks the features of {len(missing)} prompts of {where}; "
                                   "pass the feature cache written when the policy was fitted (--features)")
-            unread = {keys[pid]: p.prompt for pid, p in every.items() if keys[pid] not in self.cache}  # one read per distinct prompt
-            read = asyncio.run(self._read(run.config.model, model_name, unread))
+            read = asyncio.run(self._read(runs[0].config.model, model_name, unread))
             for key, features in read.items():
                 self.cache.put(key, features)
             self.cache.save()
             self.computed += len(read)
-        return {pid: self.cache.get(keys[pid]) for pid in recorded}
+        return {pid: self.cache.get(key) for pid, key in keys.items()}
 
     async def _read(self, model: str, model_name: str, prompts: Mapping[str, Any]) -> dict[str, PromptFeatures]:
         """Read `prompts` (any keys) on one backend started for them, then closed; features by the same keys."""

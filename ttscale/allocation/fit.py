@@ -195,7 +195,7 @@ def _prefill_fit_data(loaded: list[Run], runs: list[Run], reference: Run, proble
     if prompts is None:
         raise ConfigError("the prefill probe needs the prompts' features: pass prompts=PromptReader(cache_path)")
     data = FitData(loaded, reference, problems)
-    data.features = prompts.features_for(reference)
+    data.features = prompts.features_for(*loaded)  # every run: pooled runs may come from several benchmark options
     # One prefill of the whole prompt, nothing cached: cache-independent, as every price here.
     data.probe_flops = {p: float(reference.cost_model.prefill(data.features[p].prompt_tokens, 0)) for p in problems}
     for run in [reference] + [r for r in runs if r is not reference]:
