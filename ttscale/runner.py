@@ -31,7 +31,7 @@ from ttscale.protocols import (
     size_for_workload,
     speculative_metrics_of,
 )
-from ttscale.scaleout import select_shard, single_process_backend_info, solve_on_ray
+from ttscale.scaleout import select_shard, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 
@@ -170,6 +170,8 @@ async def run_eval(
 
     `on_start(total, already_done)` and `on_record(record)` drive a progress display. Pass
     `backend` to reuse a started engine (tests do); otherwise one is built and closed here.
+    With `config.shard` only that shard's problems run; with `config.ray` they run on Ray
+    replicas (ttscale.scaleout) and this process stays the only writer of samples.jsonl.
     """
     started = time.perf_counter()
     benchmark = build_benchmark(config)
@@ -204,7 +206,7 @@ async def run_eval(
             size_for_workload(backend, sequences=in_flight, max_tokens=config.sampling.max_tokens)
             try:
                 await _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier)
-                store.write_json("backend.json", single_process_backend_info(describe_backend(backend)))
+                store.write_json("backend.json", describe_backend(backend))
             finally:
                 if verifier is not None:
                     await verifier.close()

@@ -80,12 +80,6 @@ def _default_devices() -> list[str]:
     return ["cpu"]
 
 
-def single_process_backend_info(description: dict[str, Any]) -> dict[str, Any]:
-    """backend.json of a run in one process: the backend's description, one replica, its host and devices."""
-    here = local_placement()
-    return {**description, "replicas": 1, "hosts": [here["host"]], "devices": here["devices"]}
-
-
 # --- Ray ---------------------------------------------------------------------------------------
 
 
