@@ -241,7 +241,7 @@ class _Drain:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     attempts: Counter = field(default_factory=Counter)
     recorded: set[str] = field(default_factory=set)
-    restarts: Counter = field(default_factory=Counter)
+    requeued: Counter = field(default_factory=Counter)  # per replica: problems a dying worker had in flight
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -288,9 +288,12 @@ async def solve_on_ray(
                 "left; finished problems are saved: see the run directory's engine.log, then rerun to resume"
             )
         described = await asyncio.gather(*(_describe(actor) for actor in actors), return_exceptions=True)
-        members = [d if isinstance(d, dict) else {**p, "error": f"no description ({type(d).__name__})"}
-                   for d, p in zip(described, placed)]
-        return _backend_info(config, resources, members, state.restarts)
+        members = [
+            {**d, "restarted": d["pid"] != p["pid"]} if isinstance(d, dict)
+            else {**p, "error": f"no description ({type(d).__name__})"}
+            for d, p in zip(described, placed)
+        ]
+        return _backend_info(config, resources, members, state.requeued)
     finally:
         await _release(ray, actors)
 
@@ -326,7 +329,7 @@ async def _slot(ray, actor, index: int, state: _Drain, append, config: RunConfig
                     f"problem {problem.id} was in flight on {MAX_ATTEMPTS} replicas that died; it may be what "
                     "kills them (memory?): see the run directory's engine.log; finished problems are saved"
                 ) from None
-            state.restarts[index] += 1
+            state.requeued[index] += 1
             state.queue.put_nowait(problem)
             log.warning("replica %d died with problem %s in flight; a live replica takes it", index, problem.id)
             restarted = asyncio.ensure_future(_until_alive(actor))
@@ -404,7 +407,7 @@ async def _release(ray, actors: list[Any]) -> None:
 
 
 def _backend_info(config: RunConfig, resources: dict[str, float], members: list[dict[str, Any]],
-                  restarts: Counter) -> dict[str, Any]:
+                  requeued: Counter) -> dict[str, Any]:
     """backend.json of a Ray run: the first replica's backend description (model, engine settings),
     then the replicas, their hosts and devices, and each replica's own description."""
     first = next((m for m in members if "backend" in m), {})
@@ -415,7 +418,8 @@ def _backend_info(config: RunConfig, resources: dict[str, float], members: list[
         "hosts": sorted({m["host"] for m in members}),
         "devices": [{"replica": m["replica"], "host": m["host"], "devices": m["devices"]} for m in members],
         "ray": {"address": config.ray, "replica_cpus": resources["num_cpus"], "replica_gpus": resources["num_gpus"],
-                "worker_deaths": {str(k): v for k, v in sorted(restarts.items())}},
+                # Problems that went back to the queue because the replica's worker died under them.
+                "requeued": {str(k): v for k, v in sorted(requeued.items())}},
         "members": members,
     }
 
