@@ -186,7 +186,7 @@ def test_401_and_400s(client):
 def test_models_and_health(client):
     ids = [m.id for m in client.models.list()]
     assert ids[0] == MODEL and f"best-of-n/{MODEL}" in ids and f"policy/{MODEL}" in ids
-    health = httpx.get(str(client.base_url).replace("/v1", "/health"), timeout=10)
+    health = httpx.get(str(client.base_url).rstrip("/").removesuffix("/v1") + "/health", timeout=10)
     assert health.status_code == 200 and health.json()["model"] == MODEL
 
 
