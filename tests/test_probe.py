@@ -182,6 +182,8 @@ def test_held_out_evaluation_refuses_fitted_problems_and_reports_the_probe(polic
     assert probe["kind"].startswith("prefill probe")
     assert sum(map(sum, probe["confusion"])) == len(held_out)
     assert probe["spearman_with_pass1"] > 0.8  # the stated hardness ranks the held-out problems
+    low, high = probe["spearman_95ci"]
+    assert low <= probe["spearman_with_pass1"] <= high
     assert report["bin_agreement"] == pytest.approx(np.trace(np.asarray(probe["confusion"])) / len(held_out))
     # One prefill of the prompt, nothing generated: 2·P per prompt token (the fake model has no shape).
     prompts = run_prompts(load_run(run_dir))

@@ -205,7 +205,7 @@ def allocate_eval(
     probe = report["probe"]
     ratio = f" ({probe['flops_vs_one_sample']:.3f}x one sample)" if probe["flops_vs_one_sample"] else ""
     console.print(f"Probe: {probe['kind']}: {probe['mean_flops']:.3e} FLOPs per problem{ratio}; Spearman with pass@1 "
-                  f"{probe['spearman_with_pass1']:.3f}; within one bin of the oracle bin for {probe['within_one_bin']:.1%}.")
+                  f"{probe['spearman_with_pass1']:.3f} [95% CI {probe['spearman_95ci'][0]:.2f}, {probe['spearman_95ci'][1]:.2f}]; within one bin of the oracle bin for {probe['within_one_bin']:.1%}.")
     confusion = Table(title="held-out problems by oracle bin (rows) and predicted bin (columns)")
     confusion.add_column("oracle \\ predicted")
     for b in range(len(probe["confusion"])):

@@ -264,6 +264,17 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def spearman_interval(a: Sequence[float], b: Sequence[float], *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval (over items, percentile) of Spearman's rank correlation."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = [spearman(a[i], b[i]) for i in (rng.integers(0, len(a), len(a)) for _ in range(resamples))]
+    draws = np.asarray([d for d in draws if np.isfinite(d)])
+    if not len(draws):
+        return float("nan"), float("nan")
+    return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
 def fit_regressor(model: str, features: Sequence[PromptFeatures], targets: Sequence[float], *,
                   pooling: Pooling | Literal["auto"] = "auto", seed: int = 0) -> tuple[PrefillRegressor, np.ndarray]:
     """Fit the ridge regressor on the fitting problems only; return it and its out-of-fold predictions.

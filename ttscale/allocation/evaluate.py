@@ -148,7 +148,7 @@ def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *,
 def probe_report(policy: AllocationPolicy, data: FitData, bins: dict[str, dict[str, int]]) -> dict[str, Any]:
     """How the probe does on these problems: its cost next to one sample's, and its agreement with
     the oracle bins (confusion: oracle bin rows, predicted bin columns; Spearman of its value with pass@1)."""
-    from ttscale.probe import spearman
+    from ttscale.probe import spearman, spearman_interval
 
     records = data.records()
     ids = list(records)
@@ -166,6 +166,7 @@ def probe_report(policy: AllocationPolicy, data: FitData, bins: dict[str, dict[s
         "best_of_1_flops": one_flops,
         "flops_vs_one_sample": probe_flops / one_flops if one_flops else None,
         "spearman_with_pass1": spearman(values, [records[p].pass1 for p in ids]),
+        "spearman_95ci": spearman_interval(values, [records[p].pass1 for p in ids]),  # bootstrap over problems
         "within_one_bin": float(np.mean([d <= 1 for d in off])),
         "confusion": diff.confusion(bins["predicted"], bins["oracle"], policy.num_bins),
     }
