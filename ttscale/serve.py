@@ -582,12 +582,23 @@ class ServerState:
             except TypeError as error:
                 raise ConfigError(f"backend {settings.backend!r}: {error}; check --backend-option") from None
         state = cls(settings, backend, policy)
+        state.warm_up()
         # The engine's KV cache holds what is in flight at once: `concurrency` problems of up to max_tokens_limit.
         size_for_workload(backend, sequences=settings.concurrency, max_tokens=settings.max_tokens_limit)
         start = getattr(backend, "start", None)  # the vLLM engine starts here, not on the first request
         if start is not None:
             await start()
         return state
+
+    def warm_up(self) -> None:
+        """Import and exercise what the first request needs (the default strategy, answer extraction
+        and math-verify's parser), so that it does not wait seconds behind lazy imports."""
+        import importlib
+
+        importlib.import_module("ttscale.solve")
+        registry.strategies.factory(self.settings.strategy)
+        for answers in filter(None, (self.answers, self.policy_answers)):
+            answers.equivalent(answers.extract_answer("The answer is \\boxed{2}.") or "2", "2")
 
     async def close(self) -> None:
         """Close verifiers with their own engines, then the backend."""
