@@ -362,7 +362,8 @@ async def test_eval_runs_weighted_vote_by_self_certainty_with_no_verifier(tmp_pa
 
 
 class Recording:
-    """A backend proxy that keeps what the engine returned for each streamed request."""
+    """A backend proxy that keeps what the engine returned for each streamed request (in the
+    order they finish: a batch streams at once), with the request's seed."""
 
     def __init__(self, inner):
         self.inner, self.model, self.streamed = inner, inner.model, []
@@ -372,7 +373,7 @@ class Recording:
 
     async def generate_until(self, request, stop):
         generation = await self.inner.generate_until(request, stop)
-        self.streamed.append(generation)
+        self.streamed.append((request.params.seed, generation))
         return generation
 
     def prompt_token_ids(self, request):
@@ -400,7 +401,9 @@ async def test_deepconf_online_on_the_engine_stops_traces_and_counts_their_token
         assert len(engine.streamed) == len(later) == meta["samples_drawn"] - 3
         # the meter counted every token the engine generated, stopped traces' included
         assert trace.cost.generated_tokens == sum(c.num_tokens for c in trace.candidates)
-        for candidate, generation, stop in zip(later, engine.streamed, meta["stopped_at"][3:]):
+        streamed = [generation for _, generation in sorted(engine.streamed, key=lambda pair: pair[0])]  # trace order
+        assert [seed for seed, _ in sorted(engine.streamed, key=lambda pair: pair[0])] == [1234 + i + j for j in range(3, 3 + len(later))]
+        for candidate, generation, stop in zip(later, streamed, meta["stopped_at"][3:]):
             [returned] = generation.completions
             assert candidate.num_tokens == returned.num_tokens
             confs = candidate.token_confidences
@@ -415,5 +418,5 @@ async def test_deepconf_online_on_the_engine_stops_traces_and_counts_their_token
                 assert len(confs) == stop <= returned.num_tokens
         assert trace.cost.calls == 1 + len(engine.streamed)  # the warm-up request, then one per streamed trace
         print(f"{problem.id}: threshold {meta['threshold']:.3f}, stopped at {meta['stopped_at'][3:]}, "
-              f"tokens returned {[g.completions[0].num_tokens for g in engine.streamed]}, votes {meta['votes']}")
+              f"tokens returned {[g.completions[0].num_tokens for g in streamed]}, votes {meta['votes']}")
     assert stopped_total >= 1, "no streamed trace was stopped: the abort path went untested"
