@@ -12,7 +12,7 @@
 Rates are problems/s between the first and the last record of each run, so Ray's and the engines'
 start-up are left out (the script prints them apart). Each run has its own run directory.
 
-    python perf/scaleout.py [--parts fake,driver] [--problems 48] [--n 4] [--concurrency 4] [--token-ms 5]
+    python perf/scaleout.py [--parts fake,driver] [--problems 48] [--n 4] [--concurrency 4] [--token-ms 20]
     flock /tmp/ttscale-engine.lock python perf/scaleout.py --parts engine --problems 12 --n 2 --max-tokens 64
 """
 
@@ -128,7 +128,7 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--token-ms", type=float, default=5.0)
+    parser.add_argument("--token-ms", type=float, default=20.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ttscale-scaleout-") as root:
         for part in args.parts.split(","):
