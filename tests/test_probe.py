@@ -319,3 +319,18 @@ def test_vllm_hidden_states_pool_one_row_per_prompt_token():
         assert cost.generated_tokens == 0 and cost.flops == pytest.approx(float(CostModel.for_model(model).prefill(len(token_ids), 0)))
     assert ids[0][-1] == ids[1][-1]  # both end with the chat template's generation prompt
     assert np.allclose(read[0][0].last, read[2][0].last, atol=1e-4) and not np.allclose(read[0][0].mean, read[1][0].mean, atol=1e-3)
+
+
+def test_pooled_runs_over_two_benchmarks_read_every_prompt_with_one_engine_start(tmp_path, accuracies):
+    first = write_probe_run(tmp_path, "one", accuracies[:60])
+    second = write_probe_run(tmp_path, "two", accuracies[60:], seed=1)
+    # Other ids in the second run and its benchmark (as two `-B terms=...` runs have); each run's prompts
+    # come from its own benchmark.
+    (second / "samples.jsonl").write_text((second / "samples.jsonl").read_text().replace('"problem_id": "p', '"problem_id": "q'))
+    (tmp_path / "two.jsonl").write_text((tmp_path / "two.jsonl").read_text().replace('"id": "p', '"id": "q'))
+    started = []
+    reader = reader_for(tmp_path / "f.npz", started)
+    features = reader.features_for(load_run(first), load_run(second))
+    assert len(started) == 1 and len(features) == 120 and {p[0] for p in features} == {"p", "q"}
+    distinct = {prompt_key("fake", q.prompt) for run in (first, second) for q in run_prompts(load_run(run)).values()}
+    assert reader.computed == len(distinct) < 120  # each distinct prompt of both benchmarks once (some questions repeat)
