@@ -420,3 +420,25 @@ async def test_deepconf_online_on_the_engine_stops_traces_and_counts_their_token
         print(f"{problem.id}: threshold {meta['threshold']:.3f}, stopped at {meta['stopped_at'][3:]}, "
               f"tokens returned {[g.completions[0].num_tokens for g in streamed]}, votes {meta['votes']}")
     assert stopped_total >= 1, "no streamed trace was stopped: the abort path went untested"
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+async def test_eval_runs_deepconf_and_records_what_it_paid(tmp_path, mode):
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in [
+        {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
+        {"id": "p2", "question": "What is 4 + 4?", "answer": "8"},
+    ]))
+    config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs", strategy="deepconf",
+                       strategy_options={"n": 8, "mode": mode, "warmup": 4, "window": 4, "logprobs": K})
+    result = await run_eval(config, backend=FakeBackend(answer_key={"2 + 3": "5", "4 + 4": "8"}, accuracy=0.7))
+    records = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        assert record["chosen_rule"] == ("deepconf" if mode == "online" else "filtered-vote")
+        assert record["cost"]["generated_tokens"] == sum(c["num_tokens"] for c in record["candidates"])
+        if mode == "online":
+            stopped = record["trace_metadata"]["stopped_at"]
+            assert len(stopped) == len(record["candidates"])
+            for candidate, stop in zip(record["candidates"], stopped):
+                assert (candidate["finish_reason"] == "abort") == (stop is not None)
