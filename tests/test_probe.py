@@ -334,3 +334,29 @@ def test_pooled_runs_over_two_benchmarks_read_every_prompt_with_one_engine_start
     assert len(started) == 1 and len(features) == 120 and {p[0] for p in features} == {"p", "q"}
     distinct = {prompt_key("fake", q.prompt) for run in (first, second) for q in run_prompts(load_run(run)).values()}
     assert reader.computed == len(distinct) < 120  # each distinct prompt of both benchmarks once (some questions repeat)
+
+
+def test_serve_runs_a_prefill_policy_with_its_pooling_engine(tmp_path, policy):
+    """`ttscale serve --policy` with a prefill-probe policy: the budget header makes the policy
+    probe the prompt on the pooling engine, and the response names the bin; without an
+    in-process engine to pool from, the server refuses to start, saying what to do."""
+    import openai
+    from fastapi.testclient import TestClient
+
+    from ttscale.serve import ServeSettings, ServerState, create_app
+
+    path = policy.save(tmp_path / "prefill.json")
+    reader = FakeHiddenStates()
+    settings = ServeSettings(backend="fake", model="fake", policy=path)
+    state = asyncio.run(ServerState.start(settings, backend=FakeBackend("fake", num_params=NUM_PARAMS), probe_backend=reader))
+    with TestClient(create_app(state)) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        response = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "Item q has hardness 0.00 today"}],
+                                                  extra_headers={"X-TTS-Budget-Samples": "16"})
+    block = response.model_extra["ttscale"]
+    assert reader.requests and "hardness 0.00" in json.dumps(reader.requests[0].model_dump())
+    chosen = block["policy"]
+    assert chosen["budget_samples"] == 16 and chosen["bin_source"] == "predicted" and isinstance(chosen["bin"], int)
+    assert chosen["setting"].startswith("prefill probe + ")
+    with pytest.raises(ConfigError, match="--backend vllm"):
+        asyncio.run(ServerState.start(settings))

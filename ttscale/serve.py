@@ -543,12 +543,13 @@ def _create(reg: registry.Registry, name: str, options: dict[str, Any], param: s
 class ServerState:
     """The one backend, the answer tools, the policy, verifiers with their own engines, metrics."""
 
-    def __init__(self, settings: ServeSettings, backend: Any, policy: Any = None):
+    def __init__(self, settings: ServeSettings, backend: Any, policy: Any = None, probe_backend: Any = None):
         from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
 
         self.settings = settings
         self.backend = backend
         self.policy = policy
+        self.probe_backend = probe_backend  # a policy's prefill probe reads hidden states from this pooling engine
         self.answers = DEFAULT_VERIFIER  # math answers: \boxed{}, a stated or a last number
         self.policy_answers = None
         self.metrics = Metrics()
@@ -564,8 +565,9 @@ class ServerState:
             self.policy_answers = build_benchmark(RunConfig(benchmark=policy.benchmark, benchmark_options=policy.benchmark_options))
 
     @classmethod
-    async def start(cls, settings: ServeSettings, backend: Any = None) -> "ServerState":
-        """Build the backend (unless given), size and start its engine, load and check the policy."""
+    async def start(cls, settings: ServeSettings, backend: Any = None, probe_backend: Any = None) -> "ServerState":
+        """Build the backend (unless given), size and start its engine, load and check the policy;
+        a policy with a prefill probe also gets its pooling engine (unless given)."""
         from ttscale.protocols import size_for_workload
 
         policy = None
@@ -573,6 +575,8 @@ class ServerState:
             from ttscale.allocation.policy import AllocationPolicy
 
             policy = AllocationPolicy.load(settings.policy)
+            if policy.probe.is_prefill and probe_backend is None:
+                probe_backend = prefill_probe_backend(settings)
         if backend is None:
             options = {"model": settings.model, **settings.backend_options}
             try:
@@ -581,13 +585,16 @@ class ServerState:
                 raise ConfigError(describe_validation_error(error, f"backend {settings.backend!r}")) from None
             except TypeError as error:
                 raise ConfigError(f"backend {settings.backend!r}: {error}; check --backend-option") from None
-        state = cls(settings, backend, policy)
+        state = cls(settings, backend, policy, probe_backend)
         state.warm_up()
         # The engine's KV cache holds what is in flight at once: `concurrency` problems of up to max_tokens_limit.
         size_for_workload(backend, sequences=settings.concurrency, max_tokens=settings.max_tokens_limit)
         start = getattr(backend, "start", None)  # the vLLM engine starts here, not on the first request
         if start is not None:
             await start()
+        probe_start = getattr(probe_backend, "start", None)  # the pooling engine, likewise
+        if probe_start is not None:
+            await probe_start()
         return state
 
     def warm_up(self) -> None:
@@ -604,6 +611,8 @@ class ServerState:
         """Close verifiers with their own engines, then the backend."""
         for verifier in self._engine_verifiers.values():
             await verifier.close()
+        if self.probe_backend is not None:
+            await self.probe_backend.close()
         await self.backend.close()
 
     @property
@@ -653,6 +662,17 @@ class ServerState:
         if verifier.backend is not None:  # its own engine: keep it for the server's lifetime
             self._engine_verifiers[name] = verifier
         return verifier
+
+
+def prefill_probe_backend(settings: ServeSettings) -> Any:
+    """The pooling engine a policy's prefill probe reads the prompt's hidden states from: the
+    policy model's own, beside the generation engine (vLLM runs one runner per engine)."""
+    if settings.backend != "vllm":
+        raise ConfigError(f"the policy {settings.policy} probes with the model's hidden states (--probe prefill), which "
+                          f"only an in-process engine gives; serve it with --backend vllm, or refit it with --probe agreement")
+    from ttscale.backends.vllm_pooling import VLLMPoolingBackend
+
+    return VLLMPoolingBackend(settings.model, mode="hidden")
 
 
 # --- running one problem ---------------------------------------------------------------------------
@@ -721,7 +741,8 @@ async def run_policy(state: ServerState, prompt: str | Problem, resolved: Resolv
     probe_verifier = state.verifier(policy.probe.verifier, "budget", answers) if policy.probe.statistic == "verifier" else None
     async with state.slots:
         plan = await policy.allocate_async(prompt, state.backend, budget_flops=resolved.budget_flops,
-                                           budget_samples=resolved.budget_samples, verifier=probe_verifier)
+                                           budget_samples=resolved.budget_samples, verifier=probe_verifier,
+                                           probe_backend=state.probe_backend)
         verifier = state.verifier(plan.setting.verifier, "budget", answers) if plan.setting.verifier else None
         trace = await plan.run(state.backend, verifier, seed=seed)
     setting = {"strategy": plan.setting.strategy, "options": dict(plan.setting.options), "verifier": plan.setting.verifier,
