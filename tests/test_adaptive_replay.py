@@ -126,3 +126,18 @@ async def test_compare_adaptive_adds_a_curve_per_method_whose_points_are_its_set
         assert all(1.0 <= p.n <= 4.0 for p in curve.points)
         assert [p.flops for p in curve.points] == sorted(p.flops for p in curve.points)
         assert not curve.uses_gold  # no gold at inference: these compete, and may win
+
+
+async def test_adaptive_refuses_a_run_that_is_not_best_of_n_and_says_what_to_record(tmp_path):
+    from typer.testing import CliRunner
+
+    from ttscale.cli import app
+
+    search = await _run(tmp_path, "adaptive-consistency", {"n": 4})
+    result = CliRunner().invoke(app, ["adaptive", str(search)])
+    assert result.exit_code != 0 and "-S logprobs=10" in str(result.exception)
+    plain = await _run(tmp_path, "best-of-n", {"n": 4})  # no logprobs: the answer-only methods still run
+    result = CliRunner().invoke(app, ["adaptive", str(plain), "--orders", "2", "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())  # rich wraps lines at the terminal's width
+    assert "DeepConf and the verifier-free votes are left out" in printed and "ESC" in printed

@@ -27,6 +27,9 @@ def adaptive_command(
 
     run = load_run(run_dir)
     families = default_families(run)
+    if not any(name.startswith("DeepConf") for name in families):
+        console.print("The run recorded no token logprobs: DeepConf and the verifier-free votes are left out "
+                      "(record them with `ttscale eval -s best-of-n -S logprobs=10`).")
     base, results = held_out(run, families, orders=orders, bootstrap=bootstrap, seed=seed)
     problems = base.correct.shape[1]
     flops, _ = base.curve("flops")

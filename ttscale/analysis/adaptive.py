@@ -271,6 +271,9 @@ def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int 
     """Each family's setting chosen on split a, measured on split b against best-of-N majority."""
     from ttscale.allocation.policy import split_of
 
+    if run.kind != "best-of-n":
+        raise ConfigError(f"{run.dir} is a {run.config.strategy} run; adaptive methods replay a best-of-N run's samples: "
+                          "record one with `ttscale eval -s best-of-n --n 16 -S logprobs=10`")
     fit_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[0]]
     eval_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[1]]
     if not fit_ids or not eval_ids:
