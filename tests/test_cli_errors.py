@@ -139,7 +139,7 @@ def test_ctrl_c_during_a_run_says_how_to_resume_and_exits_130(tmp_path):
         else:
             pytest.fail(f"the run never started: {process.stderr.read()}")
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=120)  # generous: one loaded CI run took over 60 s to exit (cause not found)
     finally:
         if process.poll() is None:
             process.kill()
