@@ -31,7 +31,7 @@ from ttscale.protocols import (
     size_for_workload,
     speculative_metrics_of,
 )
-from ttscale.scaleout import select_shard, solve_on_ray
+from ttscale.scaleout import gather_or_cancel, select_shard, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 
@@ -240,11 +240,4 @@ async def _solve_all(todo, strategy, backend, benchmark, config, store, on_recor
         record_one(record)
 
     record_one = _recorder(store, on_record)
-    tasks = [asyncio.create_task(one(p)) for p in todo]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        # On the first failure, stop the rest; finished problems are already on disk.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await gather_or_cancel(one(p) for p in todo)  # on the first failure, stop the rest

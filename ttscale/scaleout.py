@@ -281,7 +281,7 @@ async def solve_on_ray(
             _slot(ray, actor, index, state, append, config)
             for index, actor in enumerate(actors) for _ in range(config.concurrency)
         ]
-        await _gather_or_cancel(slots)
+        await gather_or_cancel(slots)
         if state.remaining:
             raise TtscaleError(
                 f"every replica died for good ({REPLICA_MAX_RESTARTS} restarts each) with {state.remaining} problems "
@@ -379,7 +379,9 @@ async def _describe(actor, patience_s: float = 120.0) -> dict[str, Any]:
             await asyncio.sleep(1.0)
 
 
-async def _gather_or_cancel(coroutines: Iterable) -> None:
+async def gather_or_cancel(coroutines: Iterable) -> None:
+    """Run the coroutines together; on the first failure (or cancellation) cancel the rest and
+    wait for them, so nothing keeps running behind the error. Whatever finished is on disk."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
         await asyncio.gather(*tasks)
