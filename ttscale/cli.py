@@ -85,6 +85,7 @@ def eval_command(
     replicas: Optional[int] = typer.Option(None, "--replicas", help="With --ray: engine replicas (Ray actors), each with its own backend and --concurrency problems in flight."),
     replica_gpus: Optional[float] = typer.Option(None, "--replica-gpus", help="With --ray: GPUs per replica (default: 1 where the cluster has GPUs, else 0)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/K: run only shard I of K (problems whose sha256(id) mod K is I), into a run directory of its own; join the K shards with `ttscale merge`."),
+    split: Optional[str] = typer.Option(None, "--split", help="Evaluate only one half of the problems: a (where policies and verifiers are fitted) or b (held out), by a stable hash of each problem id."),
 ) -> None:
     """Evaluate a strategy on a benchmark and print accuracy, pass@k and compute.
 
@@ -95,6 +96,7 @@ def eval_command(
         "benchmark": benchmark, "strategy": strategy, "limit": limit, "model": model,
         "backend": backend, "seed": seed, "output": output, "concurrency": concurrency,
         "ray": ray, "replicas": replicas, "replica_gpus": replica_gpus, "shard": shard,
+        "split": split,
     }
     values.update({key: value for key, value in flags.items() if value is not None})
     sampling = dict(values.get("sampling") or {})
@@ -185,7 +187,12 @@ async def _eval_with_progress(config: RunConfig, *, verbose: bool = False):
 
     def on_start(total: int, done: int) -> None:
         progress.update(task, total=total, completed=done)
-        if config.limit is not None and total < config.limit:
+        if config.split is not None:
+            among = f"the first {config.limit}" if config.limit is not None else "all the"
+            part = f" (shard {config.shard})" if config.shard is not None else ""
+            console.print(f"Split {config.split}{' (held out)' if config.split == 'b' else ''}: "
+                          f"{total} problems of that half among {among} problems{part}.")
+        elif config.shard is None and config.limit is not None and total < config.limit:
             console.print(f"Note: --limit {config.limit}, but {config.benchmark} has only {total} problems; running all {total}.")
         if done:
             console.print(f"Resuming: {done} of {total} problems already finished in this run.")
@@ -217,7 +224,8 @@ def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> No
     """The end-of-run table: accuracy per rule, pass@k per k, tokens, FLOPs and time."""
     from ttscale.analysis.runs import rule_uses_gold  # the analysis layer's one rule
 
-    table = Table(title=f"{config.benchmark} · {config.strategy} · {config.model} · {summary['problems']} problems")
+    half = f" · split {config.split}{' (held out)' if config.split == 'b' else ''}" if config.split else ""
+    table = Table(title=f"{config.benchmark} · {config.strategy} · {config.model} · {summary['problems']} problems{half}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for rule, value in summary["accuracy"].items():

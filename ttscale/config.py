@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -44,6 +44,11 @@ class RunConfig(Frozen):
         default=None,
         description="'I/K': run only the problems whose stable id hash (sha256) mod K is I, in a run "
         "directory of its own; `ttscale merge` joins the K shards into one run.",
+    )
+    split: Literal["a", "b"] | None = Field(
+        default=None,
+        description="Evaluate only one half of the problems: a (where policies and verifiers are fitted) or "
+        "b (held out), by a stable hash of each problem id (ttscale.allocation.policy.split_of); after limit.",
     )
     ray: str | None = Field(
         default=None,
@@ -88,10 +93,13 @@ class RunConfig(Frozen):
         fields["backend_options"] = {k: v for k, v in self.backend_options.items() if k not in CONNECTION_OPTIONS}
         if self.shard is None:  # runs that take every problem keep the ids they had before shards existed
             del fields["shard"]
+        if self.split is None:  # likewise runs of every problem keep the ids they had before splits existed
+            del fields["split"]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        split = f"-split{self.split}" if self.split else ""
         shard = f"-shard{self.shard.replace('/', 'of')}" if self.shard else ""
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(self.benchmark).stem}-{self.strategy}{shard}").strip("-")
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(self.benchmark).stem}-{self.strategy}{split}{shard}").strip("-")
         return f"{slug}-{digest}"
 
     def problem_seed(self, problem_id: str) -> int:

@@ -31,7 +31,7 @@ from ttscale.protocols import (
     size_for_workload,
     speculative_metrics_of,
 )
-from ttscale.scaleout import gather_or_cancel, select_shard, solve_on_ray
+from ttscale.scaleout import gather_or_cancel, select_problems, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 
@@ -170,7 +170,8 @@ async def run_eval(
 
     `on_start(total, already_done)` and `on_record(record)` drive a progress display. Pass
     `backend` to reuse a started engine (tests do); otherwise one is built and closed here.
-    With `config.shard` only that shard's problems run; with `config.ray` they run on Ray
+    With `config.split` only that half's problems (of the first `limit`) run, and with `config.shard`
+    only that shard's of them; with `config.ray` they run on Ray
     replicas (ttscale.scaleout) and this process stays the only writer of samples.jsonl.
     """
     started = time.perf_counter()
@@ -183,7 +184,8 @@ async def run_eval(
             f"strategy {config.strategy!r} with options {dict(config.strategy_options)} needs a verifier: "
             "pass --verifier llm-judge-prm (runs on CPU), vllm-prm (GPU) or oracle-orm (an upper bound)"
         )
-    problems = select_shard(benchmark.load(limit=config.limit), config)  # every problem unless --shard
+    # Every problem of the first `limit` unless --split (one half) or --shard (one part) narrows them.
+    problems = select_problems(benchmark.load(limit=config.limit), config)
     wanted = {p.id for p in problems}
     with RunStore(config) as store:
         done = store.done_ids() & wanted

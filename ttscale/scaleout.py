@@ -59,6 +59,22 @@ def select_shard(problems: Sequence[Problem], config: RunConfig) -> list[Problem
     return [problem for problem in problems if shard_index(problem.id, count) == index]
 
 
+def select_split(problems: Sequence[Problem], config: RunConfig) -> list[Problem]:
+    """The problems of the config's half, a or b (ttscale.allocation.policy.split_of; all of them
+    when the run names no split)."""
+    if config.split is None:
+        return list(problems)
+    from ttscale.allocation.policy import split_of
+
+    return [problem for problem in problems if split_of(problem.id) == config.split]
+
+
+def select_problems(problems: Sequence[Problem], config: RunConfig) -> list[Problem]:
+    """What a run evaluates of the (already limited) problems: its split's half, then its shard's
+    part of that (both are filters on a stable hash of the id, so the order does not matter)."""
+    return select_shard(select_split(problems, config), config)
+
+
 # --- where a backend runs ----------------------------------------------------------------------
 
 
@@ -468,9 +484,11 @@ def _differences(a: RunConfig, b: RunConfig) -> list[str]:
 def merge_runs(run_dirs: Sequence[Path], output: Path) -> MergeResult:
     """Join shard runs of one config into the run one process would have written, under `output`.
 
-    Refuses shards of different configs, of different shard counts, the same shard twice, records
-    outside their shard, problems in two shards, and a target run that already has records.
+    Refuses shards of different configs (a --split included), of different shard counts, the same
+    shard twice, records outside their shard or split, problems in two shards, and a target run that
+    already has records.
     """
+    from ttscale.allocation.policy import split_of
     from ttscale.analysis.summary import summarize
     from ttscale.store import RunStore
 
@@ -494,6 +512,8 @@ def merge_runs(run_dirs: Sequence[Path], output: Path) -> MergeResult:
             pid = record["problem_id"]
             if shard_index(pid, count) != index:
                 raise ConfigError(f"{run_dir}: problem {pid!r} does not belong to shard {config.shard}; was this run directory edited?")
+            if config.split is not None and split_of(pid) != config.split:
+                raise ConfigError(f"{run_dir}: problem {pid!r} does not belong to split {config.split}; was this run directory edited?")
             if pid in owner:
                 raise ConfigError(f"problem {pid!r} is in both {owner[pid]} and {run_dir}; merge shards whose problems do not overlap")
             owner[pid] = run_dir

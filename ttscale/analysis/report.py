@@ -4,6 +4,7 @@ the report as one self-contained HTML file (tables, and plots inline as base64 P
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import logging
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from ttscale.analysis.difficulty import NUMBERING, compare_bins
 from ttscale.analysis.runs import Run, load_run
 from ttscale.analysis.scaling import UPPER_BOUND, Curve, bin_ranges, coverage_curve, scaling_curves
 from ttscale.cost import KINETICS_INTENSITY
+from ttscale.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,12 @@ class Comparison:
     model_vs_search_note: str = ""
     plots: dict[str, list[Path]] = field(default_factory=dict)
     intensity: float = KINETICS_INTENSITY
+    split: str | None = None  # the half every run was restricted to (None: every problem)
+
+    @property
+    def split_label(self) -> str:
+        """Which half of the problems is shown ('' when all of them are)."""
+        return describe_split(self.split)
 
     @property
     def warnings(self) -> list[str]:
@@ -49,6 +57,28 @@ class Comparison:
     def labels(self) -> dict[int, str]:
         """Each curve's unique label."""
         return unique_labels(self.curves)
+
+
+SPLITS = {"a": "split a (where policies and verifiers are fitted)", "b": "split b (held out)"}
+
+
+def describe_split(split: str | None) -> str:
+    """A half of the problems in words ('' for None: every problem)."""
+    return SPLITS[split] if split else ""
+
+
+def restrict_to_split(run: Run, split: str) -> Run:
+    """The run with only its problems of one half (ttscale.allocation.policy.split_of), or a
+    ConfigError naming the run when it has none there."""
+    from ttscale.allocation.policy import split_of
+
+    records = [r for r in run.records if split_of(r.problem_id) == split]
+    if not records:
+        raise ConfigError(
+            f"{run.dir} has no problem in split {split} (all {len(run.records)} of its problems are in the other "
+            f"half); pass runs with problems in split {split}, or another --split"
+        )
+    return dataclasses.replace(run, records=records)
 
 
 def run_label(run: Run) -> str:
@@ -70,12 +100,18 @@ def build_comparison(
     budget_count: int = 8,
     ratios: Sequence[float] = SNELL_RATIOS,
     adaptive: bool = False,
+    split: str | None = None,
 ) -> Comparison:
     """Load runs, subsample their curves, compare at matched FLOPs, and plot into `out_dir`.
 
     `adaptive`: add the adaptive methods replayed from each best-of-N run (ttscale.analysis.adaptive),
-    a curve per method whose points are its thresholds."""
+    a curve per method whose points are its thresholds. `split` ("a" or "b"): restrict every run to
+    the problems of that half (ttscale.allocation.policy.split_of) before anything is built."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"--split must be a (where policies and verifiers are fitted) or b (held out), got {split!r}")
     runs = [load_run(d, intensity=intensity) for d in run_dirs]
+    if split is not None:
+        runs = [restrict_to_split(run, split) for run in runs]
     curves = [c for run in runs for c in scaling_curves(run, subsets=subsets, bootstrap=bootstrap, seed=seed, rules=rules)]
     if adaptive:
         from ttscale.analysis.adaptive import adaptive_curves
@@ -84,7 +120,7 @@ def build_comparison(
     rows = matched_budgets(curves, budgets, count=budget_count)
     coverage = {run_label(run): coverage_curve(run) for run in runs}
     bins, ease, bins_source = compare_bins(runs[0].records)
-    comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity)
+    comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity, split=split)
     _model_vs_search(comparison, ratios)
     if out_dir is not None:
         from ttscale.analysis import plots
@@ -182,6 +218,9 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
     labels = comparison.labels
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>"]
+    if comparison.split:
+        parts.append(f"<p><b>Problems shown:</b> {_e(comparison.split_label)} only: every run is restricted to "
+                     "the problems of that half (a stable hash of each problem id) before its curves are built.</p>")
     for warning in comparison.warnings:
         parts.append(f"<p><b>Note:</b> {_e(warning)}</p>")
     run_rows = []
@@ -194,7 +233,7 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
     parts += ["<h2>Runs</h2>", _table(["run", "benchmark", "strategy", "model", "P", "shape", "problems", "smaller budgets"],
                                       run_rows, left=6)]
 
-    common = common_label(comparison.curves)
+    common = " · ".join(x for x in (common_label(comparison.curves), comparison.split_label) if x)
     parts.append(f"<h2>Accuracy against cost, per strategy and budget{_e(' · ' + common) if common else ''}</h2>")
     parts.append("<p class='note'>Costs are means per problem. Smaller N comes from subsampling the run's samples "
                  f"(averaged over random subsets; 95% bootstrap intervals over problems). eFLOPs: Kinetics, I = {comparison.intensity:g}.</p>")
@@ -208,7 +247,7 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
     parts.append(_table(["curve", "N", "accuracy", "95% CI", "FLOPs", "eFLOPs", "gen. tokens", "wall s"], rows))
     parts.append("<p class='note'>* subsampled from the run's samples; wall time of a subsample is pro-rated by its tokens.</p>")
 
-    parts.append("<h2>Matched FLOPs: who wins at each budget</h2>")
+    parts.append(f"<h2>Matched FLOPs: who wins at each budget{_e(' · ' + comparison.split_label) if comparison.split else ''}</h2>")
     competing = [labels[id(c)] for c in comparison.curves if not c.uses_gold]
     gold = [labels[id(c)] for c in comparison.curves if c.uses_gold]
     rows, classes = [], []
