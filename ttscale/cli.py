@@ -334,6 +334,10 @@ from ttscale.cli_scaleout import register as _register_scaleout  # noqa: E402  (
 
 _register_scaleout(app)
 
+from ttscale.cli_verifier import register as _register_verifier  # noqa: E402  (verifier train|eval)
+
+_register_verifier(app)
+
 
 def _exception_types(name: str) -> tuple[type[BaseException], ...]:
     """`name` from typer's own copy of click (typer >= 0.2x) and from click, wherever each exists."""

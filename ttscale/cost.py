@@ -386,7 +386,7 @@ def _canonical_text(request: GenRequest | PoolRequest) -> str:
     prompt = request.prompt
     if not isinstance(prompt, str):
         prompt = "".join(f"<|{m.role}|>{m.content}\n" for m in prompt) + "<|assistant|>"
-    return prompt + (request.prefix if isinstance(request, GenRequest) else "")
+    return prompt + request.prefix
 
 
 class CostMeter:

@@ -104,9 +104,23 @@ class Generation(Frozen):
 
 
 class PoolRequest(Frozen):
-    """A prompt for a pooling model (e.g. a PRM's step classifier): read, not continued."""
+    """A prompt for a pooling model (e.g. a PRM's step classifier): read, not continued.
+
+    `prefix` is an assistant text read after the prompt (a solution being scored), as GenRequest's
+    prefix is continued. `positions` (character offsets into `prefix`) ask a hidden-state backend
+    for the rows at those places only: the row of the last token that starts before each offset
+    (the end of a step); empty asks for every row.
+    """
 
     prompt: tuple[ChatMessage, ...] | str
+    prefix: str = ""
+    positions: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _positions_within_prefix(self) -> "PoolRequest":
+        if any(not 0 < p <= len(self.prefix) for p in self.positions):
+            raise ValueError(f"positions must lie in 1..len(prefix) ({len(self.prefix)}), got {list(self.positions)}")
+        return self
 
 
 class PoolResult(Frozen):

@@ -54,7 +54,8 @@ RULE_ORDER = ("majority", "weighted-vote", "max-score", "first", ORACLE_RULE)
 @dataclass(frozen=True)
 class Sample:
     """One recorded candidate: its answer, its grade, its verifier score and its length, and,
-    when the strategy recorded logprobs, each token's confidence (ttscale.confidence)."""
+    when the strategy recorded logprobs, each token's confidence (ttscale.confidence); its text
+    last (what a trained verifier learns from)."""
 
     answer: str | None
     correct: bool
@@ -62,6 +63,7 @@ class Sample:
     num_tokens: int
     token_confidences: tuple[float, ...] | None = None
     mean_logprob: float | None = None
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class Record:
             Sample(c.get("answer"), bool(c.get("correct")), None if c.get("score") is None else float(c["score"]),
                    int(c.get("num_tokens", 0)),
                    None if c.get("token_confidences") is None else tuple(c["token_confidences"]),
-                   c.get("mean_logprob"))
+                   c.get("mean_logprob"), c.get("text") or "")
             for c in raw["candidates"]
         )
         subtree = (raw.get("trace_metadata") or {}).get("subtree")

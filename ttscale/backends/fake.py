@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 
 from ttscale.modelshape import ModelShape
 from ttscale.errors import ConfigError
-from ttscale.types import Completion, Generation, GenRequest, SampleParams
+from ttscale.types import Completion, Generation, GenRequest, PoolRequest, PoolResult, SampleParams
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 
@@ -266,3 +266,45 @@ def _wrong_answer(gold: str, rng: random.Random) -> str:
         return str(int(float(gold)) + rng.choice([-3, -2, -1, 1, 2, 3]))
     except ValueError:
         return gold + "0"
+
+
+class FakeHiddenBackend:
+    """A pooling backend in the shape of VLLMPoolingBackend(mode="hidden"), for tests: one row of
+    `dim` numbers per fake token of the prompt (rendered as `render_prompt` renders it) and prefix.
+
+    Row j reads tokens 0..j only (causal, as a decoder's hidden state): hash noise of the token and
+    the one before it, and, with an `answer_key`, whether the text so far states `\\boxed{gold}` of
+    the question in the prompt, so a head trained on these rows has something to learn.
+    """
+
+    def __init__(self, model: str = "fake", *, answer_key: dict[str, str] | None = None, dim: int = 8,
+                 num_params: int = 1_000_000):
+        self.model = FakeModel(model, num_params)
+        self.answer_key = dict(answer_key or {})
+        self.dim = dim
+        self.requests: list[PoolRequest] = []
+
+    async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
+        """Rows for every token, or only at each request's positions."""
+        self.requests.extend(requests)
+        return [self._pool_one(request) for request in requests]
+
+    def _pool_one(self, request: PoolRequest) -> PoolResult:
+        text = render_prompt(GenRequest(prompt=request.prompt, prefix=request.prefix))
+        tokens = fake_tokens(text)
+        start = len(text) - len(request.prefix)
+        ends = [start + p for p in request.positions] or [t.end() for t in tokens]
+        gold = next((f"\\boxed{{{answer}}}" for question, answer in self.answer_key.items() if question in text[:start]), None)
+        rows = []
+        for end in ends:
+            j = max(i for i, t in enumerate(tokens) if t.start() < end)
+            digest = hashlib.sha256(f"{tokens[j - 1].group() if j else ''}\x00{tokens[j].group()}".encode()).digest()
+            noise = [b / 255 - 0.5 for b in digest[: self.dim - 1]]
+            rows.append((*noise, float(gold is not None and gold in text[: tokens[j].end()])))
+        return PoolResult(data=tuple(rows), prompt_tokens=len(tokens))
+
+    async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        raise ConfigError("the fake hidden-state backend reads prompts; it does not generate")
+
+    async def close(self) -> None:
+        """Nothing to release."""

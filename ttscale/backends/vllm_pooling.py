@@ -11,7 +11,8 @@ mode="hidden" (checked against vLLM 0.32 too): `runner="pooling", convert="embed
 causal LM (e.g. LlamaForCausalLM) as an embedding model without adding layers, and the task
 "token_embed" with `use_activation=False` returns the final hidden state (after the model's
 last norm) of every prompt token, unnormalized: one row per token, from which the caller takes
-the last token's row and the mean. The prompt is rendered as the generator renders it (chat
+the last token's row and the mean. A request's `prefix` (a solution) is read after the prompt,
+and `positions` keep only the rows at those offsets (a trained verifier's step ends). The prompt is rendered as the generator renders it (chat
 template with the generation prompt), so the last row is where the model starts to answer.
 Prefix caching and chunked prefill are off in this mode: every row must come from one full
 prefill of the prompt (a cached prefix has no hidden states to return).
@@ -104,14 +105,25 @@ class VLLMPoolingBackend:
         """The chat as the model reads it: for a PRM the finished conversation; in mode "hidden"
         the prompt as the generator sends it (with the generation prompt: the model about to answer)."""
         if isinstance(request.prompt, str):
-            return request.prompt
+            return request.prompt + request.prefix
         return self._tokenizer.apply_chat_template(
             [m.model_dump() for m in request.prompt], tokenize=False, add_generation_prompt=self.mode == "hidden"
-        )
+        ) + request.prefix
+
+    def _encode(self, text: str, request: PoolRequest) -> list[int]:
+        """Token ids of `text` as the engine reads it (raw text gets special tokens as vLLM adds them)."""
+        return self._tokenizer.encode(text, add_special_tokens=self.mode == "hidden" and isinstance(request.prompt, str))
 
     def _prompt_ids(self, request: PoolRequest) -> list[int]:
-        """The token ids the engine reads for a request (raw text gets special tokens as vLLM adds them)."""
-        return self._tokenizer.encode(self.render(request), add_special_tokens=self.mode == "hidden" and isinstance(request.prompt, str))
+        """The token ids the engine reads for a request."""
+        return self._encode(self.render(request), request)
+
+    def _rows_at(self, request: PoolRequest, length: int) -> list[int]:
+        """Row indices of `request.positions`: the last token of the text up to each offset. The
+        text is tokenized up to the offset; at a step's end (before a blank line) BPE splits there
+        whatever follows, so that token is the full text's token at the same index."""
+        rendered = self.render(request.model_copy(update={"prefix": ""}))
+        return [min(len(self._encode(rendered + request.prefix[:p], request)), length) - 1 for p in request.positions]
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
         """Pool every request concurrently; rows come back as plain floats."""
@@ -129,6 +141,8 @@ class VLLMPoolingBackend:
             final = output
         data = final.outputs.data
         rows = data.tolist() if hasattr(data, "tolist") else data
+        if self.mode == "hidden" and request.positions:
+            rows = [rows[i] for i in self._rows_at(request, len(rows))]
         return PoolResult(
             data=tuple(tuple(float(x) for x in row) for row in rows),
             prompt_tokens=len(ids),

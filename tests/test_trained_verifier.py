@@ -1,0 +1,156 @@
+"""Verifiers trained from one's own runs (issue 19), on the fake backends: labels, splits, cost, serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ttscale.allocation.policy import split_of
+from ttscale.analysis.runs import load_run
+from ttscale.backends.fake import FakeBackend, FakeHiddenBackend
+from ttscale.cli import app
+from ttscale.config import RunConfig
+from ttscale.context import SolveContext
+from ttscale.errors import ConfigError
+from ttscale.reward_heads import RewardHead, solution_text
+from ttscale.runner import build_benchmark, run_eval
+from ttscale.types import ChatMessage, Problem, SampleParams
+from ttscale.verifier_training import (
+    RolloutStore, Solution, check_fitting_only, evaluate, math_shepherd_values, pav_advantages, recorded_solutions, run_rollouts,
+)
+from ttscale.verifiers.trained import TrainedVerifier
+
+runner = CliRunner()
+QUESTIONS = 48
+ANSWER_KEY = {f"What is {i} + {i}?": str(2 * i) for i in range(QUESTIONS)}
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A graded best-of-4 run of a fake policy that is right half the time, over 48 problems."""
+    root = tmp_path_factory.mktemp("trained")
+    problems = root / "p.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": q, "answer": ANSWER_KEY[q]}) + "\n" for i, q in enumerate(ANSWER_KEY)))
+    config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=root / "runs", strategy_options={"n": 4},
+                       backend_options={"num_params": 1000, "accuracy": 0.5, "answer_key": ANSWER_KEY})
+    return asyncio.run(run_eval(config)).run_dir
+
+
+def test_rollout_labels_equal_the_closed_form(tmp_path):
+    """Math-Shepherd: Q_i = correct rollouts / k from the prefix ending at step i, the last step's Q its
+    grade; PAV: A_i = Q_i - Q_{i-1} from the problem's pass@1. A scripted policy reaches gold from
+    the prefix after step 1 in 3 of 4 rollouts and after step 2 in 1 of 4."""
+    problem = Problem(id="p0", question="What is 2 + 2?", prompt=(ChatMessage(role="user", content="What is 2 + 2?"),), answer="4")
+    reaches_gold = {"Add them.": 3, "Two and two.": 1}
+
+    def responder(prompt: str, index: int) -> str:
+        last_step = prompt.split("assistant: ")[-1].rstrip().split("\n\n")[-1]
+        return "So \\boxed{4}." if index < reaches_gold[last_step] else "So \\boxed{5}."
+
+    solution = Solution(problem, 0, ("Add them.", "Two and two.", "The answer is \\boxed{4}."), True, pass1=0.5, num_tokens=12)
+    store = RolloutStore(tmp_path / "rollouts.jsonl")
+    benchmark = build_benchmark(RunConfig(benchmark="arithmetic"))
+    backend = FakeBackend(responder=responder)
+    asyncio.run(run_rollouts(backend, benchmark, [solution], store, k=4, params=SampleParams(max_tokens=64), run_seed=0))
+    grades = [store.done[(solution.key, i)]["correct"] for i in range(2)]
+    assert grades == [[True, True, True, False], [True, False, False, False]]
+    values = math_shepherd_values(grades, solution.correct)
+    assert values == [0.75, 0.25, 1.0]
+    assert pav_advantages(values, solution.pass1) == [0.25, -0.5, 0.75]
+    # Each rollout continued the solution after its step, as a search continues a beam.
+    prefixes = [r.prefix for r in backend.requests]
+    assert prefixes == ["Add them.\n\n", "Add them.\n\nTwo and two.\n\n"] and all(r.params.n == 4 for r in backend.requests)
+    # A rerun reads the stored rollouts and generates nothing.
+    again = FakeBackend(responder=responder)
+    asyncio.run(run_rollouts(again, benchmark, [solution], RolloutStore(tmp_path / "rollouts.jsonl"), k=4,
+                             params=SampleParams(max_tokens=64), run_seed=0))
+    assert again.requests == []
+
+
+def test_training_refuses_held_out_problems():
+    ids = [f"p{i}" for i in range(40)]
+    held_out = next(i for i in ids if split_of(i) == "b")
+    check_fitting_only([i for i in ids if split_of(i) == "a"])
+    with pytest.raises(ConfigError, match="held-out half b"):
+        check_fitting_only([i for i in ids if split_of(i) == "a"] + [held_out])
+
+
+@pytest.mark.parametrize("kind,label", [("orm", None), ("prm", "math-shepherd"), ("prm", "pav")])
+def test_training_reads_half_a_only_and_the_head_separates_held_out_solutions(fake_run, tmp_path, kind, label):
+    args = ["verifier", "train", str(fake_run), "--kind", kind, "-o", str(tmp_path / "v"), "--rollouts", "2"]
+    result = runner.invoke(app, args + (["--label", label] if label else []))
+    assert result.exit_code == 0, result.output
+    head = RewardHead.load(tmp_path / "v")
+    run = load_run(fake_run)
+    half_a = sorted(r.problem_id for r in run.records if split_of(r.problem_id) == "a")
+    assert head.provenance.fit_problems == half_a and head.provenance.trained_on_split == "a"
+    assert re.fullmatch(r"[0-9a-f]{64}", head.provenance.data_sha256)
+    if kind == "prm":
+        rollouts = [json.loads(line) for line in (tmp_path / "v" / "rollouts.jsonl").read_text().splitlines()]
+        assert rollouts and {r["solution"].split("#")[0] for r in rollouts} <= set(half_a)
+        assert "Training cost, rollouts" in result.output
+    result = runner.invoke(app, ["verifier", "eval", str(tmp_path / "v"), str(fake_run)])
+    assert result.exit_code == 0 and "Held out (half b)" in result.output, result.output
+    # The fake hidden states carry whether the text so far states the gold answer: a head learns it.
+    held_out = evaluate(head, [run], features_cache=tmp_path / "v" / "features.npz", resamples=50)
+    assert held_out.problems == len(run.records) - len(half_a)
+    assert held_out.auroc[f"{kind} ({head.label}), last step"][0] > 0.95
+
+
+def test_the_trained_verifier_is_metered_as_a_prefill_of_the_scored_text(fake_run, tmp_path):
+    assert runner.invoke(app, ["verifier", "train", str(fake_run), "--kind", "orm", "-o", str(tmp_path / "orm")]).exit_code == 0
+    verifier = TrainedVerifier(path=str(tmp_path / "orm"), backend_options={"answer_key": ANSWER_KEY})
+    assert isinstance(verifier.backend, FakeHiddenBackend)
+    problem = Problem(id="q", question="What is 3 + 3?", prompt=(ChatMessage(role="user", content="What is 3 + 3?"),), answer="6")
+    ctx = SolveContext.for_problem(problem, backend=FakeBackend(), answers=build_benchmark(RunConfig(benchmark="arithmetic")),
+                                   params=SampleParams(), seed=0, verifier=verifier)
+    solutions = [["Think.", "So \\boxed{6}."], ["Think.", "So \\boxed{7}."]]
+    scores = asyncio.run(ctx.verifier.score_steps(solutions))
+    assert scores[0][-1] > 0.5 > scores[1][-1]
+    read = verifier.backend.requests
+    assert [r.prefix for r in read] == [solution_text(s)[0] for s in solutions]
+    pooled = asyncio.run(FakeHiddenBackend(answer_key=ANSWER_KEY).pool(read))
+    cost = ctx.verifier.meter.cost
+    assert cost.verifier_calls == 2 and cost.verifier_tokens == sum(r.prompt_tokens for r in pooled) > 0
+    assert cost.verifier_flops > 0 and ctx.cost.verifier_flops == cost.verifier_flops
+    # A prefix scored before is looked up, not read again (a step's hidden state depends on the text up to it).
+    assert asyncio.run(ctx.verifier.score_steps([["Think."]])) == [[scores[0][0]]]
+    assert len(verifier.backend.requests) == 2 and ctx.verifier.meter.cost.verifier_calls == 2
+
+
+def test_replayed_best_of_n_scored_by_the_trained_verifier_keeps_the_recorded_samples(fake_run, tmp_path):
+    assert runner.invoke(app, ["verifier", "train", str(fake_run), "--kind", "orm", "-o", str(tmp_path / "orm")]).exit_code == 0
+    recorded = RunConfig.model_validate_json((fake_run / "config.json").read_text())
+    config = recorded.model_copy(update={"backend": "replay", "backend_options": {"run": str(fake_run)}, "verifier": "trained",
+                                         "verifier_options": {"path": str(tmp_path / "orm"), "backend_options": {"answer_key": ANSWER_KEY}},
+                                         "output": tmp_path / "rescored", "strategy_options": {"n": 4, "selection": "weighted-vote"}})
+    rescored = load_run(asyncio.run(run_eval(config)).run_dir)
+    original = {r.problem_id: r for r in load_run(fake_run).records}
+    for record in rescored.records:
+        assert [s.text for s in record.samples] == [s.text for s in original[record.problem_id].samples]
+        assert record.cost["generated_tokens"] == original[record.problem_id].cost["generated_tokens"]
+        # One prefill per distinct solution: an equal one is looked up.
+        assert record.cost["verifier_calls"] == len({s.text for s in record.samples}) and all(s.score is not None for s in record.samples)
+    assert np.mean([r.selections["weighted-vote"] for r in rescored.records]) > np.mean([r.selections["majority"] for r in rescored.records])
+    with pytest.raises(ConfigError, match="temperature"):
+        asyncio.run(run_eval(config.model_copy(update={"sampling": config.sampling.model_copy(update={"temperature": 0.2}),
+                                                       "output": tmp_path / "other"})))
+
+
+def test_user_errors_are_one_line(tmp_path, fake_run):
+    result = runner.invoke(app, ["verifier", "train", str(fake_run), "--kind", "xrm", "-o", str(tmp_path / "v")])
+    assert result.exit_code != 0 and "--kind must be orm or prm" in result.output
+    with pytest.raises(ConfigError, match="no trained verifier there"):
+        TrainedVerifier(path=str(tmp_path / "missing"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "head.json").write_text('{"version": 1, "kind": "orm"}')
+    with pytest.raises(ConfigError, match=r"head.json: field"):
+        RewardHead.load(tmp_path / "bad")
+    with pytest.raises(ConfigError, match="not 'math-shepherd'"):
+        from ttscale.verifier_training import train
+        train([load_run(fake_run)], tmp_path / "v", kind="orm", label="math-shepherd")

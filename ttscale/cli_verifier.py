@@ -1,0 +1,97 @@
+"""`ttscale verifier train|eval`: verifiers learned from one's own graded runs (ttscale.verifier_training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+verifier_app = typer.Typer(help="Train a verifier (ORM or PRM head on the policy model's hidden states) from your own runs, and measure it held out.",
+                           no_args_is_help=True)
+RUNS = typer.Argument(..., help="Run directories (runs/<id>) of graded best-of-N runs of one model.")
+FEATURES = typer.Option(None, "--features", help="The .npz cache of the solutions' step-end hidden states (default: features.npz in the "
+                        "verifier's directory); share one between ORM, PRM and eval so each solution is read once.")
+
+
+def _kind(value: str) -> str:
+    if value not in ("orm", "prm"):
+        raise typer.BadParameter(f"--kind must be orm or prm, got {value!r}")
+    return value
+
+
+def _label(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("math-shepherd", "pav"):
+        raise typer.BadParameter(f"--label must be math-shepherd or pav, got {value!r}")
+    return value
+
+
+@verifier_app.command("train")
+def train_command(
+    run_dirs: list[Path] = RUNS,
+    kind: str = typer.Option(..., "--kind", help="orm: learn each solution's grade; prm: learn each step's value from rollouts.", callback=_kind),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for head.json (and the PRM's rollouts.jsonl, which makes a rerun resume)."),
+    label: Optional[str] = typer.Option(None, "--label", help="PRM labels: math-shepherd (default: the fraction of rollouts reaching gold) or pav (that value plus its change across the step).", callback=_label),
+    rollouts: int = typer.Option(4, "--rollouts", min=1, help="PRM: rollouts from each step prefix (k)."),
+    samples_per_problem: int = typer.Option(2, "--samples-per-problem", min=1, help="PRM: recorded samples per problem rolled out (correct and incorrect alternately)."),
+    alpha: float = typer.Option(1.0, "--alpha", help="PAV: weight of the advantage in a step's score (Q + alpha·A)."),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="Requests in flight at once."),
+    features: Optional[Path] = FEATURES,
+) -> None:
+    """Train on half a of the runs' problems only; half b stays held out for `ttscale verifier eval`."""
+    from ttscale.analysis.runs import load_run
+    from ttscale.verifier_training import train
+
+    runs = [load_run(d) for d in run_dirs]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done % max(1, total // 20) == 0:
+            console.print(f"{stage}: {done}/{total}")
+
+    result = train(runs, out, kind=kind, label=label, rollouts=rollouts, samples_per_problem=samples_per_problem,
+                   alpha=alpha, concurrency=concurrency, features_cache=features, progress=progress)
+    head, p = result.head, result.head.provenance
+    console.print(f"Trained a {head.kind.upper()} ({head.label}) on {len(p.fit_problems)} problems of half a, {p.examples} examples "
+                  f"(labels sum {p.positives:g}); features: {head.model}'s final hidden state at each step's end.")
+    console.print(f"Cross-validated on half a (problem folds): " + ", ".join(f"{k} {v:g}" for k, v in p.cv.items()))
+    if head.kind == "prm":
+        r = p.rollouts
+        console.print(f"Training cost, rollouts (apart from inference): {r['prefixes']} prefixes x {r['rollouts_per_prefix']} rollouts, "
+                      f"{result.rollout_cost.generated_tokens:,} generated tokens, {result.rollout_cost.flops:.3g} FLOPs "
+                      f"({result.rollouts_run} prefixes rolled out now, the rest read from {out / 'rollouts.jsonl'}).")
+    console.print(f"Training cost, reading the solutions: {result.feature_tokens:,} prompt tokens, {result.feature_flops:.3g} FLOPs.")
+    console.print(f"Wrote {out / 'head.json'} (training data sha256 {p.data_sha256[:16]}…). Use it with -v trained -V path={out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `verifier` group to the main app."""
+    app.add_typer(verifier_app, name="verifier")
+
+
+@verifier_app.command("eval")
+def eval_command(
+    head_dir: Path = typer.Argument(..., help="The directory `ttscale verifier train` wrote (or its head.json)."),
+    run_dirs: list[Path] = RUNS,
+    features: Optional[Path] = FEATURES,
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap resamples of the held-out problems for the 95% intervals."),
+) -> None:
+    """Measure a trained verifier on the held-out half b of the runs: AUROC of its scores against the grades."""
+    from ttscale.analysis.runs import load_run
+    from ttscale.reward_heads import RewardHead
+    from ttscale.verifier_training import FEATURES_FILE, evaluate
+
+    head = RewardHead.load(head_dir)
+    cache = features or (head_dir if head_dir.is_dir() else head_dir.parent) / FEATURES_FILE
+    result = evaluate(head, [load_run(d) for d in run_dirs], features_cache=cache, resamples=bootstrap)
+    table = Table(title=f"Held out (half b): {result.problems} problems, {result.solutions} solutions, {result.correct} correct")
+    for column in ("score", "AUROC", "95% CI (problems resampled)", "separates right from wrong?"):
+        table.add_column(column)
+    for name, (value, low, high) in result.auroc.items():
+        verdict = "n/a (one class)" if value != value else "yes" if low > 0.5 else "no (interval holds 0.5)" if high >= 0.5 else "inverted"
+        table.add_row(name, f"{value:.3f}", f"[{low:.3f}, {high:.3f}]", verdict)
+    console.print(table)
+    console.print(f"Reading the held-out solutions cost {result.prompt_tokens:,} prompt tokens, {result.flops:.3g} FLOPs "
+                  f"({result.prompt_tokens / max(result.solutions, 1):.0f} tokens per solution: the verifier's inference cost).")

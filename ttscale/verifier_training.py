@@ -1,0 +1,512 @@
+"""Train a verifier from one's own graded runs: labels, rollouts, features, a head; held-out figures.
+
+Data. Recorded runs are read through ttscale.analysis.runs. Only half "a" of the problems
+(ttscale.allocation.policy.split_of, a hash of the problem id) is trained on; half "b" is held
+out for `evaluate`. `check_fitting_only` refuses any held-out problem right before a head is fit.
+
+Labels:
+- ORM: each recorded sample's grade.
+- PRM, Math-Shepherd (Wang et al. 2024): from the prefix ending at step i, k rollouts are sampled
+  with the run's own sampling settings; Q_i = the fraction that reach the gold answer. The last
+  step's prefix is the whole solution, so Q_last = its grade (no rollout). Q before the first step
+  is the problem's recorded pass@1 (its N samples are N rollouts from the empty prefix).
+- PRM, PAV (Setlur et al. 2024): the advantage of step i, A_i = Q_i - Q_{i-1}, with the policy
+  itself as the prover. A step's score is Q + alpha·A (two heads on the same features).
+
+Rollouts are metered (their cost is training cost, reported apart from inference) and written to
+rollouts.jsonl as they finish, so an interrupted training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from ttscale.allocation.policy import split_of
+from ttscale.errors import ConfigError
+from ttscale.reward_heads import FEATURES, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, step_features
+from ttscale.steps import STEP_SEPARATOR, split_steps
+from ttscale.types import Cost, GenRequest, Problem, SampleParams
+
+if TYPE_CHECKING:
+    from ttscale.analysis.runs import Record, Run
+    from ttscale.protocols import Backend, Benchmark
+
+ROLLOUTS_FILE = "rollouts.jsonl"
+FEATURES_FILE = "features.npz"
+FOLDS = 5
+LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
+SPLIT_RULE = "ttscale.allocation.policy.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
+
+
+# -- closed-form labels --------------------------------------------------------------------------
+
+
+def math_shepherd_values(rollout_correct: Sequence[Sequence[bool]], final_correct: bool) -> list[float]:
+    """Q of every step: the fraction of its prefix's rollouts that were correct; the last step's is the grade."""
+    return [sum(c) / len(c) for c in rollout_correct] + [float(final_correct)]
+
+
+def pav_advantages(values: Sequence[float], start_value: float) -> list[float]:
+    """A_i = Q_i - Q_{i-1}, with Q before the first step = `start_value` (the problem's pass@1)."""
+    return [after - before for before, after in zip([start_value, *values[:-1]], values)]
+
+
+def check_fitting_only(problem_ids: Sequence[str]) -> None:
+    """Refuse to train on any problem of the held-out half."""
+    held_out = sorted({pid for pid in problem_ids if split_of(pid) != "a"})
+    if held_out:
+        raise ConfigError(f"{len(held_out)} training problems are in the held-out half b (e.g. {held_out[0]!r}); "
+                          "a verifier trains on half a only, so that `ttscale verifier eval` measures it on problems it never saw")
+
+
+# -- what is trained on ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Solution:
+    """One recorded sample to learn from: its problem, its steps, its grade."""
+
+    problem: Problem
+    sample: int  # index among its record's samples
+    steps: tuple[str, ...]
+    correct: bool
+    pass1: float  # its problem's recorded pass@1
+    num_tokens: int
+    mean_logprob: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.problem.id}#{self.sample}"
+
+
+def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
+    """The samples of every problem of `split` in the runs (a problem in several runs: its first record)."""
+    from ttscale.probe import run_prompts
+
+    seen: set[str] = set()
+    solutions = []
+    for run in runs:
+        problems = run_prompts(run)
+        for record in run.records:
+            if split_of(record.problem_id) != split or record.problem_id in seen:
+                continue
+            seen.add(record.problem_id)
+            for i, sample in enumerate(record.samples):
+                if not sample.text:
+                    raise ConfigError(f"{run.dir}: problem {record.problem_id!r} recorded no sample texts; a verifier learns from them")
+                steps = tuple(split_steps(sample.text)) or (sample.text.strip() or "(empty)",)
+                solutions.append(Solution(problems[record.problem_id], i, steps, sample.correct, record.pass1,
+                                          sample.num_tokens, sample.mean_logprob))
+    return solutions
+
+
+def pick_for_rollouts(solutions: Sequence[Solution], per_problem: int) -> list[Solution]:
+    """Up to `per_problem` samples of each problem, alternating correct and incorrect ones in
+    recorded order (so both kinds of step get labels), for the PRM's rollouts."""
+    by_problem: dict[str, list[Solution]] = {}
+    for s in solutions:
+        by_problem.setdefault(s.problem.id, []).append(s)
+    picked = []
+    for group in by_problem.values():
+        right = [s for s in group if s.correct]
+        wrong = [s for s in group if not s.correct]
+        order = [s for pair in zip(right, wrong) for s in pair] + right[len(wrong):] + wrong[len(right):]
+        picked += order[:per_problem]
+    return picked
+
+
+# -- rollouts -----------------------------------------------------------------------------------
+
+
+def rollout_seed(run_seed: int, key: str, step: int) -> int:
+    digest = hashlib.sha256(f"{run_seed}|rollout|{key}|{step}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+async def rollout_prefix(meter, benchmark: "Benchmark", solution: Solution, step: int, *, k: int,
+                         params: SampleParams, run_seed: int) -> list[bool]:
+    """k rollouts continuing the solution after its step `step` (0-based); whether each reaches gold.
+
+    The prefix is what a search sends: the steps so far, each followed by a blank line. A rollout
+    may take the tokens the solution had left (its length scaled by the prefix's share of the text)."""
+    prefix = STEP_SEPARATOR.join(solution.steps[: step + 1]) + STEP_SEPARATOR
+    whole = len(STEP_SEPARATOR.join(solution.steps))
+    spent = round(solution.num_tokens * min(1.0, len(prefix) / max(whole, 1)))
+    request = GenRequest(prompt=solution.problem.prompt, prefix=prefix, params=params.model_copy(update={
+        "n": k, "max_tokens": max(1, params.max_tokens - spent), "seed": rollout_seed(run_seed, solution.key, step),
+        "stop": (), "logprobs": None}))
+    [generation] = await meter.generate([request])
+    return [benchmark.grade(solution.problem, benchmark.extract_answer(prefix + c.text)).correct for c in generation.completions]
+
+
+class RolloutStore:
+    """rollouts.jsonl: one line per (solution, step) with its rollouts' grades and cost; resumable."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[tuple[str, int], dict[str, Any]] = {}
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                self.done[(row["solution"], int(row["step"]))] = row
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if number < len(lines):  # only a last line torn by a kill is expected (and redone)
+                    raise ConfigError(f"{path}:{number}: not a rollout record; delete the file to redo the rollouts") from None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.done[(row["solution"], int(row["step"]))] = row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+async def run_rollouts(backend: "Backend", benchmark: "Benchmark", solutions: Sequence[Solution], store: RolloutStore, *,
+                       k: int, params: SampleParams, run_seed: int, concurrency: int = 16,
+                       progress: Callable[[int, int], None] | None = None) -> None:
+    """Rollouts from every intermediate step prefix not in the store yet; each written as it finishes."""
+    from ttscale.cost import CostMeter
+
+    todo = [(s, i) for s in solutions for i in range(len(s.steps) - 1) if (s.key, i) not in store.done]
+    limit = asyncio.Semaphore(concurrency)
+    finished = 0
+
+    async def one(solution: Solution, step: int) -> None:
+        nonlocal finished
+        async with limit:
+            meter = CostMeter(backend)
+            correct = await rollout_prefix(meter, benchmark, solution, step, k=k, params=params, run_seed=run_seed)
+            store.add({"solution": solution.key, "step": step, "k": k, "correct": correct, "cost": meter.cost.model_dump()})
+            finished += 1
+            if progress:
+                progress(finished, len(todo))
+
+    await asyncio.gather(*(one(s, i) for s, i in todo))
+
+
+# -- fitting ------------------------------------------------------------------------------------
+
+
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature means and scales (StandardScaler's: a constant feature, up to rounding, gets scale 1)."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    return scaler.mean_, scaler.scale_
+
+
+def fit_logistic(x: np.ndarray, soft: np.ndarray, groups: Sequence[str], seed: int = 0) -> tuple[LinearHead, dict[str, float]]:
+    """Logistic regression on soft labels in [0, 1] (each row twice: label 1 weighted q, label 0
+    weighted 1 - q, i.e. cross-entropy against q); C by cross-validated log loss over problem folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    mean, scale = _standardize(x)
+    z = (x - mean) / scale
+    groups = np.asarray(groups)
+    folds = list(GroupKFold(n_splits=min(FOLDS, len(set(groups)))).split(z, soft, groups))
+
+    def fit(rows, c):
+        both = np.concatenate([z[rows], z[rows]])
+        labels = np.concatenate([np.ones(len(rows)), np.zeros(len(rows))])
+        weights = np.concatenate([soft[rows], 1 - soft[rows]])
+        keep = weights > 0
+        return LogisticRegression(C=c, max_iter=2000).fit(both[keep], labels[keep], sample_weight=weights[keep])
+
+    if len(set(soft > 0.5)) < 2 and not np.any((soft > 0) & (soft < 1)):
+        raise ConfigError("every training label is the same; a head needs both right and wrong examples (record more problems)")
+    best_c, best_loss, best_oof = LOGISTIC_CS[0], math.inf, None
+    for c in LOGISTIC_CS:
+        oof = np.zeros(len(soft))
+        for train, test in folds:
+            oof[test] = fit(train, c).predict_proba(z[test])[:, 1]
+        p = np.clip(oof, 1e-6, 1 - 1e-6)
+        loss = float(-np.mean(soft * np.log(p) + (1 - soft) * np.log(1 - p)))
+        if loss < best_loss:
+            best_c, best_loss, best_oof = c, loss, oof
+    model = fit(np.arange(len(soft)), best_c)
+    cv = {"log_loss": round(best_loss, 4), "base_log_loss": round(_base_loss(soft), 4)}
+    hard = soft >= 0.5
+    if len(set(hard)) == 2:
+        cv["auroc"] = round(float(roc_auc_score(hard, best_oof)), 4)
+    head = LinearHead(link="logistic", feature_mean=mean.tolist(), feature_scale=scale.tolist(),
+                      coef=model.coef_[0].tolist(), intercept=float(model.intercept_[0]), penalty=best_c)
+    return head, cv
+
+
+def _base_loss(soft: np.ndarray) -> float:
+    """The log loss of predicting the mean label everywhere: what a head must beat."""
+    p = float(np.clip(soft.mean(), 1e-6, 1 - 1e-6))
+    return float(-np.mean(soft * math.log(p) + (1 - soft) * math.log(1 - p)))
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray) -> tuple[LinearHead, dict[str, float]]:
+    """Ridge regression (alpha by leave-one-out, RidgeCV) for the PAV advantage."""
+    from sklearn.linear_model import RidgeCV
+
+    mean, scale = _standardize(x)
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit((x - mean) / scale, y)
+    head = LinearHead(link="identity", feature_mean=mean.tolist(), feature_scale=scale.tolist(),
+                      coef=ridge.coef_.tolist(), intercept=float(ridge.intercept_), penalty=float(ridge.alpha_))
+    return head, {"advantage_r2_in_sample": round(float(ridge.score((x - mean) / scale, y)), 4)}
+
+
+# -- features -----------------------------------------------------------------------------------
+
+
+def hidden_state_backend(kind: str, model_path: str, **options: Any):
+    """The backend that reads a model's hidden states: vLLM's pooling runner, or the fake (tests)."""
+    if kind == "fake":
+        from ttscale.backends.fake import FakeHiddenBackend
+
+        return FakeHiddenBackend(model_path, **options)
+    from ttscale.backends.vllm_pooling import VLLMPoolingBackend
+
+    return VLLMPoolingBackend(model_path, mode="hidden", **options)
+
+
+def backend_kind(run: "Run") -> str:
+    """How a run's policy model is read: the fake's rows for a fake run, else vLLM's pooling runner."""
+    return "fake" if run.config.backend == "fake" else "vllm"
+
+
+def backend_options(run: "Run") -> dict[str, Any]:
+    """Options for the hidden-state backend of a run (the fake's answer key, which shapes its rows)."""
+    key = run.config.backend_options.get("answer_key") if backend_kind(run) == "fake" else None
+    return {"answer_key": key} if key else {}
+
+
+def solution_key(model: str, solution: Solution) -> str:
+    """The cache key of a solution's step-end vectors: sha256 over the model, the feature kind, prompt and steps."""
+    prompt = solution.problem.prompt
+    prompt = prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
+    blob = json.dumps({"model": model, "features": FEATURES, "prompt": prompt, "steps": list(solution.steps)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class StepFeatureCache:
+    """Step-end vectors of solutions on disk (.npz, read with allow_pickle=False), with what reading
+    each one cost (prompt tokens, FLOPs), so training and held-out evaluations read each solution once."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.rows: dict[str, np.ndarray] = {}
+        self.costs: dict[str, tuple[int, float]] = {}
+        if path is not None and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    keys, offsets, rows, tokens, flops = (data[k] for k in ("keys", "offsets", "rows", "prompt_tokens", "flops"))
+            except (OSError, ValueError, KeyError) as error:
+                raise ConfigError(f"{path}: not a step-feature cache ({error}); delete it to recompute") from None
+            for i, key in enumerate(keys):
+                self.rows[str(key)] = rows[offsets[i]:offsets[i + 1]].astype(np.float64)
+                self.costs[str(key)] = (int(tokens[i]), float(flops[i]))
+
+    def save(self) -> None:
+        """Write every entry atomically (a temporary file renamed over the old one)."""
+        if self.path is None or not self.rows:
+            return
+        keys = sorted(self.rows)
+        offsets = np.cumsum([0] + [len(self.rows[k]) for k in keys])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, keys=np.asarray(keys), offsets=offsets, rows=np.concatenate([self.rows[k] for k in keys]).astype(np.float32),
+                 prompt_tokens=np.asarray([self.costs[k][0] for k in keys]), flops=np.asarray([self.costs[k][1] for k in keys]))
+        tmp.replace(self.path)
+
+
+async def solution_features(backend, solutions: Sequence[Solution], cache: StepFeatureCache, concurrency: int = 16,
+                            ) -> tuple[list[np.ndarray], int, float]:
+    """Every solution's step-end vectors (one metered prefill each, or the cache's), and what
+    reading them all costs: prompt tokens and FLOPs (a cached solution counts what it cost when read)."""
+    from ttscale.cost import CostMeter
+
+    limit = asyncio.Semaphore(concurrency)
+    keys = [solution_key(backend.model.name, s) for s in solutions]
+
+    async def read(key: str, solution: Solution) -> None:
+        async with limit:
+            meter = CostMeter(backend)
+            [rows] = await step_features(meter, solution.problem.prompt, [solution.steps])
+            cache.rows[key], cache.costs[key] = rows, (meter.cost.prompt_tokens, meter.cost.flops)
+
+    await asyncio.gather(*(read(k, s) for k, s in dict(zip(keys, solutions)).items() if k not in cache.rows))
+    cache.save()
+    return [cache.rows[k] for k in keys], sum(cache.costs[k][0] for k in keys), sum(cache.costs[k][1] for k in keys)
+
+
+def read_features(run: "Run", solutions: Sequence[Solution], cache_path: Path | None, concurrency: int = 16
+                  ) -> tuple[list[np.ndarray], int, float]:
+    """Step-end vectors of solutions of `run`'s model, starting its hidden-state engine only if the cache lacks some."""
+    cache = StepFeatureCache(cache_path)
+    backend = hidden_state_backend(backend_kind(run), run.config.model, **backend_options(run))
+
+    async def go():
+        try:
+            return await solution_features(backend, solutions, cache, concurrency)
+        finally:
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingResult:
+    head: RewardHead
+    rollout_cost: Cost  # generation for the PRM's labels (training cost)
+    feature_tokens: int  # prompt tokens of the prefills that read the training solutions
+    feature_flops: float
+    rollouts_run: int  # prefixes rolled out by this invocation (the rest came from rollouts.jsonl)
+
+
+def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | None = None, rollouts: int = 4,
+          samples_per_problem: int = 2, alpha: float = 1.0, concurrency: int = 16, seed: int = 0,
+          features_cache: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainingResult:
+    """Train an ORM or a PRM on half a of the runs' problems and write DIR/head.json."""
+    label = label or ("grade" if kind == "orm" else "math-shepherd")
+    if (kind == "orm") != (label == "grade"):
+        raise ConfigError(f"--kind {kind} trains on {'grades' if kind == 'orm' else 'math-shepherd or pav labels'}, not {label!r}")
+    if not runs:
+        raise ConfigError("pass at least one recorded run directory")
+    models = {r.model for r in runs}
+    if len(models) > 1:
+        raise ConfigError(f"the runs are of several models ({', '.join(sorted(models))}); a head reads one model's hidden states")
+    run = runs[0]
+    solutions = recorded_solutions(runs, "a")
+    if not solutions:
+        raise ConfigError("no recorded problem of the runs is in the fitting half a; record more problems")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rollout_cost, rollouts_run, rollout_info = Cost(), 0, {}
+    if kind == "orm":
+        chosen = solutions
+    else:
+        chosen = pick_for_rollouts(solutions, samples_per_problem)
+        store = RolloutStore(out_dir / ROLLOUTS_FILE)
+        before = len(store.done)
+        from ttscale.runner import build_backend, build_benchmark
+
+        benchmark = build_benchmark(run.config)
+        todo = sum(len(s.steps) - 1 for s in chosen) - before
+        if todo > 0:
+            generator = build_backend(run.config)
+            try:
+                asyncio.run(run_rollouts(generator, benchmark, chosen, store, k=rollouts, params=run.config.sampling,
+                                         run_seed=run.config.seed, concurrency=concurrency,
+                                         progress=(lambda i, n: progress("rollouts", i, n)) if progress else None))
+            finally:
+                asyncio.run(generator.close())
+        rollouts_run = len(store.done) - before
+        rows = [store.done[(s.key, i)] for s in chosen for i in range(len(s.steps) - 1)]
+        if any(r["k"] != rollouts for r in rows):
+            raise ConfigError(f"{store.path} holds rollouts with another k than --rollouts {rollouts}; pass the same k or delete the file")
+        rollout_cost = sum((Cost.model_validate(r["cost"]) for r in rows), Cost())
+        rollout_info = {"rollouts_per_prefix": rollouts, "prefixes": len(rows), "solutions": len(chosen),
+                        "generated_tokens": rollout_cost.generated_tokens, "flops": rollout_cost.flops}
+    check_fitting_only([s.problem.id for s in chosen])
+    features, feature_tokens, feature_flops = read_features(run, chosen, features_cache or out_dir / FEATURES_FILE, concurrency)
+    train_rows, x_rows, values, advantages, groups = [], [], [], [], []
+    for solution, rows in zip(chosen, features):
+        if kind == "orm":
+            x_rows.append(rows[-1])
+            values.append(float(solution.correct))
+            groups.append(solution.problem.id)
+            train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "label": float(solution.correct)})
+            continue
+        grades = [store.done[(solution.key, i)]["correct"] for i in range(len(solution.steps) - 1)]
+        q = math_shepherd_values(grades, solution.correct)
+        a = pav_advantages(q, solution.pass1)
+        for i in range(len(solution.steps)):
+            x_rows.append(rows[i])
+            values.append(q[i])
+            advantages.append(a[i])
+            groups.append(solution.problem.id)
+        train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "values": q, "advantages": a})
+    x = np.stack(x_rows)
+    value_head, cv = fit_logistic(x, np.asarray(values), groups, seed)
+    advantage_head = None
+    if label == "pav":
+        advantage_head, more = fit_ridge(x, np.asarray(advantages))
+        cv.update(more)
+    head = RewardHead(
+        kind=kind, label=label, model=run.model, model_path=run.config.model, backend=backend_kind(run),
+        value=value_head, advantage=advantage_head, alpha=alpha,
+        provenance=Provenance(
+            runs=[str(r.dir) for r in runs], split_rule=SPLIT_RULE, fit_problems=sorted({s.problem.id for s in chosen}),
+            examples=len(values), positives=round(float(np.sum(values)), 4), data_sha256=data_hash(train_rows),
+            rollouts=rollout_info, cv=cv),
+    )
+    head.save(out_dir)
+    return TrainingResult(head, rollout_cost, feature_tokens, feature_flops, rollouts_run)
+
+
+# -- held-out evaluation --------------------------------------------------------------------------
+
+
+def auroc_with_interval(labels: Sequence[bool], scores: Sequence[float], groups: Sequence[str], *,
+                        resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """AUROC and a 95% bootstrap interval over problems (a problem's samples move together)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores, groups = np.asarray(labels, bool), np.asarray(scores, float), np.asarray(groups)
+    if len(set(labels)) < 2:
+        return math.nan, math.nan, math.nan
+    value = float(roc_auc_score(labels, scores))
+    ids = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ids]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+        if len(set(labels[rows])) == 2:
+            draws.append(roc_auc_score(labels[rows], scores[rows]))
+    return value, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
+@dataclass
+class HeldOut:
+    """A head measured on the held-out half: how well its scores separate right from wrong."""
+
+    problems: int
+    solutions: int
+    correct: int
+    auroc: dict[str, tuple[float, float, float]]  # by score: AUROC and its 95% interval over problems
+    prompt_tokens: int  # the prefills that read the held-out solutions (the verifier's inference cost)
+    flops: float
+
+
+def evaluate(head: RewardHead, runs: Sequence["Run"], *, features_cache: Path | None = None, concurrency: int = 16,
+             resamples: int = 1000) -> HeldOut:
+    """AUROC against the grades on half b of the runs: the head's score of each recorded solution
+    (its last step's; a PRM's weakest step's too), beside the verifier-free mean token logprob
+    where the runs recorded logprobs."""
+    if {r.model for r in runs} != {head.model}:
+        raise ConfigError(f"the head reads {head.model}'s hidden states; the runs are of {', '.join(sorted({r.model for r in runs}))}")
+    solutions = recorded_solutions(runs, "b")
+    if not solutions:
+        raise ConfigError("no recorded problem of the runs is in the held-out half b; record more problems")
+    leaked = sorted({s.problem.id for s in solutions} & set(head.provenance.fit_problems))
+    if leaked:
+        raise ConfigError(f"{len(leaked)} held-out problems (e.g. {leaked[0]!r}) are in the head's training problems; it cannot be measured on them")
+    features, tokens, flops = read_features(runs[0], solutions, features_cache, concurrency)
+    labels = [s.correct for s in solutions]
+    groups = [s.problem.id for s in solutions]
+    step_scores = [head.step_scores(rows) for rows in features]
+    scores = {f"{head.kind} ({head.label}), last step": [s[-1] for s in step_scores]}
+    if head.kind == "prm":
+        scores[f"{head.kind} ({head.label}), weakest step"] = [min(s) for s in step_scores]
+    if all(s.mean_logprob is not None for s in solutions):
+        scores["mean token logprob (no verifier; baseline)"] = [s.mean_logprob for s in solutions]
+    auroc = {name: auroc_with_interval(labels, values, groups, resamples=resamples) for name, values in scores.items()}
+    return HeldOut(len(set(groups)), len(solutions), sum(labels), auroc, tokens, flops)

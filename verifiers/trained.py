@@ -1,0 +1,70 @@
+"""`trained`: a verifier trained from one's own runs (`ttscale verifier train`), served from its head.json.
+
+The policy model reads the prompt and the solution once (a prefill on a hidden-state pooling
+engine, metered as the verifier's cost), and the head scores the hidden state at each step's end
+(ttscale.reward_heads). Scores of a prefix are kept and reused: a step's hidden state depends
+only on the text up to it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+from pydantic import Field, PrivateAttr
+
+from ttscale.cost import CostMeter
+from ttscale.protocols import Backend
+from ttscale.reward_heads import RewardHead, step_features
+from ttscale.types import Problem
+from ttscale.verifiers.prm import _VerifierBase
+
+MEMO_LIMIT = 200_000  # step-prefix scores kept (a long-running server forgets the oldest)
+
+
+class TrainedVerifier(_VerifierBase):
+    """An ORM or PRM head on the policy model's hidden states, loaded from `path` (a directory or head.json)."""
+
+    name: str = Field(default="trained", exclude=True)
+    path: str = Field(description="the directory `ttscale verifier train -o DIR` wrote (or its head.json)")
+    alpha: float | None = Field(default=None, description="PAV heads: weight of the advantage (default: the head's own)")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the hidden-state engine")
+    _head: RewardHead = PrivateAttr()
+    _backend: Backend = PrivateAttr()
+    _memo: "OrderedDict[tuple[str, tuple[str, ...]], float]" = PrivateAttr(default_factory=OrderedDict)
+
+    def model_post_init(self, __context: Any) -> None:
+        from ttscale.verifier_training import hidden_state_backend
+
+        head = RewardHead.load(self.path)
+        self._head = head if self.alpha is None else head.model_copy(update={"alpha": self.alpha})
+        self._backend = hidden_state_backend(head.backend, head.model_path, **self.backend_options)
+
+    @property
+    def head(self) -> RewardHead:
+        """The loaded head (kind, label, provenance)."""
+        return self._head
+
+    @property
+    def backend(self) -> Backend:
+        """The hidden-state engine that reads solutions (its prefills are this verifier's cost)."""
+        return self._backend
+
+    async def score_steps(self, problem: Problem, steps: Sequence[Sequence[str]], meter: CostMeter) -> list[list[float]]:
+        """Read every solution whose last step was not scored before (one prefill each), then look up."""
+        prompt_key = repr(problem.prompt)
+        todo = list(dict.fromkeys(tuple(s) for s in steps if any((prompt_key, tuple(s[: i + 1])) not in self._memo for i in range(len(s)))))
+        for solution, rows in zip(todo, await step_features(meter, problem.prompt, todo)):
+            for i, score in enumerate(self._head.step_scores(rows)):
+                self._remember((prompt_key, solution[: i + 1]), score)
+        return [[self._memo[(prompt_key, tuple(s[: i + 1]))] for i in range(len(s))] for s in steps]
+
+    def _remember(self, key: tuple[str, tuple[str, ...]], score: float) -> None:
+        self._memo[key] = score
+        self._memo.move_to_end(key)
+        while len(self._memo) > MEMO_LIMIT:
+            self._memo.popitem(last=False)
+
+    async def close(self) -> None:
+        """Stop the hidden-state engine."""
+        await self._backend.close()
