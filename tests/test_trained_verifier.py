@@ -137,6 +137,9 @@ def test_replayed_best_of_n_scored_by_the_trained_verifier_keeps_the_recorded_sa
         # One prefill per distinct solution: an equal one is looked up.
         assert record.cost["verifier_calls"] == len({s.text for s in record.samples}) and all(s.score is not None for s in record.samples)
     assert np.mean([r.selections["weighted-vote"] for r in rescored.records]) > np.mean([r.selections["majority"] for r in rescored.records])
+    # The head learned from half a's grades: its scores there are upper bounds, and the run says so.
+    assert all(r.verifier_uses_gold == (split_of(r.problem_id) == "a") for r in rescored.records)
+    assert rescored.verifier_uses_gold and rescored.uses_gold("weighted-vote") and not rescored.uses_gold("majority")
     with pytest.raises(ConfigError, match="temperature"):
         asyncio.run(run_eval(config.model_copy(update={"sampling": config.sampling.model_copy(update={"temperature": 0.2}),
                                                        "output": tmp_path / "other"})))
@@ -154,3 +157,37 @@ def test_user_errors_are_one_line(tmp_path, fake_run):
     with pytest.raises(ConfigError, match="not 'math-shepherd'"):
         from ttscale.verifier_training import train
         train([load_run(fake_run)], tmp_path / "v", kind="orm", label="math-shepherd")
+
+
+@pytest.mark.engine
+def test_vllm_hidden_states_at_step_ends_are_the_full_reads_rows_there():
+    """The real pooling engine (SmolLM2, mode "hidden"): asking for the rows at the steps' ends gives
+    the rows of a full read at the last token of each step, and the same rows as reading each step's
+    prefix alone (a step's hidden state depends only on the text up to it: the verifier's memo)."""
+    from ttscale.backends.vllm_pooling import VLLMPoolingBackend
+    from ttscale.cost import CostMeter
+    from ttscale.reward_heads import step_features, step_request
+
+    prompt = (ChatMessage(role="user", content="What is 12 + 30?"),)
+    steps = ["First, add the tens: 10 + 30 = 40.", "Then add the ones: 40 + 2 = 42.", "The answer is \\boxed{42}."]
+
+    async def main():
+        backend = VLLMPoolingBackend("smollm2-135m", mode="hidden", max_model_len=1024)
+        try:
+            meter = CostMeter(backend, role="verifier")
+            [at_ends] = await step_features(meter, prompt, [steps])
+            full_request = step_request(prompt, steps).model_copy(update={"positions": ()})
+            [full] = await backend.pool([full_request])
+            prefixes = [await step_features(CostMeter(backend), prompt, [steps[: i + 1]]) for i in range(len(steps))]
+            ends = [len(backend._encode(backend.render(step_request(prompt, steps[: i + 1]).model_copy(update={"positions": ()})),
+                                        full_request)) - 1 for i in range(len(steps))]
+            return at_ends, np.asarray(full.data), prefixes, ends, meter.cost, backend.model
+        finally:
+            await backend.close()
+
+    at_ends, full, prefixes, ends, cost, model = asyncio.run(main())
+    assert at_ends.shape == (3, model.shape.d_model) and full.shape[0] == ends[-1] + 1
+    assert np.allclose(at_ends, full[ends], atol=1e-4)
+    for i, [rows] in enumerate(prefixes):
+        assert np.allclose(rows[-1], at_ends[i], atol=1e-3)
+    assert cost.verifier_calls == 1 and cost.verifier_tokens == full.shape[0] and cost.verifier_flops > 0

@@ -20,6 +20,8 @@ new plugin implements only what it has:
     StreamingBackend                backend      strategies that stop  CostMeter.generate_until
       .generate_until                            samples early refuse  (DeepConf online)
     VerifierNeed.needs_verifier     strategy     False                 runner, before any problem
+    TrainedOnProblems.trained_on    verifier     False                 runner (verifier_uses_gold
+                                                                       per problem)
     SampleBudget.n                  strategy     1                     runner (engine sizing)
     PromptTemplated                 benchmark    None                  allocator (bare prompts)
     TraceMetadata keys              Trace.metadata  absent             analysis (subsampling,
@@ -145,6 +147,14 @@ class StreamingBackend(Protocol):
 
 
 @runtime_checkable
+class TrainedOnProblems(Protocol):
+    """A verifier learned from graded samples (`ttscale verifier train`): the problems it was trained
+    on reached it with their gold answers (as labels), so its scores there are upper bounds."""
+
+    def trained_on(self, problem_id: str) -> bool: ...
+
+
+@runtime_checkable
 class PromptTokens(Protocol):
     """A backend that can say which token ids it prefills for a request (vLLM; the fake's token
     strings): the CostMeter finds prefixes a problem shares between its requests exactly, in tokens."""
@@ -250,6 +260,16 @@ def check_trace_metadata(trace: Trace, strategy: str) -> None:
 def needs_verifier(strategy: object) -> bool:
     """Whether the strategy, with its options, cannot run without a verifier (default: it can)."""
     return bool(strategy.needs_verifier) if isinstance(strategy, VerifierNeed) else False
+
+
+def verifier_saw_gold(verifier: object, problem_id: str) -> bool:
+    """Whether gold answers reached the verifier's scores of this problem: an oracle's, or a trained
+    verifier's on a problem it was trained on (default: neither)."""
+    if verifier is None:
+        return False
+    if getattr(verifier, "uses_gold", False):
+        return True
+    return isinstance(verifier, TrainedOnProblems) and verifier.trained_on(problem_id)
 
 
 def streams(backend: object) -> bool:

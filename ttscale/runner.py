@@ -30,6 +30,7 @@ from ttscale.protocols import (
     samples_per_problem,
     size_for_workload,
     speculative_metrics_of,
+    verifier_saw_gold,
 )
 from ttscale.scaleout import gather_or_cancel, select_problems, solve_on_ray
 from ttscale.store import RunStore
@@ -151,7 +152,7 @@ async def solve_and_record(
         "seed": seed,
         "strategy": config.strategy,
         "verifier": verifier.name if verifier else None,
-        "verifier_uses_gold": bool(verifier and verifier.uses_gold),
+        "verifier_uses_gold": verifier_saw_gold(verifier, problem.id),
         "chosen_rule": trace.chosen_rule,
         **grade_trace(problem, trace, benchmark),
         "trace_metadata": trace.metadata,

@@ -4,6 +4,10 @@ The policy model reads the prompt and the solution once (a prefill on a hidden-s
 engine, metered as the verifier's cost), and the head scores the hidden state at each step's end
 (ttscale.reward_heads). Scores of a prefix are kept and reused: a step's hidden state depends
 only on the text up to it.
+
+Gold: the head reads no gold answer. But it learned from the graded samples of its training
+problems, so a run's records of those problems say `verifier_uses_gold: true` (upper bounds);
+measure it on problems it was not trained on (`ttscale eval --split b`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class TrainedVerifier(_VerifierBase):
     backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the hidden-state engine")
     _head: RewardHead = PrivateAttr()
     _backend: Backend = PrivateAttr()
+    _fit_problems: frozenset[str] = PrivateAttr(default=frozenset())
     _memo: "OrderedDict[tuple[str, tuple[str, ...]], float]" = PrivateAttr(default_factory=OrderedDict)
 
     def model_post_init(self, __context: Any) -> None:
@@ -38,12 +43,17 @@ class TrainedVerifier(_VerifierBase):
 
         head = RewardHead.load(self.path)
         self._head = head if self.alpha is None else head.model_copy(update={"alpha": self.alpha})
+        self._fit_problems = frozenset(head.provenance.fit_problems)
         self._backend = hidden_state_backend(head.backend, head.model_path, **self.backend_options)
 
     @property
     def head(self) -> RewardHead:
         """The loaded head (kind, label, provenance)."""
         return self._head
+
+    def trained_on(self, problem_id: str) -> bool:
+        """Whether the head learned from this problem's graded samples (its scores there are upper bounds)."""
+        return problem_id in self._fit_problems
 
     @property
     def backend(self) -> Backend:
