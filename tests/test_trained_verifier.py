@@ -140,6 +140,13 @@ def test_replayed_best_of_n_scored_by_the_trained_verifier_keeps_the_recorded_sa
     # The head learned from half a's grades: its scores there are upper bounds, and the run says so.
     assert all(r.verifier_uses_gold == (split_of(r.problem_id) == "a") for r in rescored.records)
     assert rescored.verifier_uses_gold and rescored.uses_gold("weighted-vote") and not rescored.uses_gold("majority")
+    # The held-out AUROC read from the scores the replay recorded equals the one computed from features.
+    head = RewardHead.load(tmp_path / "orm")
+    read = evaluate(head, [rescored], resamples=20)
+    computed = evaluate(head, [load_run(fake_run)], resamples=20)
+    assert read.auroc["orm (grade), last step"][0] == pytest.approx(computed.auroc["orm (grade), last step"][0])
+    # (the live verifier reads an equal solution once, so it read no more than one prefill per solution)
+    assert read.solutions == computed.solutions and 0 < read.prompt_tokens <= computed.prompt_tokens
     with pytest.raises(ConfigError, match="temperature"):
         asyncio.run(run_eval(config.model_copy(update={"sampling": config.sampling.model_copy(update={"temperature": 0.2}),
                                                        "output": tmp_path / "other"})))

@@ -82,6 +82,7 @@ class Solution:
     pass1: float  # its problem's recorded pass@1
     num_tokens: int
     mean_logprob: float | None = None
+    score: float | None = None  # the score its run's verifier gave it
 
     @property
     def key(self) -> str:
@@ -105,7 +106,7 @@ def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
                     raise ConfigError(f"{run.dir}: problem {record.problem_id!r} recorded no sample texts; a verifier learns from them")
                 steps = tuple(split_steps(sample.text)) or (sample.text.strip() or "(empty)",)
                 solutions.append(Solution(problems[record.problem_id], i, steps, sample.correct, record.pass1,
-                                          sample.num_tokens, sample.mean_logprob))
+                                          sample.num_tokens, sample.mean_logprob, sample.score))
     return solutions
 
 
@@ -486,11 +487,27 @@ class HeldOut:
     flops: float
 
 
+def scored_by(run: "Run", head: RewardHead) -> bool:
+    """Whether a run's candidates carry this head's scores (a best-of-N run with `-v trained` of it,
+    e.g. a recorded run replayed with `--backend replay`): then they are read, not recomputed."""
+    if run.config.verifier != "trained" or run.config.strategy != "best-of-n":
+        return False
+    options = run.config.verifier_options
+    try:
+        used = RewardHead.load(options.get("path", ""))
+    except ConfigError:
+        return False
+    if options.get("alpha") is not None:
+        used = used.model_copy(update={"alpha": float(options["alpha"])})
+    return used == head and all(s.score is not None for r in run.records for s in r.samples)
+
+
 def evaluate(head: RewardHead, runs: Sequence["Run"], *, features_cache: Path | None = None, concurrency: int = 16,
              resamples: int = 1000) -> HeldOut:
     """AUROC against the grades on half b of the runs: the head's score of each recorded solution
-    (its last step's; a PRM's weakest step's too), beside the verifier-free mean token logprob
-    where the runs recorded logprobs."""
+    (its last step's; a PRM's weakest step's too, when the features are read here), beside the
+    verifier-free mean token logprob where the runs recorded logprobs. Runs that recorded this
+    head's scores (`scored_by`) are read as they are; others are read by the hidden-state engine."""
     if {r.model for r in runs} != {head.model}:
         raise ConfigError(f"the head reads {head.model}'s hidden states; the runs are of {', '.join(sorted({r.model for r in runs}))}")
     solutions = recorded_solutions(runs, "b")
@@ -499,13 +516,18 @@ def evaluate(head: RewardHead, runs: Sequence["Run"], *, features_cache: Path | 
     leaked = sorted({s.problem.id for s in solutions} & set(head.provenance.fit_problems))
     if leaked:
         raise ConfigError(f"{len(leaked)} held-out problems (e.g. {leaked[0]!r}) are in the head's training problems; it cannot be measured on them")
-    features, tokens, flops = read_features(runs[0], solutions, features_cache, concurrency)
     labels = [s.correct for s in solutions]
     groups = [s.problem.id for s in solutions]
-    step_scores = [head.step_scores(rows) for rows in features]
-    scores = {f"{head.kind} ({head.label}), last step": [s[-1] for s in step_scores]}
-    if head.kind == "prm":
-        scores[f"{head.kind} ({head.label}), weakest step"] = [min(s) for s in step_scores]
+    if all(scored_by(run, head) for run in runs):  # the runs recorded this head's scores: read them
+        tokens = sum(int(r.cost.get("verifier_tokens", 0)) for run in runs for r in run.records if split_of(r.problem_id) == "b")
+        flops = sum(float(r.cost.get("verifier_flops", 0)) for run in runs for r in run.records if split_of(r.problem_id) == "b")
+        scores = {f"{head.kind} ({head.label}), last step": [s.score for s in solutions]}
+    else:
+        features, tokens, flops = read_features(runs[0], solutions, features_cache, concurrency)
+        step_scores = [head.step_scores(rows) for rows in features]
+        scores = {f"{head.kind} ({head.label}), last step": [s[-1] for s in step_scores]}
+        if head.kind == "prm":
+            scores[f"{head.kind} ({head.label}), weakest step"] = [min(s) for s in step_scores]
     if all(s.mean_logprob is not None for s in solutions):
         scores["mean token logprob (no verifier; baseline)"] = [s.mean_logprob for s in solutions]
     auroc = {name: auroc_with_interval(labels, values, groups, resamples=resamples) for name, values in scores.items()}

@@ -22,6 +22,8 @@ Like ttscale/backends/vllm.py, vllm is imported only when the engine starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import uuid
 from typing import Any, Literal, Sequence
 
@@ -35,6 +37,26 @@ from ttscale.types import PoolRequest, PoolResult
 POOLING_TASK = "token_classify"
 HIDDEN_TASK = "token_embed"
 PoolingMode = Literal["prm", "hidden"]
+
+
+@contextlib.contextmanager
+def spare_cpu_binding(on_cpu: bool):
+    """On CPU, start this engine's worker on the last CPU this process may use.
+
+    vLLM's automatic binding puts every engine's worker on the same CPUs and keeps the last one
+    for its scheduler, so a pooling engine beside a generation engine (a trained verifier in a
+    search, a prefill probe in `ttscale serve`) would share the generation engine's core. The
+    worker reads VLLM_CPU_OMP_THREADS_BIND when its process is spawned, during the engine's
+    start; a value the user set is left alone."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not on_cpu or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(cpus) < 2:
+        yield
+        return
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[-1])
+    try:
+        yield
+    finally:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
 class VLLMPoolingBackend:
@@ -75,10 +97,12 @@ class VLLMPoolingBackend:
                 from vllm.platforms import current_platform
                 from vllm.v1.engine.async_llm import AsyncLLM
 
-                if current_platform.is_cpu():
+                on_cpu = current_platform.is_cpu()
+                if on_cpu:
                     self._settings.update(self._cpu_settings())
                 try:
-                    self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._settings))
+                    with spare_cpu_binding(on_cpu):
+                        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._settings))
                 except Exception as error:
                     reason = " ".join(str(error).split())[:300]
                     hint = ("A 7B PRM needs a GPU; on CPU use --verifier llm-judge-prm." if self.mode == "prm" else
