@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttscale.errors import ConfigError
 from ttscale.steps import STEP_SEPARATOR
-from ttscale.types import ChatMessage, PoolRequest
+from ttscale.types import ChatMessage, PoolRequest, PoolResult
 
 if TYPE_CHECKING:
     from ttscale.cost import CostMeter
@@ -68,6 +68,73 @@ async def step_features(meter: "CostMeter", prompt: tuple[ChatMessage, ...] | st
                               "verifier needs one row per requested position (VLLMPoolingBackend(model, mode='hidden'))")
         features[i] = rows
     return features
+
+
+def request_key(model: str, request: PoolRequest) -> str:
+    """The cache key of a hidden-state read: sha256 over the model, the feature kind and the request."""
+    prompt = request.prompt if isinstance(request.prompt, str) else [m.model_dump() for m in request.prompt]
+    blob = json.dumps({"model": model, "features": FEATURES, "prompt": prompt, "prefix": request.prefix,
+                       "positions": list(request.positions)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CachedHiddenStates:
+    """A hidden-state backend with an .npz cache in front: a request read before is answered with
+    the rows and prompt-token count it had (so a meter prices it as the prefill it stands for), and
+    the engine behind starts only for requests not read before. The cache is written on close.
+
+    Training, `ttscale verifier eval` and a replayed run scored with `-V features=FILE` thus read
+    each solution once. The file is read with allow_pickle=False."""
+
+    def __init__(self, backend: Any, path: Path | str | None):
+        self._backend = backend
+        self.model = backend.model
+        self.path = Path(path) if path is not None else None
+        self._rows: dict[str, np.ndarray] = {}
+        self._tokens: dict[str, int] = {}
+        self._added = False
+        if self.path is not None and self.path.is_file():
+            try:
+                with np.load(self.path, allow_pickle=False) as data:
+                    keys, offsets, rows, tokens = (data[k] for k in ("keys", "offsets", "rows", "prompt_tokens"))
+            except (OSError, ValueError, KeyError) as error:
+                raise ConfigError(f"{self.path}: not a step-feature cache ({error}); delete it to recompute") from None
+            for i, key in enumerate(keys):
+                self._rows[str(key)] = rows[offsets[i]:offsets[i + 1]].astype(np.float64)
+                self._tokens[str(key)] = int(tokens[i])
+
+    async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
+        """Rows from the cache, or from the engine (then kept)."""
+        keys = [request_key(self.model.name, r) for r in requests]
+        unread = {k: r for k, r in zip(keys, requests) if k not in self._rows}
+        if unread:
+            for key, result in zip(unread, await self._backend.pool(list(unread.values()))):
+                self._rows[key], self._tokens[key] = np.asarray(result.data, dtype=np.float64), result.prompt_tokens
+            self._added = True
+        return [PoolResult(data=tuple(map(tuple, self._rows[k].tolist())), prompt_tokens=self._tokens[k]) for k in keys]
+
+    def save(self) -> None:
+        """Write every entry atomically (a temporary file renamed over the old one)."""
+        if self.path is None or not self._added:
+            return
+        keys = sorted(self._rows)
+        offsets = np.cumsum([0] + [len(self._rows[k]) for k in keys])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, keys=np.asarray(keys), offsets=offsets, rows=np.concatenate([self._rows[k] for k in keys]).astype(np.float32),
+                 prompt_tokens=np.asarray([self._tokens[k] for k in keys]))
+        tmp.replace(self.path)
+        self._added = False
+
+    async def generate(self, requests):
+        return await self._backend.generate(requests)
+
+    async def close(self) -> None:
+        """Write the cache, then stop the engine behind."""
+        try:
+            self.save()
+        finally:
+            await self._backend.close()
 
 
 class LinearHead(BaseModel):

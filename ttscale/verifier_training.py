@@ -31,7 +31,7 @@ import numpy as np
 
 from ttscale.allocation.policy import split_of
 from ttscale.errors import ConfigError
-from ttscale.reward_heads import FEATURES, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, step_features
+from ttscale.reward_heads import CachedHiddenStates, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, step_features
 from ttscale.steps import STEP_SEPARATOR, split_steps
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
 
@@ -286,76 +286,34 @@ def backend_options(run: "Run") -> dict[str, Any]:
     return {"answer_key": key} if key else {}
 
 
-def solution_key(model: str, solution: Solution) -> str:
-    """The cache key of a solution's step-end vectors: sha256 over the model, the feature kind, prompt and steps."""
-    prompt = solution.problem.prompt
-    prompt = prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
-    blob = json.dumps({"model": model, "features": FEATURES, "prompt": prompt, "steps": list(solution.steps)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-class StepFeatureCache:
-    """Step-end vectors of solutions on disk (.npz, read with allow_pickle=False), with what reading
-    each one cost (prompt tokens, FLOPs), so training and held-out evaluations read each solution once."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self.rows: dict[str, np.ndarray] = {}
-        self.costs: dict[str, tuple[int, float]] = {}
-        if path is not None and path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    keys, offsets, rows, tokens, flops = (data[k] for k in ("keys", "offsets", "rows", "prompt_tokens", "flops"))
-            except (OSError, ValueError, KeyError) as error:
-                raise ConfigError(f"{path}: not a step-feature cache ({error}); delete it to recompute") from None
-            for i, key in enumerate(keys):
-                self.rows[str(key)] = rows[offsets[i]:offsets[i + 1]].astype(np.float64)
-                self.costs[str(key)] = (int(tokens[i]), float(flops[i]))
-
-    def save(self) -> None:
-        """Write every entry atomically (a temporary file renamed over the old one)."""
-        if self.path is None or not self.rows:
-            return
-        keys = sorted(self.rows)
-        offsets = np.cumsum([0] + [len(self.rows[k]) for k in keys])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, keys=np.asarray(keys), offsets=offsets, rows=np.concatenate([self.rows[k] for k in keys]).astype(np.float32),
-                 prompt_tokens=np.asarray([self.costs[k][0] for k in keys]), flops=np.asarray([self.costs[k][1] for k in keys]))
-        tmp.replace(self.path)
-
-
-async def solution_features(backend, solutions: Sequence[Solution], cache: StepFeatureCache, concurrency: int = 16,
-                            ) -> tuple[list[np.ndarray], int, float]:
-    """Every solution's step-end vectors (one metered prefill each, or the cache's), and what
-    reading them all costs: prompt tokens and FLOPs (a cached solution counts what it cost when read)."""
+async def solution_features(backend, solutions: Sequence[Solution], concurrency: int = 16) -> tuple[list[np.ndarray], int, float]:
+    """Every solution's step-end vectors (one metered prefill each) and what reading them all costs:
+    prompt tokens and FLOPs (through a CachedHiddenStates backend, a solution read before costs what
+    its prefill did)."""
     from ttscale.cost import CostMeter
 
     limit = asyncio.Semaphore(concurrency)
-    keys = [solution_key(backend.model.name, s) for s in solutions]
+    meters = [CostMeter(backend) for _ in solutions]
 
-    async def read(key: str, solution: Solution) -> None:
+    async def read(meter, solution: Solution) -> np.ndarray:
         async with limit:
-            meter = CostMeter(backend)
             [rows] = await step_features(meter, solution.problem.prompt, [solution.steps])
-            cache.rows[key], cache.costs[key] = rows, (meter.cost.prompt_tokens, meter.cost.flops)
+            return rows
 
-    await asyncio.gather(*(read(k, s) for k, s in dict(zip(keys, solutions)).items() if k not in cache.rows))
-    cache.save()
-    return [cache.rows[k] for k in keys], sum(cache.costs[k][0] for k in keys), sum(cache.costs[k][1] for k in keys)
+    rows = await asyncio.gather(*(read(m, s) for m, s in zip(meters, solutions)))
+    return list(rows), sum(m.cost.prompt_tokens for m in meters), sum(m.cost.flops for m in meters)
 
 
 def read_features(run: "Run", solutions: Sequence[Solution], cache_path: Path | None, concurrency: int = 16
                   ) -> tuple[list[np.ndarray], int, float]:
     """Step-end vectors of solutions of `run`'s model, starting its hidden-state engine only if the cache lacks some."""
-    cache = StepFeatureCache(cache_path)
-    backend = hidden_state_backend(backend_kind(run), run.config.model, **backend_options(run))
+    backend = CachedHiddenStates(hidden_state_backend(backend_kind(run), run.config.model, **backend_options(run)), cache_path)
 
     async def go():
         try:
-            return await solution_features(backend, solutions, cache, concurrency)
+            return await solution_features(backend, solutions, concurrency)
         finally:
-            await backend.close()
+            await backend.close()  # writes the cache
 
     return asyncio.run(go())
 

@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr
 
 from ttscale.cost import CostMeter
 from ttscale.protocols import Backend
-from ttscale.reward_heads import RewardHead, step_features
+from ttscale.reward_heads import CachedHiddenStates, RewardHead, step_features
 from ttscale.types import Problem
 from ttscale.verifiers.prm import _VerifierBase
 
@@ -33,6 +33,8 @@ class TrainedVerifier(_VerifierBase):
     path: str = Field(description="the directory `ttscale verifier train -o DIR` wrote (or its head.json)")
     alpha: float | None = Field(default=None, description="PAV heads: weight of the advantage (default: the head's own)")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the hidden-state engine")
+    features: str | None = Field(default=None, description="an .npz cache of hidden-state reads (`verifier train/eval --features`): "
+                                 "a solution read before is not read again, and is metered as the prefill it stands for")
     _head: RewardHead = PrivateAttr()
     _backend: Backend = PrivateAttr()
     _fit_problems: frozenset[str] = PrivateAttr(default=frozenset())
@@ -44,7 +46,8 @@ class TrainedVerifier(_VerifierBase):
         head = RewardHead.load(self.path)
         self._head = head if self.alpha is None else head.model_copy(update={"alpha": self.alpha})
         self._fit_problems = frozenset(head.provenance.fit_problems)
-        self._backend = hidden_state_backend(head.backend, head.model_path, **self.backend_options)
+        engine = hidden_state_backend(head.backend, head.model_path, **self.backend_options)
+        self._backend = CachedHiddenStates(engine, self.features) if self.features else engine
 
     @property
     def head(self) -> RewardHead:
