@@ -36,7 +36,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for head.json (and the PRM's rollouts.jsonl, which makes a rerun resume)."),
     label: Optional[str] = typer.Option(None, "--label", help="PRM labels: math-shepherd (default: the fraction of rollouts reaching gold) or pav (that value plus its change across the step).", callback=_label),
     rollouts: int = typer.Option(4, "--rollouts", min=1, help="PRM: rollouts from each step prefix (k)."),
-    samples_per_problem: int = typer.Option(2, "--samples-per-problem", min=1, help="PRM: recorded samples per problem rolled out (correct and incorrect alternately)."),
+    samples_per_problem: Optional[int] = typer.Option(None, "--samples-per-problem", min=1, help="Recorded samples per problem trained on, correct and incorrect alternately (default: 2 for a PRM, whose are rolled out; every one for an ORM)."),
     alpha: float = typer.Option(1.0, "--alpha", help="PAV: weight of the advantage in a step's score (Q + alpha·A)."),
     concurrency: int = typer.Option(16, "--concurrency", min=1, help="Requests in flight at once."),
     features: Optional[Path] = FEATURES,

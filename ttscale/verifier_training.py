@@ -2,7 +2,7 @@
 
 Data. Recorded runs are read through ttscale.analysis.runs. Only half "a" of the problems
 (ttscale.allocation.policy.split_of, a hash of the problem id) is trained on; half "b" is held
-out for `evaluate`. `check_fitting_only` refuses any held-out problem right before a head is fit.
+out for `evaluate`. `check_fitting_only` refuses any held-out problem before any rollout or fit.
 
 Labels:
 - ORM: each recorded sample's grade.
@@ -331,9 +331,13 @@ class TrainingResult:
 
 
 def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | None = None, rollouts: int = 4,
-          samples_per_problem: int = 2, alpha: float = 1.0, concurrency: int = 16, seed: int = 0,
+          samples_per_problem: int | None = None, alpha: float = 1.0, concurrency: int = 16, seed: int = 0,
           features_cache: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainingResult:
-    """Train an ORM or a PRM on half a of the runs' problems and write DIR/head.json."""
+    """Train an ORM or a PRM on half a of the runs' problems and write DIR/head.json.
+
+    `samples_per_problem` (default: 2 for a PRM, every sample for an ORM) picks correct and
+    incorrect samples alternately (`pick_for_rollouts`); an ORM given the PRM's number trains on
+    the same solutions, so their features are read once."""
     label = label or ("grade" if kind == "orm" else "math-shepherd")
     if (kind == "orm") != (label == "grade"):
         raise ConfigError(f"--kind {kind} trains on {'grades' if kind == 'orm' else 'math-shepherd or pav labels'}, not {label!r}")
@@ -348,17 +352,17 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
         raise ConfigError("no recorded problem of the runs is in the fitting half a; record more problems")
     out_dir.mkdir(parents=True, exist_ok=True)
     rollout_cost, rollouts_run, rollout_info = Cost(), 0, {}
-    if kind == "orm":
-        chosen = solutions
-    else:
-        chosen = pick_for_rollouts(solutions, samples_per_problem)
+    if samples_per_problem is None:
+        samples_per_problem = 2 if kind == "prm" else None
+    chosen = solutions if samples_per_problem is None else pick_for_rollouts(solutions, samples_per_problem)
+    check_fitting_only([s.problem.id for s in chosen])
+    if kind == "prm":
         store = RolloutStore(out_dir / ROLLOUTS_FILE)
         before = len(store.done)
         from ttscale.runner import build_backend, build_benchmark
 
         benchmark = build_benchmark(run.config)
-        todo = sum(len(s.steps) - 1 for s in chosen) - before
-        if todo > 0:
+        if any((s.key, i) not in store.done for s in chosen for i in range(len(s.steps) - 1)):
             generator = build_backend(run.config)
             try:
                 asyncio.run(run_rollouts(generator, benchmark, chosen, store, k=rollouts, params=run.config.sampling,
@@ -373,7 +377,6 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
         rollout_cost = sum((Cost.model_validate(r["cost"]) for r in rows), Cost())
         rollout_info = {"rollouts_per_prefix": rollouts, "prefixes": len(rows), "solutions": len(chosen),
                         "generated_tokens": rollout_cost.generated_tokens, "flops": rollout_cost.flops}
-    check_fitting_only([s.problem.id for s in chosen])
     features, feature_tokens, feature_flops = read_features(run, chosen, features_cache or out_dir / FEATURES_FILE, concurrency)
     train_rows, x_rows, values, advantages, groups = [], [], [], [], []
     for solution, rows in zip(chosen, features):
