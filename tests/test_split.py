@@ -247,3 +247,17 @@ async def test_compare_split_b_shows_the_accuracy_of_split_b_only(tmp_path):
     result = ttscale("compare", str(run_dir), str(only_a.run_dir), "--split", "b", "--bootstrap", "0", cwd=tmp_path)
     message = one_line_error(result)
     assert only_a.run_dir.name in message and "no problem in split b" in message
+
+
+async def test_compare_common_keeps_only_the_problems_every_run_recorded(tmp_path):
+    """A search stopped early beside a complete run: --common measures every curve on the problems both have."""
+    problems, gold = mixed_problems(tmp_path / "mixed.jsonl")
+    config = RunConfig(benchmark=str(problems), backend="fake", output=tmp_path / "runs", concurrency=4,
+                       strategy_options={"n": 2}, backend_options={"script": ["The answer is \\boxed{7}."]})
+    whole = (await run_eval(config)).run_dir
+    part = (await run_eval(config.model_copy(update={"split": "b", "output": tmp_path / "part"}))).run_dir
+    comparison = build_comparison([whole, part], rules=["majority"], bootstrap=0, common=True)
+    held_out = sorted(p for p in gold if split_of(p) == "b")
+    assert [sorted(r.problem_id for r in run.records) for run in comparison.runs] == [held_out, held_out]
+    assert not comparison.warnings and f"the {len(held_out)} problems every run recorded" in comparison.split_label
+    assert len(build_comparison([whole, part], rules=["majority"], bootstrap=0).warnings) == 1  # without it: a warning

@@ -17,11 +17,11 @@ console = Console()
 RUNS = typer.Argument(..., help="Run directories written by `ttscale eval` (e.g. runs/arithmetic-best-of-n-1a2b3c4d5e6f).")
 
 
-def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive=False, split=None):
+def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive=False, split=None, common=False):
     return {
         "rules": rule or None, "subsets": subsets, "bootstrap": bootstrap, "seed": seed, "intensity": intensity,
         "budgets": budgets or None, "budget_count": budget_count, "ratios": tuple(ratio) if ratio else SNELL_RATIOS,
-        "adaptive": adaptive, "split": split,
+        "adaptive": adaptive, "split": split, "common": common,
     }
 
 
@@ -33,6 +33,7 @@ INTENSITY = typer.Option(KINETICS_INTENSITY, "--intensity", help="Kinetics arith
 BUDGETS = typer.Option(None, "--budget", help="FLOPs budget(s) per problem for the matched view (default: a log-spaced grid).")
 BUDGET_COUNT = typer.Option(8, "--budgets", help="How many log-spaced budgets in the matched view's default grid.")
 RATIO = typer.Option(None, "--ratio", help="R = D_inference/D_pretrain for the small-vs-large-model view (default: 0.16, 0.79, 22).")
+COMMON = typer.Option(False, "--common", help="Show only the problems every run recorded (e.g. a search stopped early beside a complete run), so every curve is measured on the same set.")
 SPLIT = typer.Option(None, "--split", help="Show only one half of the problems: a (where policies and verifiers are fitted) or b (held out), by a stable hash of each problem id; every run is restricted to it.")
 ADAPTIVE = typer.Option(False, "--adaptive", help="Add adaptive-consistency, ESC and DeepConf replayed from each best-of-N run: a curve per method, its points its thresholds (held-out figures: `ttscale adaptive`).")
 
@@ -50,6 +51,7 @@ def compare_command(
     ratio: Optional[list[float]] = RATIO,
     adaptive: bool = ADAPTIVE,
     split: Optional[str] = SPLIT,
+    common: bool = COMMON,
 ) -> None:
     """Compare runs: accuracy vs cost per strategy and budget, the winner at matched FLOPs, plots.
 
@@ -58,7 +60,7 @@ def compare_command(
     from ttscale.analysis.report import build_comparison
 
     out = out or run_dirs[0].parent / "compare"
-    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split))
+    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split, common))
     print_comparison(comparison)
     console.print("Plots:")
     for paths in comparison.plots.values():
@@ -78,12 +80,13 @@ def report_command(
     budget_count: int = BUDGET_COUNT,
     ratio: Optional[list[float]] = RATIO,
     split: Optional[str] = SPLIT,
+    common: bool = COMMON,
 ) -> None:
     """Write one self-contained HTML report comparing runs: tables and plots inline."""
     from ttscale.analysis.report import build_comparison, write_report
 
     plots_dir = plots_dir or output.with_name(output.stem + "_plots")
-    comparison = build_comparison(run_dirs, out_dir=plots_dir, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, split=split))
+    comparison = build_comparison(run_dirs, out_dir=plots_dir, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, split=split, common=common))
     console.print(f"Report: {write_report(comparison, output)}")
 
 
@@ -95,8 +98,8 @@ def print_comparison(comparison) -> None:
 
     for warning in comparison.warnings:
         console.print(f"[yellow]Note:[/] {warning}")
-    if comparison.split:
-        console.print(f"Problems shown: {comparison.split_label} only (every run restricted to that half).")
+    if comparison.split_label:
+        console.print(f"Problems shown: {comparison.split_label} only (every run restricted to them).")
     labels = comparison.labels
     common = " · ".join(x for x in (common_label(comparison.curves), comparison.split_label) if x)
     table = Table(title=f"Accuracy against cost{' · ' + common if common else ''} (means per problem; * = subsampled)")
@@ -113,7 +116,7 @@ def print_comparison(comparison) -> None:
 
     competing = [labels[id(c)] for c in comparison.curves if not c.uses_gold]
     gold = [labels[id(c)] for c in comparison.curves if c.uses_gold]
-    half = f" · {comparison.split_label}" if comparison.split else ""
+    half = f" · {comparison.split_label}" if comparison.split_label else ""
     matched = Table(title=f"Matched FLOPs{half}: accuracy interpolated in log FLOPs (— = budget outside the curve)")
     matched.add_column("FLOPs per problem", justify="right")
     for label in competing:

@@ -37,11 +37,13 @@ class Comparison:
     plots: dict[str, list[Path]] = field(default_factory=dict)
     intensity: float = KINETICS_INTENSITY
     split: str | None = None  # the half every run was restricted to (None: every problem)
+    common: bool = False  # every run restricted to the problems all of them recorded
 
     @property
     def split_label(self) -> str:
-        """Which half of the problems is shown ('' when all of them are)."""
-        return describe_split(self.split)
+        """Which problems are shown: a half, and/or only those every run recorded ('' when all of them are)."""
+        shared = f"the {len(self.runs[0].records)} problems every run recorded" if self.common and self.runs else ""
+        return " · ".join(x for x in (describe_split(self.split), shared) if x)
 
     @property
     def warnings(self) -> list[str]:
@@ -81,6 +83,15 @@ def restrict_to_split(run: Run, split: str) -> Run:
     return dataclasses.replace(run, records=records)
 
 
+def restrict_to_common(runs: Sequence[Run]) -> list[Run]:
+    """The runs with only the problems every one of them recorded (e.g. a search stopped early
+    beside a complete best-of-N run), in each run's order; a ConfigError when they share none."""
+    shared = set.intersection(*({r.problem_id for r in run.records} for run in runs))
+    if not shared:
+        raise ConfigError("the runs share no problem; --common needs runs over the same benchmark and options")
+    return [dataclasses.replace(run, records=[r for r in run.records if r.problem_id in shared]) for run in runs]
+
+
 def run_label(run: Run) -> str:
     """A run's legend entry: strategy, model and its N."""
     n = max(r.n for r in run.records)
@@ -101,17 +112,21 @@ def build_comparison(
     ratios: Sequence[float] = SNELL_RATIOS,
     adaptive: bool = False,
     split: str | None = None,
+    common: bool = False,
 ) -> Comparison:
     """Load runs, subsample their curves, compare at matched FLOPs, and plot into `out_dir`.
 
     `adaptive`: add the adaptive methods replayed from each best-of-N run (ttscale.analysis.adaptive),
     a curve per method whose points are its thresholds. `split` ("a" or "b"): restrict every run to
-    the problems of that half (ttscale.allocation.policy.split_of) before anything is built."""
+    the problems of that half (ttscale.allocation.policy.split_of) before anything is built;
+    `common`: then to the problems every run recorded."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split must be a (where policies and verifiers are fitted) or b (held out), got {split!r}")
     runs = [load_run(d, intensity=intensity) for d in run_dirs]
     if split is not None:
         runs = [restrict_to_split(run, split) for run in runs]
+    if common:
+        runs = restrict_to_common(runs)
     curves = [c for run in runs for c in scaling_curves(run, subsets=subsets, bootstrap=bootstrap, seed=seed, rules=rules)]
     if adaptive:
         from ttscale.analysis.adaptive import adaptive_curves
@@ -120,7 +135,7 @@ def build_comparison(
     rows = matched_budgets(curves, budgets, count=budget_count)
     coverage = {run_label(run): coverage_curve(run) for run in runs}
     bins, ease, bins_source = compare_bins(runs[0].records)
-    comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity, split=split)
+    comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity, split=split, common=common)
     _model_vs_search(comparison, ratios)
     if out_dir is not None:
         from ttscale.analysis import plots
@@ -218,9 +233,9 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
     labels = comparison.labels
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>"]
-    if comparison.split:
+    if comparison.split_label:
         parts.append(f"<p><b>Problems shown:</b> {_e(comparison.split_label)} only: every run is restricted to "
-                     "the problems of that half (a stable hash of each problem id) before its curves are built.</p>")
+                     "them (a half by a stable hash of each problem id) before its curves are built.</p>")
     for warning in comparison.warnings:
         parts.append(f"<p><b>Note:</b> {_e(warning)}</p>")
     run_rows = []
@@ -247,7 +262,7 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
     parts.append(_table(["curve", "N", "accuracy", "95% CI", "FLOPs", "eFLOPs", "gen. tokens", "wall s"], rows))
     parts.append("<p class='note'>* subsampled from the run's samples; wall time of a subsample is pro-rated by its tokens.</p>")
 
-    parts.append(f"<h2>Matched FLOPs: who wins at each budget{_e(' · ' + comparison.split_label) if comparison.split else ''}</h2>")
+    parts.append(f"<h2>Matched FLOPs: who wins at each budget{_e(' · ' + comparison.split_label) if comparison.split_label else ''}</h2>")
     competing = [labels[id(c)] for c in comparison.curves if not c.uses_gold]
     gold = [labels[id(c)] for c in comparison.curves if c.uses_gold]
     rows, classes = [], []
