@@ -121,6 +121,9 @@ def test_the_trained_verifier_is_metered_as_a_prefill_of_the_scored_text(fake_ru
     # A prefix scored before is looked up, not read again (a step's hidden state depends on the text up to it).
     assert asyncio.run(ctx.verifier.score_steps([["Think."]])) == [[scores[0][0]]]
     assert len(verifier.backend.requests) == 2 and ctx.verifier.meter.cost.verifier_calls == 2
+    # An empty completion has no text to read: it scores 0 and costs nothing.
+    assert asyncio.run(ctx.verifier.score(["", "  "])) == [0.0, 0.0]
+    assert len(verifier.backend.requests) == 2 and ctx.verifier.meter.cost.verifier_calls == 2
     # With a feature cache, a second verifier reads nothing from its engine, and is metered the same.
     for _ in range(2):
         cached = TrainedVerifier(path=str(tmp_path / "orm"), backend_options={"answer_key": ANSWER_KEY}, features=str(tmp_path / "f.npz"))

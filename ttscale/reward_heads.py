@@ -57,8 +57,8 @@ def step_request(prompt: tuple[ChatMessage, ...] | str, steps: Sequence[str]) ->
 async def step_features(meter: "CostMeter", prompt: tuple[ChatMessage, ...] | str,
                         solutions: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Each solution's step-end vectors (steps x d), from one metered prefill per solution.
-    A solution with no steps gets an empty (0 x d) array and costs nothing."""
-    wanted = [i for i, steps in enumerate(solutions) if steps]
+    A solution with no text (no steps, or only empty ones) gets an empty array and costs nothing."""
+    wanted = [i for i, steps in enumerate(solutions) if solution_text(steps)[0].strip()]
     results = await meter.pool([step_request(prompt, solutions[i]) for i in wanted]) if wanted else []
     features: list[np.ndarray] = [np.zeros((0, 0))] * len(solutions)
     for i, result in zip(wanted, results):
@@ -193,7 +193,7 @@ class RewardHead(BaseModel):
 
     def step_scores(self, features: np.ndarray) -> list[float]:
         """A score per step vector: the value (ORM, Math-Shepherd), or value + alpha·advantage (PAV)."""
-        if not len(features):
+        if not features.size:
             return []
         scores = self.value.predict(features)
         if self.advantage is not None:

@@ -104,7 +104,7 @@ def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
             for i, sample in enumerate(record.samples):
                 if not sample.text:
                     raise ConfigError(f"{run.dir}: problem {record.problem_id!r} recorded no sample texts; a verifier learns from them")
-                steps = tuple(split_steps(sample.text)) or (sample.text.strip() or "(empty)",)
+                steps = tuple(split_steps(sample.text))  # () for a sample with no text: never read, scored 0
                 solutions.append(Solution(problems[record.problem_id], i, steps, sample.correct, record.pass1,
                                           sample.num_tokens, sample.mean_logprob, sample.score))
     return solutions
@@ -354,6 +354,7 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
     rollout_cost, rollouts_run, rollout_info = Cost(), 0, {}
     if samples_per_problem is None:
         samples_per_problem = 2 if kind == "prm" else None
+    solutions = [s for s in solutions if s.steps]  # an empty sample has no hidden state to learn from
     chosen = solutions if samples_per_problem is None else pick_for_rollouts(solutions, samples_per_problem)
     check_fitting_only([s.problem.id for s in chosen])
     if kind == "prm":
@@ -485,7 +486,7 @@ def evaluate(head: RewardHead, runs: Sequence["Run"], *, features_cache: Path | 
         scores = {f"{head.kind} ({head.label}), last step": [s.score for s in solutions]}
     else:
         features, tokens, flops = read_features(runs[0], solutions, features_cache, concurrency)
-        step_scores = [head.step_scores(rows) for rows in features]
+        step_scores = [head.step_scores(rows) or [0.0] for rows in features]  # an empty solution scores 0, as served
         scores = {f"{head.kind} ({head.label}), last step": [s[-1] for s in step_scores]}
         if head.kind == "prm":
             scores[f"{head.kind} ({head.label}), weakest step"] = [min(s) for s in step_scores]

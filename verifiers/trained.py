@@ -68,7 +68,8 @@ class TrainedVerifier(_VerifierBase):
         prompt_key = repr(problem.prompt)
         todo = list(dict.fromkeys(tuple(s) for s in steps if any((prompt_key, tuple(s[: i + 1])) not in self._memo for i in range(len(s)))))
         for solution, rows in zip(todo, await step_features(meter, problem.prompt, todo)):
-            for i, score in enumerate(self._head.step_scores(rows)):
+            scores = self._head.step_scores(rows) or [0.0] * len(solution)  # no text to read: 0 (nothing vouches for it)
+            for i, score in enumerate(scores):
                 self._remember((prompt_key, solution[: i + 1]), score)
         return [[self._memo[(prompt_key, tuple(s[: i + 1]))] for i in range(len(s))] for s in steps]
 
