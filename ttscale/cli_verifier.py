@@ -9,12 +9,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ttscale.quiet import output_to_log
+
 console = Console()
+errors = Console(stderr=True)
+ENGINE_LOG = "engine.log"
 verifier_app = typer.Typer(help="Train a verifier (ORM or PRM head on the policy model's hidden states) from your own runs, and measure it held out.",
                            no_args_is_help=True)
 RUNS = typer.Argument(..., help="Run directories (runs/<id>) of graded best-of-N runs of one model.")
 FEATURES = typer.Option(None, "--features", help="The .npz cache of the solutions' step-end hidden states (default: features.npz in the "
                         "verifier's directory); share one between ORM, PRM and eval so each solution is read once.")
+
+
+def engine_output(runs, log_path: Path):
+    """Where vLLM's own output goes while its engines run: a log file beside the verifier, as
+    `eval` keeps it in the run directory (a fake run starts no engine and prints nothing)."""
+    from contextlib import nullcontext
+
+    from ttscale.verifier_training import backend_kind
+
+    if all(backend_kind(run) == "fake" for run in runs):
+        return nullcontext()
+    console.print(f"The engines' output goes to {log_path}.")
+    return output_to_log(log_path, console, errors)
 
 
 def _kind(value: str) -> str:
@@ -51,8 +68,9 @@ def train_command(
         if done == total or done % max(1, total // 20) == 0:
             console.print(f"{stage}: {done}/{total}")
 
-    result = train(runs, out, kind=kind, label=label, rollouts=rollouts, samples_per_problem=samples_per_problem,
-                   alpha=alpha, concurrency=concurrency, features_cache=features, progress=progress)
+    with engine_output(runs, out / ENGINE_LOG):
+        result = train(runs, out, kind=kind, label=label, rollouts=rollouts, samples_per_problem=samples_per_problem,
+                       alpha=alpha, concurrency=concurrency, features_cache=features, progress=progress)
     head, p = result.head, result.head.provenance
     console.print(f"Trained a {head.kind.upper()} ({head.label}) on {len(p.fit_problems)} problems of half a, {p.examples} examples "
                   f"(labels sum {p.positives:g}); features: {head.model}'s final hidden state at each step's end.")
@@ -85,7 +103,9 @@ def eval_command(
 
     head = RewardHead.load(head_dir)
     cache = features or (head_dir if head_dir.is_dir() else head_dir.parent) / FEATURES_FILE
-    result = evaluate(head, [load_run(d) for d in run_dirs], features_cache=cache, resamples=bootstrap)
+    runs = [load_run(d) for d in run_dirs]
+    with engine_output(runs, cache.with_name(ENGINE_LOG)):
+        result = evaluate(head, runs, features_cache=cache, resamples=bootstrap)
     table = Table(title=f"Held out (half b): {result.problems} problems, {result.solutions} solutions, {result.correct} correct")
     for column in ("score", "AUROC", "95% CI (problems resampled)", "separates right from wrong?"):
         table.add_column(column)
