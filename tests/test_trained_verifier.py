@@ -21,7 +21,7 @@ from ttscale.reward_heads import RewardHead, solution_text
 from ttscale.runner import build_benchmark, run_eval
 from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifier_training import (
-    RolloutStore, Solution, check_fitting_only, evaluate, math_shepherd_values, pav_advantages, recorded_solutions, run_rollouts,
+    RolloutStore, Solution, check_fitting_only, evaluate, math_shepherd_values, pav_advantages, run_rollouts,
 )
 from ttscale.verifiers.trained import TrainedVerifier
 
