@@ -204,7 +204,7 @@ def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scaler.mean_, scaler.scale_
 
 
-def fit_logistic(x: np.ndarray, soft: np.ndarray, groups: Sequence[str], seed: int = 0) -> tuple[LinearHead, dict[str, float]]:
+def fit_logistic(x: np.ndarray, soft: np.ndarray, groups: Sequence[str]) -> tuple[LinearHead, dict[str, float]]:
     """Logistic regression on soft labels in [0, 1] (each row twice: label 1 weighted q, label 0
     weighted 1 - q, i.e. cross-entropy against q); C by cross-validated log loss over problem folds."""
     from sklearn.linear_model import LogisticRegression
@@ -331,7 +331,7 @@ class TrainingResult:
 
 
 def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | None = None, rollouts: int = 4,
-          samples_per_problem: int | None = None, alpha: float = 1.0, concurrency: int = 16, seed: int = 0,
+          samples_per_problem: int | None = None, alpha: float = 1.0, concurrency: int = 16,
           features_cache: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainingResult:
     """Train an ORM or a PRM on half a of the runs' problems and write DIR/head.json.
 
@@ -397,7 +397,7 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
             groups.append(solution.problem.id)
         train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "values": q, "advantages": a})
     x = np.stack(x_rows)
-    value_head, cv = fit_logistic(x, np.asarray(values), groups, seed)
+    value_head, cv = fit_logistic(x, np.asarray(values), groups)
     advantage_head = None
     if label == "pav":
         advantage_head, more = fit_ridge(x, np.asarray(advantages))
