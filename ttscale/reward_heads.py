@@ -78,6 +78,17 @@ def request_key(model: str, request: PoolRequest) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def hidden_state_backend(kind: str, model_path: str, **options: Any):
+    """The backend that reads a model's hidden states: vLLM's pooling runner, or the fake (tests)."""
+    if kind == "fake":
+        from ttscale.backends.fake import FakeHiddenBackend
+
+        return FakeHiddenBackend(model_path, **options)
+    from ttscale.backends.vllm_pooling import VLLMPoolingBackend
+
+    return VLLMPoolingBackend(model_path, mode="hidden", **options)
+
+
 class CachedHiddenStates:
     """A hidden-state backend with an .npz cache in front: a request read before is answered with
     the rows and prompt-token count it had (so a meter prices it as the prefill it stands for), and

@@ -31,7 +31,9 @@ import numpy as np
 
 from ttscale.allocation.policy import split_of
 from ttscale.errors import ConfigError
-from ttscale.reward_heads import CachedHiddenStates, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, step_features
+from ttscale.reward_heads import (
+    CachedHiddenStates, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, hidden_state_backend, step_features,
+)
 from ttscale.steps import STEP_SEPARATOR, split_steps
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
 
@@ -262,17 +264,6 @@ def fit_ridge(x: np.ndarray, y: np.ndarray) -> tuple[LinearHead, dict[str, float
 
 
 # -- features -----------------------------------------------------------------------------------
-
-
-def hidden_state_backend(kind: str, model_path: str, **options: Any):
-    """The backend that reads a model's hidden states: vLLM's pooling runner, or the fake (tests)."""
-    if kind == "fake":
-        from ttscale.backends.fake import FakeHiddenBackend
-
-        return FakeHiddenBackend(model_path, **options)
-    from ttscale.backends.vllm_pooling import VLLMPoolingBackend
-
-    return VLLMPoolingBackend(model_path, mode="hidden", **options)
 
 
 def backend_kind(run: "Run") -> str:

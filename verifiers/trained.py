@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr
 
 from ttscale.cost import CostMeter
 from ttscale.protocols import Backend
-from ttscale.reward_heads import CachedHiddenStates, RewardHead, step_features
+from ttscale.reward_heads import CachedHiddenStates, RewardHead, hidden_state_backend, step_features
 from ttscale.types import Problem
 from ttscale.verifiers.prm import _VerifierBase
 
@@ -41,8 +41,6 @@ class TrainedVerifier(_VerifierBase):
     _memo: "OrderedDict[tuple[str, tuple[str, ...]], float]" = PrivateAttr(default_factory=OrderedDict)
 
     def model_post_init(self, __context: Any) -> None:
-        from ttscale.verifier_training import hidden_state_backend
-
         head = RewardHead.load(self.path)
         self._head = head if self.alpha is None else head.model_copy(update={"alpha": self.alpha})
         self._fit_problems = frozenset(head.provenance.fit_problems)
