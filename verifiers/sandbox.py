@@ -34,9 +34,17 @@ Layers, from strongest to weakest (what is available is probed once per process,
   just the interpreter's prefixes, bind-mounted read-only: the same paths work, nothing else of
   that directory is visible. The interpreter that ran, as it reports itself, is recorded in
   `Isolation.python` and in every result.
-* Resources: RLIMIT_CPU (timeout, rounded up; cpu_limit_s overrides), RLIMIT_AS (memory_mb),
+* Resources: RLIMIT_CPU (a backstop, see below; cpu_limit_s overrides), RLIMIT_AS (memory_mb),
   RLIMIT_NPROC (max_processes), RLIMIT_FSIZE (max_file_mb), RLIMIT_CORE = 0. The limits are set
   by the bootstrap, not in a `preexec_fn`, which is unsafe in the threads `run_many` uses.
+
+Which limit a CPU-bound program meets. The wall clock (timeout_s) is the limit; the default CPU
+limit sits well past it, at 2 x timeout_s + 1 s (rounded up), so a single busy thread always
+meets the wall clock first, idle machine or loaded (under load it gets less CPU per second, never
+more), and the verdict does not depend on a race between two equal limits. The CPU limit stays
+as a backstop: it ends a run whose wall-clock kill never comes (the harness itself was killed),
+and a program that burns CPU in many threads at once. A caller that wants the CPU limit to be the
+one met passes cpu_limit_s below timeout_s.
 
 Ending a run. The verdict comes from how the main process ended (its wait status and the CPU
 time it used) and from whether our wall-clock timer fired, which it records before it kills
@@ -220,14 +228,15 @@ def run_python(
     """Run `code` as a Python program in a fresh sandboxed subprocess and classify the outcome.
 
     timeout_s is the wall-clock limit; cpu_limit_s the main process's CPU limit (default:
-    timeout_s rounded up); tmp_mb and shm_mb cap the run's private /tmp and /dev/shm.
+    default_cpu_limit_s(timeout_s), a backstop past the wall clock); tmp_mb and shm_mb cap the
+    run's private /tmp and /dev/shm.
     """
     return _run(
         code,
         probe_isolation(),
         limits=Limits(
             timeout_s=timeout_s,
-            cpu_s=cpu_limit_s if cpu_limit_s is not None else max(1, math.ceil(timeout_s)),
+            cpu_s=cpu_limit_s if cpu_limit_s is not None else default_cpu_limit_s(timeout_s),
             memory_mb=memory_mb,
             max_processes=max_processes,
             max_file_mb=max_file_mb,
@@ -236,6 +245,12 @@ def run_python(
         ),
         output_limit=output_limit,
     )
+
+
+def default_cpu_limit_s(timeout_s: float) -> int:
+    """The CPU limit that goes with a wall-clock limit: far enough past it that one busy thread
+    meets the wall clock first however loaded the machine is (see the module docstring)."""
+    return math.ceil(2 * timeout_s) + 1
 
 
 def run_many(codes: Iterable[str], *, max_workers: int | None = None, **limits) -> list[SandboxResult]:
