@@ -42,6 +42,19 @@ def test_append_then_reopen_cuts_a_torn_tail(tmp_path):
     assert [json.loads(line)["problem_id"] for line in lines] == ["a", "b", "c"]
 
 
+def test_a_whole_last_record_without_its_newline_is_kept_and_the_next_append_starts_a_line(tmp_path):
+    config = make_config(tmp_path)
+    with RunStore(config) as store:
+        store.append(record("a"))
+        path = store.samples_path
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record("b")))  # a crash between the record and its newline
+    with RunStore(config) as store:
+        assert store.done_ids() == {"a", "b"}
+        store.append(record("c"))
+    assert [json.loads(line)["problem_id"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
 def test_second_writer_is_refused(tmp_path):
     config = make_config(tmp_path)
     with RunStore(config):

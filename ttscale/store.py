@@ -165,10 +165,24 @@ _JSON_NAMES = {str: "string", int: "integer", list: "array", dict: "object"}
 
 
 def _cut_torn_tail(path: Path) -> None:
-    """Drop a last line that was cut short by a crash (it has no newline yet)."""
+    """Finish or drop a last line that has no newline. A crash can stop a write after the record's
+    JSON and before its newline: such a line is a whole record, kept (and given its newline, so the
+    next append starts a line of its own). A line cut inside the JSON is dropped: it is re-solved."""
     if not path.exists():
         return
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        whole = record_problem(json.loads(data[start:].decode("utf-8"))) is None
+    except ValueError:  # torn JSON or torn UTF-8 (UnicodeDecodeError is a ValueError)
+        whole = False
+    with open(path, "r+b") as handle:
+        if whole:
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+        else:
+            handle.truncate(start)
+        handle.flush()
+        os.fsync(handle.fileno())
