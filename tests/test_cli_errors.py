@@ -126,26 +126,70 @@ def test_limit_beyond_the_benchmark_says_how_many_it_has(tmp_path):
     assert quiet.returncode == 0 and "Note: --limit" not in quiet.stdout
 
 
-def test_ctrl_c_during_a_run_says_how_to_resume_and_exits_130(tmp_path):
+def default_sigint() -> None:
+    """In the child before exec: SIGINT at its default. A process started with SIGINT ignored
+    keeps it ignored (POSIX), and pytest may itself have been started that way (a background job,
+    a CI runner): the test must exercise ttscale, not inherit its launcher's disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_a_run(tmp_path, sig):
+    """Start a slow fake-backend run, send `sig` once it has started its backend; (exit code, stderr, run dir)."""
     # One problem at a time, each taking 5 s on the fake backend: 100 problems take over 8
     # minutes, so the run is certainly still going when the signal arrives. We send it once
     # the run has printed that it started the backend (inside the event loop).
     args = ["eval", "-b", "arithmetic", "--backend", "fake", "--concurrency", "1", "--backend-option", "delay_s=5"]
-    process = subprocess.Popen([*TTSCALE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*TTSCALE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=default_sigint)
     try:
         for line in process.stdout:
             if line.startswith("Starting the fake backend"):
                 break
         else:
             pytest.fail(f"the run never started: {process.stderr.read()}")
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=120)  # generous: one loaded CI run took over 60 s to exit (cause not found)
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=120)  # cancellation lands at the next await: seconds
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, err
     assert "Traceback" not in out + err
     [run_dir] = (tmp_path / "runs").iterdir()
+    return process.returncode, err, run_dir
+
+
+def test_ctrl_c_during_a_run_says_how_to_resume_and_exits_130(tmp_path):
+    code, err, run_dir = interrupt_a_run(tmp_path, signal.SIGINT)
+    assert code == 130, err
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert last == f"interrupted: finished problems are saved in runs/{run_dir.name}; rerun the same command to resume"
+
+
+def test_sigterm_during_a_run_takes_the_same_path_and_exits_143(tmp_path):
+    code, err, run_dir = interrupt_a_run(tmp_path, signal.SIGTERM)
+    assert code == 143, err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last == f"terminated: finished problems are saved in runs/{run_dir.name}; rerun the same command to resume"
+
+
+def test_started_with_sigint_ignored_ttscale_keeps_ignoring_it_and_sigterm_still_ends_it(tmp_path):
+    # What ttscale does when its launcher ignores SIGINT (README, "Stopping a run"): it keeps
+    # ignoring it, as POSIX asks; SIGTERM still ends the run the documented way.
+    args = ["eval", "-b", "arithmetic", "--backend", "fake", "--concurrency", "1", "--backend-option", "delay_s=5"]
+    process = subprocess.Popen([*TTSCALE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for line in process.stdout:
+            if line.startswith("Starting the fake backend"):
+                break
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=3)  # still running: the SIGINT was ignored
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, err
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith("terminated: finished problems are saved in runs/")

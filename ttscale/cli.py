@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
@@ -23,7 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ttscale import registry
+from ttscale import lifecycle, registry
 from ttscale.config import RunConfig, build_config, load_config_file
 from ttscale.errors import ConfigError, TtscaleError
 
@@ -137,11 +136,13 @@ def eval_command(
         require_ray()  # before the run directory exists: one line that says how to install it
         console.print(f"Scale-out: {config.replicas} replica(s) on Ray ({config.ray}), {config.concurrency} problems in flight each.")
     try:
-        result = asyncio.run(_eval_with_progress(config, verbose=verbose))
-    except KeyboardInterrupt:
+        result = lifecycle.run(_eval_with_progress(config, verbose=verbose))
+    except (KeyboardInterrupt, lifecycle.Terminated) as stop:
+        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         raise RunInterrupted(
-            f"interrupted: finished problems are saved in {config.output / config.run_id()}; "
-            "rerun the same command to resume"
+            f"{how}: finished problems are saved in {config.output / config.run_id()}; "
+            "rerun the same command to resume",
+            exit_code=lifecycle.INTERRUPTED_EXIT if how == "interrupted" else lifecycle.TERMINATED_EXIT,
         ) from None
     print_summary(result.summary, result, config)
 
@@ -353,11 +354,12 @@ def _exception_types(name: str) -> tuple[type[BaseException], ...]:
 # Typer 0.29 raises the exceptions of its private click copy, which are not click's: catch both.
 CLICK_ERRORS = _exception_types("ClickException")
 ABORTS = tuple({typer.Abort, *_exception_types("Abort")})
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
-
-
 class RunInterrupted(Exception):
-    """Ctrl-C during a run; the message says where the finished work is and how to resume."""
+    """Ctrl-C or SIGTERM during a run; the message says where the finished work is and how to resume."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def usage_error_line(error: BaseException) -> str:
@@ -369,7 +371,18 @@ def usage_error_line(error: BaseException) -> str:
 
 
 def main() -> None:
-    """Entry point: run the app, printing user errors as one line instead of a traceback."""
+    """Entry point: run the app, printing user errors as one line instead of a traceback.
+
+    Whatever ends the command, no process it started outlives it (ttscale.lifecycle).
+    """
+    lifecycle.raise_on_sigterm()
+    try:
+        _run_app()
+    finally:
+        lifecycle.end_children()
+
+
+def _run_app() -> None:
     try:
         code = app(standalone_mode=False)
     except CLICK_ERRORS as error:  # usage errors (bad flags, values, commands): exit 2
@@ -380,7 +393,10 @@ def main() -> None:
         sys.exit(error.exit_code)
     except RunInterrupted as error:
         errors.print(escape(str(error)), highlight=False, soft_wrap=True)
-        sys.exit(INTERRUPTED_EXIT)
+        sys.exit(error.exit_code)
+    except lifecycle.Terminated:
+        errors.print("terminated")
+        sys.exit(lifecycle.TERMINATED_EXIT)
     except ABORTS:
         errors.print("aborted")
         sys.exit(1)
@@ -389,8 +405,8 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         errors.print("interrupted")
-        sys.exit(INTERRUPTED_EXIT)
-    if code == INTERRUPTED_EXIT:  # typer turns Ctrl-C outside a run into Exit(130), silently
+        sys.exit(lifecycle.INTERRUPTED_EXIT)
+    if code == lifecycle.INTERRUPTED_EXIT:  # typer turns Ctrl-C outside a run into Exit(130), silently
         errors.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
