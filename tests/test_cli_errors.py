@@ -6,8 +6,10 @@ a run says where the finished problems are and how to resume, and exits 130.
 """
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,8 @@ USAGE_ERRORS = {
     "unknown command": (["evaluate"], "No such command 'evaluate'. Did you mean 'eval'"),
     "unknown command, no suggestion": (["xyz"], "No such command 'xyz' (see 'ttscale --help')"),
     "unknown subcommand": (["models", "remove"], "No such command 'remove' (see 'ttscale models --help')"),
+    "port above 65535": (["serve", "--port", "99999"], "Invalid value for '--port': Input should be less than or equal to 65535"),
+    "negative port": (["serve", "--port", "-1"], "Invalid value for '--port': Input should be greater than or equal to 1"),
 }
 
 
@@ -66,6 +70,34 @@ BAD_FLAGS = {
 @pytest.mark.parametrize("extra, expected", BAD_FLAGS.values(), ids=BAD_FLAGS.keys())
 def test_bad_eval_flags_are_one_line_and_leave_no_run_directory(tmp_path, extra, expected):
     assert expected in one_error_line(ttscale(*FAKE, *extra, cwd=tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_address_that_is_not_one_is_one_line_and_leaves_no_run_directory(tmp_path):
+    pytest.importorskip("ray")
+    line = one_error_line(ttscale(*FAKE, "--ray", "not_an_address", cwd=tmp_path))
+    assert "--ray 'not_an_address': expected local, HOST:PORT or ray://HOST:PORT" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_address_that_refuses_is_one_line_and_leaves_no_run_directory(tmp_path):
+    pytest.importorskip("ray")
+    line = one_error_line(ttscale(*FAKE, "--ray", "127.0.0.1:1", cwd=tmp_path))
+    assert "cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused)" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_address_that_is_no_cluster_gives_up_after_the_timeout_in_one_line(tmp_path):
+    # A port that takes connections but never speaks Ray (Ray alone would retry for 20 x ~40 s).
+    pytest.importorskip("ray")
+    with socket.create_server(("", 0)) as silent:
+        port = silent.getsockname()[1]
+        env = {**os.environ, "TTSCALE_RAY_TIMEOUT_S": "2"}
+        result = subprocess.run([*TTSCALE, *FAKE, "--ray", f"127.0.0.1:{port}"], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=120)
+    line = one_error_line(result)
+    assert f"cannot join the Ray cluster at 127.0.0.1:{port} within 2 s" in line
+    assert "TTSCALE_RAY_TIMEOUT_S" in line
     assert not (tmp_path / "runs").exists()
 
 

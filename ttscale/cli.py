@@ -80,7 +80,7 @@ def eval_command(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of RunConfig fields; flags given on the command line override it."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Engine dtype (float32, bfloat16, float16); default: from the CPU (bfloat16 with AVX512-BF16 or AMX, else float32), vLLM's choice on a GPU. Same as --backend-option dtype=..."),
     verbose: bool = typer.Option(False, "--verbose", help="Show the engine's and the libraries' output here instead of in the run directory's engine.log."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts a Ray cluster on this machine, HOST:PORT joins one (ray start --head). Needs pip install 'ttscale[ray]'."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts a Ray cluster on this machine, HOST:PORT joins one (ray start --head), giving up after $TTSCALE_RAY_TIMEOUT_S seconds (default 30). Needs pip install 'ttscale[ray]'."),
     replicas: Optional[int] = typer.Option(None, "--replicas", help="With --ray: engine replicas (Ray actors), each with its own backend and --concurrency problems in flight."),
     replica_gpus: Optional[float] = typer.Option(None, "--replica-gpus", help="With --ray: GPUs per replica (default: 1 where the cluster has GPUs, else 0)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/K: run only shard I of K (problems whose sha256(id) mod K is I), into a run directory of its own; join the K shards with `ttscale merge`."),
@@ -131,9 +131,9 @@ def eval_command(
     if dtype is not None and config.backend != "vllm":
         raise ConfigError(f"--dtype sets the vllm engine's dtype; the {config.backend} backend has none to set")
     if config.ray is not None:
-        from ttscale.scaleout import require_ray
+        from ttscale.scaleout import connect
 
-        require_ray()  # before the run directory exists: one line that says how to install it
+        connect(config)  # before the run directory exists: a missing Ray or an unreachable cluster is one line
         console.print(f"Scale-out: {config.replicas} replica(s) on Ray ({config.ray}), {config.concurrency} problems in flight each.")
     try:
         result = lifecycle.run(_eval_with_progress(config, verbose=verbose))

@@ -15,7 +15,7 @@ def serve_command(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Embedded model name (smollm2-135m), a local HF directory, or a hub id; for --backend openai, the upstream's model name."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Upstream URL for --backend openai, e.g. http://127.0.0.1:8001/v1."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than loopback needs an API key)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on (1-65535)."),
     strategy: str = typer.Option("best-of-n", "--strategy", "-s", help="Default strategy, for requests that name none."),
     n: int = typer.Option(1, "--n", help="Default N: samples per request of the default strategy (a request's n choices raises it)."),
     strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-S", help="Default strategy option KEY=VALUE, e.g. -S selection=majority."),

@@ -23,10 +23,13 @@ import json
 import logging
 import os
 import socket
+import sys
+import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ttscale.config import NOT_HASHED, RunConfig, build_config
 from ttscale.errors import ConfigError, TtscaleError
@@ -180,24 +183,58 @@ def portable_config(config: RunConfig) -> RunConfig:
     return config.model_copy(update=updates)
 
 
+RAY_TIMEOUT_ENV = "TTSCALE_RAY_TIMEOUT_S"  # how long joining a cluster may take, in seconds
+RAY_TIMEOUT_S = 30.0
+
+
+def ray_timeout_s() -> float:
+    """Seconds that joining a Ray cluster may take: $TTSCALE_RAY_TIMEOUT_S, else 30."""
+    raw = os.environ.get(RAY_TIMEOUT_ENV)
+    if raw is None:
+        return RAY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{RAY_TIMEOUT_ENV}={raw!r}: expected a number of seconds above 0, e.g. {RAY_TIMEOUT_ENV}=60")
+    return value
+
+
+def ray_address(value: str) -> tuple[str, int]:
+    """The host and port of --ray HOST:PORT or ray://HOST:PORT ([v6 address]:PORT too)."""
+    rest = value.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--ray {value!r}: expected local, HOST:PORT or ray://HOST:PORT, e.g. --ray 127.0.0.1:6379")
+    return host, int(port)
+
+
 def connect(config: RunConfig):
-    """Start (`local`) or join (HOST:PORT, ray://...) a Ray cluster; returns the ray module."""
+    """Start (`local`) or join (HOST:PORT, ray://...) a Ray cluster; returns the ray module.
+
+    Joining takes at most $TTSCALE_RAY_TIMEOUT_S (30 s): the address must take a TCP connection,
+    then Ray's own connection timeouts are set to that budget. Connected already: returns at once
+    (the CLI connects before it creates the run directory, the runner again later)."""
     ray = require_ray()
+    if ray.is_initialized():
+        return ray
     settings: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
     if config.ray == "local":
         cpus = max(os.cpu_count() or 1, int(config.replicas * REPLICA_CPUS + 0.999))
         settings.update(address="local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE)
-    else:
-        settings["address"] = config.ray
-        del settings["include_dashboard"]  # a setting of the cluster, not of a driver joining it
-    try:
         ray.init(**settings)
+        return ray
+    settings["address"] = config.ray
+    del settings["include_dashboard"]  # a setting of the cluster, not of a driver joining it
+    timeout = ray_timeout_s()
+    _reachable(ray, config.ray, timeout)
+    try:
+        _join(ray, settings, timeout)
     except ConnectionError as error:
         if not _needs_token(error):
-            raise TtscaleError(
-                f"cannot join the Ray cluster at {config.ray} ({' '.join(str(error).split())[:200]}); "
-                "start it with `ray start --head` there, or pass --ray local"
-            ) from None
+            raise _cannot_join(config.ray, error, timeout) from None
         # Ray >= 2.5x: `ray start` turns token authentication on where a token exists (any local
         # ray.init() writes ~/.ray/auth_token), but a driver given an address does not: it must be
         # told, with RAY_AUTH_MODE=token (Ray's documented switch), and then reads the same token.
@@ -207,17 +244,98 @@ def connect(config: RunConfig):
                 "and RAY_AUTH_TOKEN (or copy the head's ~/.ray/auth_token here), then rerun"
             ) from None
         os.environ["RAY_AUTH_MODE"] = "token"
-        try:  # Ray reads RAY_AUTH_MODE into its config once; re-read it, as Ray's own token setup does
-            from ray._raylet import Config
-
-            Config.initialize("")
-        except (ImportError, AttributeError):
-            raise TtscaleError(
-                f"the Ray cluster at {config.ray} wants its authentication token: export RAY_AUTH_MODE=token and rerun"
-            ) from None
         log.warning("the Ray cluster at %s uses token authentication: joining with this machine's token", config.ray)
-        ray.init(**settings)
+        try:
+            _join(ray, settings, timeout)
+        except ConnectionError as error:
+            raise _cannot_join(config.ray, error, timeout) from None
     return ray
+
+
+def _reachable(ray, address: str, timeout: float) -> None:
+    """Refuse an address that takes no TCP connection within `timeout` (where Ray would retry for minutes)."""
+    host, port = ray_address(address)
+    if not address.startswith("ray://"):
+        from ray._private.services import resolve_ip_for_localhost
+
+        host = resolve_ip_for_localhost(host)  # where Ray itself will connect: 127.0.0.1 becomes this node's IP
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        why = "no answer within {:g} s".format(timeout) if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        raise TtscaleError(
+            f"cannot reach the Ray cluster at {address} ({why}); start it with `ray start --head` there, "
+            f"or pass --ray local (a slow network: export {RAY_TIMEOUT_ENV}=SECONDS)"
+        ) from None
+
+
+def _join(ray, settings: dict[str, Any], timeout: float) -> None:
+    """ray.init that gives up after about `timeout` seconds. What Ray logs while it tries (glog
+    warnings from C++, on fd 2) becomes the ConnectionError's message instead of terminal noise."""
+    with _connect_timeouts(timeout), tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            ray.init(**settings)
+        except ConnectionError as error:
+            said = _last_ray_line(captured)
+            raise ConnectionError(f"{error}{'; ' + said if said else ''}") from error.__cause__
+        finally:
+            sys.stderr.flush()
+            os.dup2(terminal, 2)
+            os.close(terminal)
+        captured.seek(0)
+        sys.stderr.write(captured.read().decode("utf-8", "replace"))  # joined: what Ray said is shown
+
+
+@contextmanager
+def _connect_timeouts(timeout: float) -> Iterator[None]:
+    """Ray's connection knobs (environment variables) set so one attempt to reach a GCS takes
+    about `timeout` seconds: connect, subscribe, wait for the cluster id, and no retry. Unset, a
+    driver retries for 20 x ~40 s while the bar sits at 0. The user's own settings win."""
+    budget = max(1, int(timeout))
+    knobs = {
+        "RAY_gcs_rpc_server_connect_timeout_s": str(max(1, budget // 4)),
+        "RAY_py_gcs_connect_timeout_s": str(max(1, budget // 2)),
+        "RAY_gcs_server_port_wait_time_s": "1",  # attempts at ~1 s each after the first
+    }
+    saved = {name: os.environ.get(name) for name in knobs}
+    for name, value in knobs.items():
+        os.environ.setdefault(name, value)
+    _reread_ray_config()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _reread_ray_config() -> None:
+    """Ray reads its RAY_* variables into its config once; read them again, as Ray's own token setup does."""
+    try:
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # another Ray: its defaults apply
+        pass
+
+
+def _last_ray_line(captured) -> str:
+    """The message of the last line Ray logged, without its glog prefix."""
+    captured.seek(0)
+    lines = [line.strip() for line in captured.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1].split("] ", 1)[-1] if lines else ""
+
+
+def _cannot_join(address: str, error: BaseException, timeout: float) -> TtscaleError:
+    return TtscaleError(
+        f"cannot join the Ray cluster at {address} within {timeout:g} s ({' '.join(str(error).split())[:300]}); "
+        f"start it with `ray start --head` there, or pass --ray local (a slow network: export {RAY_TIMEOUT_ENV}=SECONDS)"
+    )
 
 
 def _needs_token(error: BaseException) -> bool:
