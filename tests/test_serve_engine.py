@@ -225,6 +225,19 @@ def start_upstream(port: int, log: Path) -> subprocess.Popen:
     return process
 
 
+def wait_until_generating(port: int, thread: threading.Thread, timeout_s: float = 300) -> None:
+    """Until vLLM's server reports a running request (its Prometheus gauge), while `thread` waits on it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert thread.is_alive(), "the request finished before the upstream could be killed"
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running")]
+        if any(float(line.rsplit(" ", 1)[1]) > 0 for line in running):
+            return
+        time.sleep(0.05)
+    pytest.fail("the upstream never started generating")
+
+
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL the server and its engine-core child (its own session)."""
     try:
@@ -256,8 +269,9 @@ def test_upstream_killed_mid_request_gives_503_and_the_proxy_serves_again(tmp_pa
 
         thread = threading.Thread(target=long_request)
         thread.start()
-        time.sleep(2.0)  # four samples of up to 256 tokens are still being generated on CPU
-        assert thread.is_alive(), "the request finished before the upstream could be killed"
+        # Kill as soon as the upstream says it is generating: a fixed sleep was a race with the
+        # machine's speed (on an idle fast machine four short samples could be done by then).
+        wait_until_generating(port, thread)
         kill_group(upstream)
         thread.join(timeout=120)
         assert "error" in outcome, "the request in flight did not fail when its upstream died"
