@@ -19,6 +19,10 @@ new plugin implements only what it has:
     DraftingModel.draft_num_params  backend.model  0 (n-gram, none)    CostMeter (speculation)
     StreamingBackend                backend      strategies that stop  CostMeter.generate_until
       .generate_until                            samples early refuse  (DeepConf online)
+    TextStreamingBackend            backend      the answer is sent    serve (tokens to the
+      .generate_streaming                        once it is chosen     client as generated)
+    SamplingExtras.sampling_extras  backend      none: serve refuses   serve (per request)
+                                                 top_k, ignore_eos...
     VerifierNeed.needs_verifier     strategy     False                 runner, before any problem
     TrainedOnProblems.trained_on    verifier     False                 runner (verifier_uses_gold
                                                                        per problem)
@@ -144,6 +148,31 @@ class StreamingBackend(Protocol):
     """
 
     async def generate_until(self, request: GenRequest, stop: TokenStop) -> Generation: ...
+
+
+TextSink = Callable[[str], None]
+"""Fed each piece of new text of a streamed sample, in order, as the engine makes it."""
+
+
+@runtime_checkable
+class TextStreamingBackend(Protocol):
+    """A backend that hands a sample's text out as it is generated (`ttscale serve` streams it to
+    the client while the sample is still being made: time to first token).
+
+    The request asks for one sample (n=1). `on_text` gets each new piece of its text, in order;
+    the pieces joined are the completion's text. Returns the Generation `generate` would return.
+    """
+
+    async def generate_streaming(self, request: GenRequest, on_text: TextSink) -> Generation: ...
+
+
+@runtime_checkable
+class SamplingExtras(Protocol):
+    """A backend that honours some of vLLM's extra sampling parameters (SampleParams.extras():
+    top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty, min_tokens, ignore_eos).
+    Default: none, and a request that sets one is refused by name."""
+
+    sampling_extras: frozenset[str]
 
 
 @runtime_checkable
@@ -275,6 +304,16 @@ def verifier_saw_gold(verifier: object, problem_id: str) -> bool:
 def streams(backend: object) -> bool:
     """Whether a backend can stream a sample and abort it early (StreamingBackend)."""
     return isinstance(backend, StreamingBackend)
+
+
+def streams_text(backend: object) -> bool:
+    """Whether a backend can hand out a sample's text as it is generated (TextStreamingBackend)."""
+    return isinstance(backend, TextStreamingBackend)
+
+
+def sampling_extras_of(backend: object) -> frozenset[str]:
+    """The extra sampling parameters a backend honours (none by default)."""
+    return frozenset(backend.sampling_extras) if isinstance(backend, SamplingExtras) else frozenset()
 
 
 def engine_settings_of(backend: object) -> dict[str, Any]:

@@ -43,12 +43,14 @@ from typing import Any, AsyncIterator, Literal, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ttscale import registry
 from ttscale.errors import ConfigError, TtscaleError, describe_validation_error
-from ttscale.types import ORACLE_RULE, Candidate, ChatMessage, Problem, SampleParams, Trace
+from ttscale.protocols import sampling_extras_of, samples_per_problem, streams_text
+from ttscale.types import ORACLE_RULE, SAMPLING_EXTRAS, Candidate, ChatMessage, Problem, SampleParams, Trace
 
 log = logging.getLogger("ttscale.serve")
 
@@ -79,6 +81,12 @@ class ServeSettings(BaseModel):
     max_tokens_limit: int = Field(1024, ge=1, description="the largest max_tokens a request may ask for")
     concurrency: int = Field(32, ge=1, description="problems solved at once; more requests wait their turn")
     max_choices: int = Field(64, ge=1, description="the largest client n")
+    # Server-wide bounds on what one request may ask for, from any source (body, extra_body.ttscale,
+    # headers, model prefix, policy): without them one request can hold the server for minutes.
+    max_samples: int = Field(64, ge=1, description="the largest N (samples, particles, beams x width, budget_samples) per prompt")
+    max_steps: int = Field(64, ge=1, description="the largest max_steps (or lookahead) of a step-wise search")
+    max_prompts: int = Field(32, ge=1, description="the most prompts in one /v1/completions request")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="the largest request body; a larger one gets 413 unread")
     api_key_env: str = Field("TTSCALE_API_KEY", description="environment variable holding the API key")
 
 
@@ -89,7 +97,7 @@ class APIError(Exception):
     """An error answered in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-             500: "server_error", 503: "service_unavailable"}
+             405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error", 503: "service_unavailable"}
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -200,6 +208,13 @@ class _CommonBody(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, Any] | None = None
+    # vLLM's extra sampling parameters (its benchmark client sends ignore_eos): sent to a backend
+    # that honours them (SamplingExtras), refused by name otherwise; bounds in SampleParams.
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
     ttscale: TtsOptions | None = None
 
 
@@ -231,11 +246,8 @@ class CompletionBody(_CommonBody):
 
 
 def refuse_unhonoured(body: _CommonBody) -> None:
-    """400 for any field set to something this server cannot do, naming it."""
-    zero = {"frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty}
-    for name, value in zero.items():
-        if value not in (None, 0, 0.0):
-            raise bad_request(f"{name} is not supported by ttscale's sampler; drop it", name)
+    """400 for any field set to something this server cannot do, naming it (the extra sampling
+    parameters, which depend on the backend, are checked by `sample_params`)."""
     if body.logit_bias:
         raise bad_request("logit_bias is not supported by ttscale's sampler; drop it", "logit_bias")
     if body.stop is not None:
@@ -464,7 +476,7 @@ class Metrics:
     vLLM keeps its own in the same process)."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}
+        self.requests: dict[tuple[str, str], int] = {}
         self.totals = dict.fromkeys(("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "verifier_tokens",
                                      "flops", "eflops", "engine_calls", "uncounted_calls"), 0.0)
         self.buckets = [0] * len(LATENCY_BUCKETS)
@@ -472,9 +484,10 @@ class Metrics:
         self.latency_count = 0
         self.in_flight = 0
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        """One finished request."""
-        self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+    def observe(self, route: str, status: int | str, seconds: float) -> None:
+        """One finished request: its HTTP status, or "cancelled" where the client disconnected first."""
+        key = (route, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
         for i, bound in enumerate(LATENCY_BUCKETS):
             if seconds <= bound:
                 self.buckets[i] += 1
@@ -494,7 +507,7 @@ class Metrics:
 
     def render(self) -> str:
         """Prometheus text exposition format 0.0.4."""
-        lines = ["# HELP ttscale_requests_total Requests answered, by route and HTTP status.",
+        lines = ["# HELP ttscale_requests_total Requests answered, by route and HTTP status (\"cancelled\": the client left first).",
                  "# TYPE ttscale_requests_total counter"]
         for (route, status), count in sorted(self.requests.items()):
             lines.append(f'ttscale_requests_total{{route="{route}",status="{status}"}} {count}')
@@ -688,6 +701,26 @@ class Outcome:
     seed: int = 0
 
 
+# Strategy options that multiply what one prompt costs, and the ServeSettings field bounding each.
+LIMITED = {"n": "max_samples", "beam_width": "max_samples", "warmup": "max_samples", "batch": "max_samples",
+           "history": "max_samples", "max_steps": "max_steps", "lookahead": "max_steps"}
+FLAGS = {"max_samples": "--max-samples", "max_steps": "--max-steps"}
+
+
+def check_limits(settings: ServeSettings, values: dict[str, Any], param: dict[str, str], chosen_by: str | None = None) -> None:
+    """400 for a compute-bearing option above the server's limit, naming where it came from
+    (ttscale.n, X-TTS-Strategy, model, ttscale.options.KEY, or the budget the policy chose it for)."""
+    for key, value in values.items():
+        if key not in LIMITED or not isinstance(value, int) or isinstance(value, bool):
+            continue
+        limit = getattr(settings, LIMITED[key])
+        if value > limit:
+            where = chosen_by or param.get(key, param.get("options", f"ttscale.options.{key}"))
+            what = f"the policy chose {key}={value} for this budget" if chosen_by else f"{key}={value}"
+            raise bad_request(f"{where}: {what} is above this server's limit of {limit} ({LIMITED[key]}; the server's "
+                              f"{FLAGS[LIMITED[key]]} raises it); lower it", where)
+
+
 def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choices: int) -> tuple[Any, dict[str, Any], Any]:
     """Validate a strategy request before anything runs: (strategy object, options, verifier)."""
     name = resolved.strategy
@@ -695,6 +728,7 @@ def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choice
     if resolved.n_from_default and "n" in options and choices > options["n"]:
         options["n"] = choices  # a plain request for n choices draws at least n samples
     strategy, wants_verifier, samples = state.strategy(name, options, resolved.param)
+    check_limits(state.settings, {**{key: getattr(strategy, key, None) for key in LIMITED}, "n": samples}, resolved.param)
     if options.get("selection") == ORACLE_RULE or getattr(strategy, "selection", None) == ORACLE_RULE:
         raise bad_request("selection 'oracle' needs gold answers, and a request has none; use majority, first, "
                           "max-score or weighted-vote", resolved.param.get("selection", "ttscale.selection"))
@@ -710,12 +744,14 @@ def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choice
 
 
 async def run_strategy(state: ServerState, problem: Problem, resolved: Resolved, options: dict[str, Any], verifier: Any,
-                       params: SampleParams, seed: int) -> Outcome:
-    """Solve with the named strategy through ttscale.solve (the CostMeters fill Trace.cost)."""
+                       params: SampleParams, seed: int, sink: "asyncio.Queue[str | None] | None" = None) -> Outcome:
+    """Solve with the named strategy through ttscale.solve (the CostMeters fill Trace.cost);
+    a single-sample answer's text goes to `sink` as it is generated (see text_backend)."""
     from ttscale.solve import solve
 
+    backend = text_backend(state, state.strategy(resolved.strategy, options, resolved.param)[0], sink)
     async with state.slots:
-        trace = await solve(problem, backend=state.backend, strategy=resolved.strategy, options=options, verifier=verifier,
+        trace = await solve(problem, backend=backend, strategy=resolved.strategy, options=options, verifier=verifier,
                             answers=state.answers, params=params, seed=seed)
     setting = {"strategy": resolved.strategy, "options": options, "verifier": resolved.verifier, "selection": trace.chosen_rule}
     return Outcome(trace, setting, None, seed)
@@ -725,6 +761,9 @@ def check_policy_sampling(state: ServerState, body: _CommonBody) -> None:
     """Under the policy, the sampling is the one it was fitted with: a different value is refused."""
     fitted = state.policy.sampling
     asked = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": _max_tokens(body), "stop": _stops(body)}
+    for name in body_extras(body):  # the policy's settings were fitted without them
+        raise bad_request(f"{name}: the policy runs with the sampling it was fitted with; drop it, or name a strategy "
+                          "instead of a budget", name)
     for name, value in asked.items():
         if value is None or (name == "stop" and not value):
             continue
@@ -734,8 +773,10 @@ def check_policy_sampling(state: ServerState, body: _CommonBody) -> None:
                               "drop it, or name a strategy instead of a budget", name)
 
 
-async def run_policy(state: ServerState, prompt: str | Problem, resolved: Resolved, seed: int) -> Outcome:
-    """Allocate the budget for this prompt (the probe runs where it pays), then run the plan."""
+async def run_policy(state: ServerState, prompt: str | Problem, resolved: Resolved, seed: int,
+                     sink: "asyncio.Queue[str | None] | None" = None) -> Outcome:
+    """Allocate the budget for this prompt (the probe runs where it pays), then run the plan; where
+    it chose a single sample, its text goes to `sink` as it is generated (see text_backend)."""
     policy = state.policy
     answers = state.policy_answers
     probe_verifier = state.verifier(policy.probe.verifier, "budget", answers) if policy.probe.statistic == "verifier" else None
@@ -743,8 +784,11 @@ async def run_policy(state: ServerState, prompt: str | Problem, resolved: Resolv
         plan = await policy.allocate_async(prompt, state.backend, budget_flops=resolved.budget_flops,
                                            budget_samples=resolved.budget_samples, verifier=probe_verifier,
                                            probe_backend=state.probe_backend)
+        budget = resolved.param["budget_flops" if resolved.budget_flops is not None else "budget_samples"]
+        check_limits(state.settings, {**plan.setting.options, "n": plan.setting.samples}, {}, chosen_by=budget)
         verifier = state.verifier(plan.setting.verifier, "budget", answers) if plan.setting.verifier else None
-        trace = await plan.run(state.backend, verifier, seed=seed)
+        chosen = state.strategy(plan.setting.strategy, dict(plan.setting.options), {})[0]
+        trace = await plan.run(text_backend(state, chosen, sink), verifier, seed=seed)
     setting = {"strategy": plan.setting.strategy, "options": dict(plan.setting.options), "verifier": plan.setting.verifier,
                "selection": trace.chosen_rule}
     return Outcome(trace, setting, plan, seed)
@@ -837,17 +881,32 @@ def _stops(body: _CommonBody) -> tuple[str, ...]:
     return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop)
 
 
-def sample_params(settings: ServeSettings, body: _CommonBody) -> SampleParams:
-    """The request's sampling settings over the server's defaults (max_tokens within the limit)."""
+def body_extras(body: _CommonBody) -> dict[str, Any]:
+    """The extra sampling parameters a request sets to something other than a neutral value."""
+    return {name: value for name, neutral in SAMPLING_EXTRAS.items()
+            if (value := getattr(body, name)) is not None and value not in neutral}
+
+
+def sample_params(settings: ServeSettings, body: _CommonBody, honoured: frozenset[str] = frozenset()) -> SampleParams:
+    """The request's sampling settings over the server's defaults (max_tokens within the limit);
+    an extra sampling parameter the backend does not honour (`honoured`) is a 400 naming it."""
     max_tokens = _max_tokens(body)
     if max_tokens is not None and max_tokens > settings.max_tokens_limit:
         raise bad_request(f"max_tokens={max_tokens} is above this server's limit of {settings.max_tokens_limit}; "
                           "lower it (or restart the server with a larger --max-tokens-limit)", "max_tokens")
-    update = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p}
+    extras = body_extras(body)
+    can = ", ".join(sorted(honoured)) or "none of vLLM's extra sampling parameters"
+    for name in extras:
+        if name not in honoured:
+            raise bad_request(f"{name} cannot be honoured by the {settings.backend} backend (it can: {can}); drop it", name)
+    update = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p, **extras}
     update = {k: v for k, v in update.items() if v is not None}
     if body.stop is not None:
         update["stop"] = _stops(body)
-    return settings.sampling.model_copy(update=update)
+    try:  # validated, not model_copy'd: the bounds on top_k, min_p, min_tokens <= max_tokens, ...
+        return SampleParams.model_validate({**settings.sampling.model_dump(), **update})
+    except ValidationError as error:
+        raise from_validation_error(error) from None
 
 
 # --- the app ----------------------------------------------------------------------------------------
@@ -862,6 +921,10 @@ def create_app(state: ServerState):
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError):
         return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, error: ClientGone):
+        return Response(status_code=499)  # nobody reads it: the connection is closed (nginx's "client closed request")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError):
@@ -908,6 +971,9 @@ def create_app(state: ServerState):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise bad_request("prompt must be a non-empty string or a list of them", "prompt")
+        if len(prompts) > state.settings.max_prompts:
+            raise bad_request(f"prompt holds {len(prompts)} prompts, above this server's limit of {state.settings.max_prompts} "
+                              "per request (max_prompts; the server's --max-prompts raises it); send fewer", "prompt")
         problems = []
         for text in prompts:
             problem = chat_problem((ChatMessage(role="user", content=text),))
@@ -923,6 +989,8 @@ def create_app(state: ServerState):
                   default_layer(state.settings)]
         resolved = resolve(layers)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+        # Where one answer streams, its text goes out as generated (time to first token).
+        sink = asyncio.Queue() if body.stream and choices == 1 and len(problems) == 1 else None
         if resolved.policy:
             if state.policy is None:
                 param = resolved.param.get("budget_flops" if resolved.budget_flops is not None else "budget_samples", "model")
@@ -930,6 +998,10 @@ def create_app(state: ServerState):
                                   "or name a strategy instead of a budget", param)
             from ttscale.allocation.policy import AllocationError, check_budget
 
+            if resolved.budget_samples is not None and resolved.budget_samples > state.settings.max_samples:
+                param = resolved.param["budget_samples"]
+                raise bad_request(f"{param}={resolved.budget_samples} is above this server's limit of {state.settings.max_samples} "
+                                  "samples per prompt (max_samples; the server's --max-samples raises it); lower it", param)
             try:
                 check_budget(resolved.budget_flops, resolved.param["budget_flops"])
                 check_budget(resolved.budget_samples, resolved.param["budget_samples"])
@@ -943,25 +1015,24 @@ def create_app(state: ServerState):
             if choices > 1:
                 raise bad_request("n > 1 is not available under a budget: the policy chooses one setting per prompt; "
                                   "send n=1", "n")
-            jobs = [run_policy(state, prompt, resolved, seed) for _, prompt in problems]
+            jobs = [run_policy(state, prompt, resolved, seed, sink) for _, prompt in problems]
             equivalent = state.policy_answers.equivalent
         else:
-            params = sample_params(state.settings, body)
+            params = sample_params(state.settings, body, sampling_extras_of(state.backend))
             _, options, verifier = prepare(state, resolved, params, choices)
-            jobs = [run_strategy(state, problem, resolved, options, verifier, params, seed) for problem, _ in problems]
+            jobs = [run_strategy(state, problem, resolved, options, verifier, params, seed, sink) for problem, _ in problems]
             equivalent = state.answers.equivalent
+        if body.stream:
+            return await stream_response(request, state, body, jobs, sink, resolved, choices, kind, equivalent)
         try:
-            outcomes = list(await asyncio.gather(*jobs))
+            outcomes = list(await _unless_disconnected(request, asyncio.gather(*jobs)))
+        except ClientGone:
+            raise
         except Exception as error:  # noqa: BLE001  (each kind becomes the status a client should see)
             raise engine_error(error) from None
         for outcome in outcomes:
             state.metrics.add_cost(outcome.trace.cost)
-        response = _response(body, outcomes, resolved, choices, kind, equivalent)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(response, kind, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return JSONResponse(response)
+        return JSONResponse(_response(body, outcomes, resolved, choices, kind, equivalent))
 
     return app
 
@@ -983,14 +1054,28 @@ class _Gate:
         path = scope["path"]
         metrics = self.state.metrics
         started = time.perf_counter()
-        status = [500]
+        status: list[int | str] = [500]
+        finished, gone = [False], [False]
 
         async def send_status(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            finished[0] = finished[0] or last
             await send(message)
+            if message["type"] == "http.response.body" and not last:
+                # Let a lost connection's callback run before the next chunk: uvicorn then drops
+                # the rest quietly, where back-to-back writes logged "socket.send() raised exception." each.
+                await asyncio.sleep(0)
 
-        metrics.in_flight += 1
+        async def receive_watched() -> dict:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not finished[0]:
+                gone[0] = True  # the client left before its answer was complete
+            return message
+
+        counted = path != "/metrics"  # a scrape does not count itself in flight
+        metrics.in_flight += counted
         try:
             if path.startswith("/v1/") and self.api_key is not None:
                 header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
@@ -999,11 +1084,16 @@ class _Gate:
                                           f"${self.state.settings.api_key_env} where the server runs)", code="invalid_api_key")
                     await JSONResponse(error.body(), status_code=401)(scope, receive, send_status)
                     return
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_watched, send_status)
         finally:
-            metrics.in_flight -= 1
+            metrics.in_flight -= counted
+            seconds = time.perf_counter() - started
+            if gone[0]:
+                status[0] = "cancelled"
+                log.warning("%s %s cancelled after %.1f s: the client disconnected, so its remaining generation was "
+                            "cancelled", scope["method"], path, seconds)
             if path in ROUTES:
-                metrics.observe(path, status[0], time.perf_counter() - started)
+                metrics.observe(path, status[0], seconds)
 
 
 def _authorized(header: str, api_key: str) -> bool:
@@ -1012,17 +1102,110 @@ def _authorized(header: str, api_key: str) -> bool:
     return hmac.compare_digest(token.encode(), api_key.encode())
 
 
-async def _parse(request: Any, model: type[BaseModel]) -> Any:
+MAX_JSON_DEPTH = 32  # OpenAI bodies nest a few levels; deeper is refused before anything walks it recursively
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    """The body, read up to the server's limit, decoded and validated off the event loop."""
+    raw = await _read_body(request, request.app.state.ttscale.settings.max_body_bytes)
+    return await asyncio.to_thread(_decode, raw, model)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; what it asked for was cancelled."""
+
+
+async def _unless_disconnected(request: Request, work: Any) -> Any:
+    """`work`'s result; cancelled (the engine aborts its sequences) as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request))
     try:
-        data = await request.json()
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself is cancelled: so is its work
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task})  # the cancellation reaches the backend before the request ends
+    raise ClientGone()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns once the client has disconnected (the body was read: nothing else comes but that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than this server's limit of {limit} bytes (max_body_bytes; "
+                         "the server's --max-body-bytes raises it); send a smaller body", code="request_too_large")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 before it is read where Content-Length says it is too large,
+    and as soon as the bytes received pass the limit where it does not (chunked bodies)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, model: type[BaseModel]) -> Any:
+    """JSON to the route's body model; every way a body can be malformed is a 400 naming where."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise bad_request(f"the body nests deeper than this server's limit of {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise bad_request("the body is not JSON; send a JSON object") from None
     if not isinstance(data, dict):
         raise bad_request("the body must be a JSON object")
+    _check_json(data)
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise from_validation_error(error) from None
+
+
+def _check_json(data: Any) -> None:
+    """400 for nesting deeper than MAX_JSON_DEPTH or a string that is not valid Unicode (a lone
+    surrogate such as "\\ud800", which JSON allows and UTF-8 cannot encode), naming the field.
+    Walked with a stack, not recursion, so no depth can crash it."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"{path}: the body nests deeper than this server's limit of {MAX_JSON_DEPTH} levels", path)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                _check_text(key, where)
+                stack.append((item, where, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, path)
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        where = path.encode("utf-8", "backslashreplace").decode()  # the path may hold the surrogate itself (a key)
+        raise bad_request(f"{where}: the string holds {text[error.start]!r} at {error.start}, a lone surrogate that is not "
+                          "valid Unicode; send valid UTF-8 text", where or None) from None
 
 
 def _response(body: _CommonBody, outcomes: list[Outcome], resolved: Resolved, choices: int, kind: str, equivalent: Any) -> dict[str, Any]:
@@ -1049,7 +1232,8 @@ def _response(body: _CommonBody, outcomes: list[Outcome], resolved: Resolved, ch
     }
 
 
-STREAM_PIECE_WORDS = 4  # words per content chunk: the chosen text streams in small pieces
+STREAM_PIECE_WORDS = 4  # words per content chunk: a chosen text (not streamed as generated) goes in small pieces
+KEEPALIVE_S = 5.0  # while nothing else is sent (a strategy choosing), an SSE comment this often keeps the connection
 
 
 def _pieces(text: str) -> list[str]:
@@ -1057,32 +1241,152 @@ def _pieces(text: str) -> list[str]:
     return ["".join(words[i: i + STREAM_PIECE_WORDS]) for i in range(0, len(words), STREAM_PIECE_WORDS)] or [""]
 
 
-async def _stream(response: dict[str, Any], kind: str, include_usage: bool) -> AsyncIterator[str]:
-    """Server-Sent Events in OpenAI's chunk format: role, content pieces, finish, then usage."""
-    head = {"id": response["id"], "created": response["created"], "model": response["model"], "system_fingerprint": None,
-            "object": "chat.completion.chunk" if kind == "chat" else "text_completion"}
+def one_sample_answers(strategy: Any) -> bool:
+    """Whether a strategy's answer is the one sample it draws, as generated (best-of-n with n=1):
+    its text can then go to the client while it is being generated."""
+    return getattr(strategy, "name", None) == "best-of-n" and samples_per_problem(strategy) == 1
 
-    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        return "data: " + json.dumps({**head, "choices": choices, **extra}) + "\n\n"
 
+class TextTee:
+    """The backend a streamed single-sample request runs on: its one sample goes through the
+    backend's generate_streaming, each new piece of text to `on_text` as the engine makes it.
+    Every other call, and every other attribute (model, prompt_token_ids, ...), is the backend's."""
+
+    def __init__(self, backend: Any, on_text: Any):
+        self._backend, self._on_text, self._used = backend, on_text, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    async def generate(self, requests: Sequence[Any]) -> list[Any]:
+        if not self._used and len(requests) == 1 and requests[0].params.n == 1:
+            self._used = True
+            return [await self._backend.generate_streaming(requests[0], self._on_text)]
+        return await self._backend.generate(requests)
+
+
+def text_backend(state: "ServerState", strategy: Any, sink: "asyncio.Queue[str | None] | None") -> Any:
+    """The backend to solve on: a TextTee into `sink` where the request streams and the answer is
+    one sample the backend can stream; else the server's backend."""
+    if sink is None or not one_sample_answers(strategy) or not streams_text(state.backend):
+        return state.backend
+    return TextTee(state.backend, sink.put_nowait)
+
+
+async def stream_response(request: Request, state: "ServerState", body: _CommonBody, jobs: list[Any],
+                          sink: "asyncio.Queue[str | None] | None", resolved: Resolved, choices: int, kind: str,
+                          equivalent: Any) -> StreamingResponse:
+    """The Server-Sent Events answer to `stream: true`. Its first event (the first token, a
+    keep-alive, or the whole answer) is awaited before the response starts, so an error before
+    anything was sent still gets its HTTP status; a later one is sent as an error event."""
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    events = _events(state, body, jobs, sink, resolved, choices, kind, equivalent, include_usage)
+    try:
+        first = await _unless_disconnected(request, anext(events))
+    except ClientGone:
+        raise
+    except Exception as error:  # noqa: BLE001  (each kind becomes the status a client should see)
+        raise engine_error(error) from None
+
+    async def rest() -> AsyncIterator[str]:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:  # a client that left: closing the events cancels its remaining generation
+            await events.aclose()
+
+    return StreamingResponse(rest(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _events(state: "ServerState", body: _CommonBody, jobs: list[Any], sink: "asyncio.Queue[str | None] | None",
+                  resolved: Resolved, choices: int, kind: str, equivalent: Any, include_usage: bool) -> AsyncIterator[str]:
+    """Run the jobs; meanwhile send the answer's text as it is generated (where `sink` gets it),
+    else a keep-alive comment every KEEPALIVE_S; then the chosen answer (or the rest of it), usage
+    and the ttscale block, in OpenAI's chunk format."""
+    pieces: asyncio.Queue[str | None] = sink if sink is not None else asyncio.Queue()
+    ident, created = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12), int(time.time())
+    task = asyncio.ensure_future(asyncio.gather(*jobs))
+    task.add_done_callback(lambda _: pieces.put_nowait(None))  # the end of the text, however it ended
+    streamed: list[str] = []
+    sent = False
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: on 3.11 it can drop a got item
+                    piece = await pieces.get()
+            except TimeoutError:
+                sent = True
+                yield ": keep-alive\n\n"
+                continue
+            if piece is None:
+                break
+            if not streamed and kind == "chat":
+                yield _chunk(ident, created, body.model, kind, [_delta(0, {"role": "assistant", "content": ""})])
+            streamed.append(piece)
+            sent = True
+            yield _chunk(ident, created, body.model, kind, [_delta(0, {"content": piece}) if kind == "chat" else _text(0, piece)])
+        try:
+            outcomes = task.result()
+        except Exception as error:  # noqa: BLE001
+            if not sent:
+                raise
+            yield "data: " + json.dumps(engine_error(error).body()) + "\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        for outcome in outcomes:
+            state.metrics.add_cost(outcome.trace.cost)
+        response = {**_response(body, outcomes, resolved, choices, kind, equivalent), "id": ident, "created": created}
+        for event in _stream(response, kind, include_usage, "".join(streamed)):
+            yield event
+    finally:
+        task.cancel()  # done already, or the client left: then its generation stops here
+
+
+def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+
+def _text(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+
+
+def _chunk(ident: str, created: int, model: str, kind: str, choices: list[dict[str, Any]], **extra: Any) -> str:
+    return "data: " + json.dumps({"id": ident, "created": created, "model": model, "system_fingerprint": None,
+                                  "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                                  "choices": choices, **extra}) + "\n\n"
+
+
+def _stream(response: dict[str, Any], kind: str, include_usage: bool, streamed: str = "") -> list[str]:
+    """The answer's chunks after `streamed` (text already sent as generated): each choice's role,
+    content pieces and finish_reason; then, as OpenAI does, a chunk with no choices and the usage
+    only where stream_options.include_usage asks for it. The ttscale block rides on the last
+    chunk before [DONE]: the usage chunk, else the last choice's finish chunk (so the docs' loop,
+    reading chunk.choices[0], never meets an empty choices list)."""
+    events: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
     for choice in response["choices"]:
-        index = choice["index"]
-        if kind == "chat":
-            yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}])
-            for piece in _pieces(choice["message"]["content"]):
-                yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None, "logprobs": None}])
-            yield event([{"index": index, "delta": {}, "finish_reason": choice["finish_reason"], "logprobs": None}])
+        index, finish = choice["index"], choice["finish_reason"]
+        text = choice["message"]["content"] if kind == "chat" else choice["text"]
+        if streamed:  # one choice, its text sent as generated: the rest of it, if any
+            if not text.startswith(streamed):
+                log.error("the streamed text is not the start of the chosen answer; the answer is sent in full below it")
+            rest = text[len(streamed):] if text.startswith(streamed) else text
+            pieces = [rest] if rest else []
         else:
-            pieces = _pieces(choice["text"])
-            for i, piece in enumerate(pieces):
-                last = i == len(pieces) - 1
-                yield event([{"index": index, "text": piece, "finish_reason": choice["finish_reason"] if last else None,
-                              "logprobs": None}])
-    if include_usage:
-        yield event([], usage=response["usage"], ttscale=response["ttscale"])
-    else:
-        yield event([], ttscale=response["ttscale"])
-    yield "data: [DONE]\n\n"
+            pieces = _pieces(text)
+        if kind == "chat":
+            if not streamed:
+                events.append(([_delta(index, {"role": "assistant", "content": ""})], {}))
+            events += [([_delta(index, {"content": piece})], {}) for piece in pieces]
+            events.append(([_delta(index, {}, finish)], {}))
+        else:
+            events += [([_text(index, piece)], {}) for piece in pieces[:-1]]
+            events.append(([_text(index, pieces[-1] if pieces else "", finish)], {}))
+    if include_usage or not events:
+        events.append(([], {"usage": response["usage"]} if include_usage else {}))
+    events[-1][1]["ttscale"] = response["ttscale"]
+    chunks = [_chunk(response["id"], response["created"], response["model"], kind, choices, **extra) for choices, extra in events]
+    return chunks + ["data: [DONE]\n\n"]
 
 
 # --- running the server -------------------------------------------------------------------------------

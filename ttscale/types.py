@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Frozen(BaseModel):
@@ -49,6 +49,37 @@ class SampleParams(Frozen):
     include_stop_str: bool = False
     seed: int | None = None
     logprobs: int | None = Field(default=None, ge=0)
+    # vLLM's extra sampling parameters (as its OpenAI server takes them). None: not asked for.
+    # A backend honours those it names in `sampling_extras` (ttscale.protocols.SamplingExtras)
+    # and is never sent the others: `ttscale serve` refuses a request that sets one it cannot.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    ignore_eos: bool | None = None
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_tokens_within_max(cls, value: int | None, info: ValidationInfo) -> int | None:
+        max_tokens = info.data.get("max_tokens")  # absent when it failed its own validation
+        if value is not None and max_tokens is not None and value > max_tokens:
+            raise ValueError(f"min_tokens ({value}) cannot exceed max_tokens ({max_tokens})")
+        return value
+
+    def extras(self) -> dict[str, Any]:
+        """The extra sampling parameters asked for with an effect (a neutral value, such as
+        ignore_eos=False or top_k=0, asks for nothing)."""
+        return {name: value for name, neutral in SAMPLING_EXTRAS.items()
+                if (value := getattr(self, name)) is not None and value not in neutral}
+
+
+# vLLM's extra sampling parameters, with the values that change nothing (vLLM's defaults).
+SAMPLING_EXTRAS: dict[str, tuple[Any, ...]] = {
+    "top_k": (0, -1), "min_p": (0.0,), "repetition_penalty": (1.0,), "presence_penalty": (0.0,),
+    "frequency_penalty": (0.0,), "min_tokens": (0,), "ignore_eos": (False,),
+}
 
 
 class GenRequest(Frozen):

@@ -33,6 +33,7 @@ import hashlib
 import math
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -45,7 +46,9 @@ TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 
 def fake_tokens(text: str) -> list[re.Match[str]]:
     """The fake tokenizer: one token per word or punctuation mark."""
-    return list(TOKEN_PATTERN.finditer(text))
+    # A comprehension, not list(): the interpreter can hand the GIL to the event loop between
+    # matches, where list() holds it for the whole text (seconds for a long prompt).
+    return [match for match in TOKEN_PATTERN.finditer(text)]
 
 
 def render_prompt(request: GenRequest) -> str:
@@ -99,12 +102,17 @@ class FakeBackend:
         self._unseeded_rng = random.Random(seed)
         self._script_position = 0
         self._cached_blocks: set[str] = set()
+        # Tokenizing a long prompt takes seconds: it runs off the event loop, as an engine's does,
+        # on one worker, so calls still run one at a time in the order they came (script, cache).
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-backend")
 
     async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
         """Answer each request with n fake completions."""
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        return [self._generate_one(request) for request in requests]
+        requests = list(requests)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._worker, lambda: [self._generate_one(request) for request in requests])
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -116,6 +124,24 @@ class FakeBackend:
     def prompt_token_ids(self, request: GenRequest) -> list[str]:
         """The tokens prefilled for a request, as vLLM's backend gives ids (here the token strings)."""
         return [m.group() for m in fake_tokens(render_prompt(request))]
+
+    async def generate_streaming(self, request: GenRequest, on_text: Callable[[str], None]) -> Generation:
+        """One sample (n must be 1), its text handed to `on_text` token by token, with a turn of
+        the event loop between tokens as an engine step would give (TextStreamingBackend)."""
+        if request.params.n != 1:
+            raise ValueError(f"generate_streaming streams one sample; got n={request.params.n}")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        generation = self._generate_one(request)
+        [completion] = generation.completions
+        start = 0
+        for token in fake_tokens(completion.text):
+            on_text(completion.text[start: token.end()])
+            start = token.end()
+            await asyncio.sleep(0)
+        if start < len(completion.text):
+            on_text(completion.text[start:])
+        return generation
 
     async def generate_until(self, request: GenRequest, stop: Callable[[Mapping[str, float]], bool]) -> Generation:
         """One sample (n must be 1), fed token by token to `stop` ({token: logprob} of each
@@ -135,6 +161,8 @@ class FakeBackend:
         return generation
 
     def _generate_one(self, request: GenRequest) -> Generation:
+        if request.params.extras():  # no sampler here to honour them (SamplingExtras: none)
+            raise ConfigError(f"the fake backend cannot honour {', '.join(request.params.extras())}; drop it")
         self.requests.append(request)
         prompt = render_prompt(request)
         prompt_tokens = [m.group() for m in fake_tokens(prompt)]

@@ -36,11 +36,12 @@ import httpx
 
 from ttscale.errors import ConfigError, TtscaleError
 from ttscale.modelshape import ModelShape, shape_for_model
-from ttscale.types import Completion, Generation, GenRequest
+from ttscale.types import SAMPLING_EXTRAS, Completion, Generation, GenRequest
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {429, 500, 502, 503, 504}
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
+OPENAI_SAMPLING_EXTRAS = frozenset({"presence_penalty", "frequency_penalty"})
 URL_HINT = "pass the server's API URL with scheme and host, e.g. --base-url http://127.0.0.1:8000/v1"
 
 
@@ -107,6 +108,8 @@ class OpenAIBackend:
         self._max_topups = max_topups
         self._sleep = sleep or asyncio.sleep
         self._vllm_extensions = vllm_extensions
+        # OpenAI's API has the two penalties; vLLM's server (vllm_extensions) takes the rest too.
+        self.sampling_extras = frozenset(SAMPLING_EXTRAS) if vllm_extensions else OPENAI_SAMPLING_EXTRAS
         self._split_n = False  # set once the server is found unable to serve n > 1 exactly
         self._tokenizer_source = tokenizer or model
         self._tokenizer: Any = None
@@ -275,6 +278,11 @@ class OpenAIBackend:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        unhonoured = sorted(set(params.extras()) - self.sampling_extras)
+        if unhonoured:
+            raise ConfigError(f"{', '.join(unhonoured)} cannot be sent to {self.base_url}: OpenAI's API has no such "
+                              "parameter (vLLM's server does: --backend-option vllm_extensions=true); drop it")
+        body.update(params.extras())
         if params.logprobs is not None:
             body.update({"logprobs": True, "top_logprobs": params.logprobs} if chat else {"logprobs": params.logprobs})
         if self._vllm_extensions:

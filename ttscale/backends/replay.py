@@ -65,6 +65,9 @@ class ReplayBackend:
             raise ConfigError(f"{self.recorded.dir} recorded no problem with this prompt; evaluate the benchmark, options and "
                               "--limit the run was recorded with (a subset of its problems is fine)")
         params, recorded = request.params, self.sampling
+        if params.extras():  # recorded samples were drawn without them
+            raise ConfigError(f"replay of {self.recorded.dir} cannot honour {', '.join(params.extras())}: it serves "
+                              "the recorded samples; drop it")
         differs = [name for name in ("temperature", "top_p", "max_tokens") if getattr(params, name) != getattr(recorded, name)]
         if request.prefix or params.stop or differs or params.n > record.n:
             what = (f"sampling {', '.join(f'{d}={getattr(params, d)}' for d in differs)} (recorded: "

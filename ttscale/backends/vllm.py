@@ -22,7 +22,7 @@ from ttscale.machine import GiB, choose_cpu_dtype, engine_memory_settings, plan_
 from ttscale.models import DEFAULT_MODEL, count_parameters, prepare_model
 from ttscale.modelshape import ModelShape, load_shape
 from ttscale.speculative import SpeculativeConfig
-from ttscale.types import Completion, Generation, GenRequest, SampleParams
+from ttscale.types import SAMPLING_EXTRAS, Completion, Generation, GenRequest, SampleParams
 
 log = logging.getLogger(__name__)  # the CLI shows ttscale's own warnings on the terminal
 
@@ -68,11 +68,14 @@ def to_sampling_params(params: SampleParams, *, stream: bool = False):
         include_stop_str_in_output=params.include_stop_str,
         seed=params.seed,
         logprobs=params.logprobs,
+        **params.extras(),  # top_k, min_p, ignore_eos, ...: SamplingParams takes them by the same names
     )
 
 
 class VLLMBackend:
     """In-process vLLM AsyncLLM engine, started on first use (or by `start()`)."""
+
+    sampling_extras = frozenset(SAMPLING_EXTRAS)  # every one: they are vLLM's own (SamplingExtras)
 
     def __init__(
         self,
@@ -274,6 +277,49 @@ class VLLMBackend:
             cached_prompt_tokens=min(final.num_cached_tokens or 0, len(prompt_ids)),
             **request_spec_counts(final.outputs),
         )
+
+    async def generate_streaming(self, request: GenRequest, on_text: Callable[[str], None]) -> Generation:
+        """One sample (n=1), each engine step's new text handed to `on_text` as it comes
+        (TextStreamingBackend); the Generation is the one `generate` returns."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        if request.params.n != 1:
+            raise ValueError(f"generate_streaming streams one sample; got n={request.params.n}")
+        await self.start()
+        prompt_ids = self.prompt_token_ids(request)
+        texts: list[str] = []
+        tokens = 0
+        positions: list[dict[str, float]] = []
+        last = None
+        try:
+            async for output in self._engine.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), to_sampling_params(request.params, stream=True),
+                request_id=uuid.uuid4().hex,
+            ):
+                last = output
+                [sample] = output.outputs  # DELTA: this step's new tokens and text only
+                tokens += len(sample.token_ids)
+                positions.extend(_top_logprobs(sample.logprobs) or ())
+                if sample.text:
+                    texts.append(sample.text)
+                    on_text(sample.text)
+        except VLLMClientError as error:
+            raise TtscaleError(
+                f"vLLM rejected a request of {len(prompt_ids)} prompt tokens: {error}. "
+                f"Raise --backend-option max_model_len (now {self._max_model_len}) or lower --max-tokens."
+            ) from None
+        final = last.outputs[0]
+        completion = Completion(
+            text="".join(texts),
+            num_tokens=tokens,
+            finish_reason=FINISH_REASONS.get(final.finish_reason or "", "error"),
+            cumulative_logprob=final.cumulative_logprob,
+            top_logprobs=tuple(positions) if request.params.logprobs is not None else None,
+        )
+        return Generation(completions=(completion,), prompt_tokens=len(prompt_ids),
+                          cached_prompt_tokens=min(last.num_cached_tokens or 0, len(prompt_ids)),
+                          **request_spec_counts(last.outputs))
 
     async def generate_until(self, request: GenRequest, stop: Callable[[Mapping[str, float]], bool]) -> Generation:
         """Stream one sample (n=1, with logprobs) and abort it in the engine after the first token

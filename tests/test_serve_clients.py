@@ -1,0 +1,265 @@
+"""`ttscale serve` with the clients people use: the streaming loop of OpenAI's docs with the
+official `openai` package through the real CLI, vLLM's extra sampling parameters (which its
+benchmark client sends), tokens streamed as they are generated, and keep-alives while a strategy
+chooses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from ttscale import serve
+from ttscale.backends.fake import FakeBackend
+from ttscale.backends.openai_http import OpenAIBackend
+from ttscale.serve import ServeSettings, ServerState, create_app, sample_params
+from ttscale.types import SAMPLING_EXTRAS, ChatMessage, GenRequest, SampleParams
+
+QUESTION = "What is 2+2?"
+MESSAGES = [{"role": "user", "content": QUESTION}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cli_client():
+    """`ttscale serve --backend fake` started as a user starts it, and the official client on it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TTSCALE_API_KEY"}
+    process = subprocess.Popen([sys.executable, "-m", "ttscale.cli", "serve", "--backend", "fake", "--model", "fake",
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited with {process.returncode}: {process.stderr.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("serve did not answer /health in 120 s")
+        time.sleep(0.2)
+    try:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def docs_loop(stream) -> str:
+    """The streaming loop of OpenAI's docs, as written there (it reads chunk.choices[0])."""
+    text = ""
+    for chunk in stream:
+        text += chunk.choices[0].delta.content or ""
+    return text
+
+
+@pytest.mark.parametrize("ttscale", [None, {"n": 4}], ids=["one-sample", "best-of-4"])
+def test_the_docs_streaming_loop_runs_against_the_cli_server(cli_client, ttscale):
+    extra = {"extra_body": {"ttscale": ttscale}} if ttscale else {}
+    whole = cli_client.chat.completions.create(model="fake", messages=MESSAGES, seed=7, **extra)
+    streamed = docs_loop(cli_client.chat.completions.create(model="fake", messages=MESSAGES, seed=7, stream=True, **extra))
+    assert streamed == whole.choices[0].message.content != ""
+    # No usage asked for: every chunk has a choice, and the ttscale block rides on the last one.
+    chunks = list(cli_client.chat.completions.create(model="fake", messages=MESSAGES, seed=7, stream=True, **extra))
+    assert all(len(c.choices) == 1 and c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert [c for c in chunks if "ttscale" in c.model_extra] == [chunks[-1]]
+    assert chunks[-1].model_extra["ttscale"]["strategy"] == "best-of-n"
+    # Usage asked for: then, as OpenAI does, one last chunk with no choices carries it (and the block).
+    chunks = list(cli_client.chat.completions.create(model="fake", messages=MESSAGES, seed=7, stream=True,
+                                                     stream_options={"include_usage": True}, **extra))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c for c in chunks if "ttscale" in c.model_extra] == [chunks[-1]]
+    assert all(len(c.choices) == 1 for c in chunks[:-1])
+
+
+def test_the_completions_streaming_loop_runs_against_the_cli_server(cli_client):
+    whole = cli_client.completions.create(model="fake", prompt=QUESTION, seed=3)
+    text = ""
+    for chunk in cli_client.completions.create(model="fake", prompt=QUESTION, seed=3, stream=True):
+        text += chunk.choices[0].text
+    assert text == whole.choices[0].text != ""
+
+
+def test_vllm_sampling_extras_are_refused_by_name_by_the_fake_backend(cli_client):
+    for name, value in {"ignore_eos": True, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "min_tokens": 3,
+                        "frequency_penalty": 0.5}.items():
+        with pytest.raises(openai.BadRequestError) as caught:
+            cli_client.chat.completions.create(model="fake", messages=MESSAGES, extra_body={name: value})
+        assert caught.value.body["param"] == name and "fake backend" in caught.value.body["message"]
+    # Their neutral values ask for nothing, so every backend honours them (vLLM's bench client sends them).
+    neutral = {"ignore_eos": False, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0}
+    response = cli_client.chat.completions.create(model="fake", messages=MESSAGES, extra_body=neutral)
+    assert response.choices[0].message.content
+
+
+# --- in-process: what reaches the backend -------------------------------------------------------------
+
+
+class HonouringFake(FakeBackend):
+    """The fake with a sampler said to honour every extra (it records them, then samples without)."""
+
+    sampling_extras = frozenset(SAMPLING_EXTRAS)
+
+    def __init__(self):
+        super().__init__("fake")
+        self.asked: list[SampleParams] = []
+
+    def _generate_one(self, request: GenRequest):
+        self.asked.append(request.params)
+        plain = request.params.model_copy(update=dict.fromkeys(SAMPLING_EXTRAS))
+        return super()._generate_one(request.model_copy(update={"params": plain}))
+
+
+def in_process(backend, settings=None, app_wrapper=None):
+    state = asyncio.run(ServerState.start(settings or ServeSettings(backend="fake", model="fake"), backend=backend))
+    app = create_app(state)
+    http = TestClient(app_wrapper(app) if app_wrapper else app)
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0), http
+
+
+def test_vllm_sampling_extras_reach_a_backend_that_honours_them():
+    backend = HonouringFake()
+    client, http = in_process(backend)
+    extras = {"ignore_eos": True, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2,
+              "presence_penalty": 0.5, "frequency_penalty": -0.5}
+    with http:
+        client.chat.completions.create(model="fake", messages=MESSAGES, max_completion_tokens=32, extra_body=extras)
+        [params] = backend.asked
+        assert params.extras() == extras and params.max_tokens == 32
+        # Their bounds are vLLM's, each a 400 naming the field.
+        for name, value in {"min_tokens": 64, "min_p": 1.5, "top_k": -2, "repetition_penalty": 0.0}.items():
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(model="fake", messages=MESSAGES, max_tokens=32, extra_body={name: value})
+            assert caught.value.body["param"] == name
+
+
+def test_sample_params_only_take_extras_the_backend_honours():
+    settings = ServeSettings(backend="openai", model="fake")
+    body = serve.ChatBody(model="fake", messages=MESSAGES, top_k=4, presence_penalty=0.3)
+    assert sample_params(settings, body, frozenset(SAMPLING_EXTRAS)).extras() == {"top_k": 4, "presence_penalty": 0.3}
+    with pytest.raises(serve.APIError) as caught:
+        sample_params(settings, body, frozenset({"presence_penalty"}))
+    assert (caught.value.status, caught.value.param) == (400, "top_k")
+
+
+def test_the_vllm_edge_builds_sampling_params_with_the_extras():
+    from ttscale.backends.vllm import VLLMBackend, to_sampling_params
+
+    params = SampleParams(max_tokens=16, ignore_eos=True, top_k=5, min_p=0.05, repetition_penalty=1.1, min_tokens=4,
+                          presence_penalty=0.2, frequency_penalty=0.1)
+    built = to_sampling_params(params, stream=True)
+    assert (built.ignore_eos, built.top_k, built.min_p, built.repetition_penalty, built.min_tokens) == (True, 5, 0.05, 1.1, 4)
+    assert (built.presence_penalty, built.frequency_penalty, built.max_tokens) == (0.2, 0.1, 16)
+    default = to_sampling_params(SampleParams(max_tokens=16))
+    assert (default.ignore_eos, default.min_tokens, default.repetition_penalty) == (False, 0, 1.0)
+    assert VLLMBackend.sampling_extras == frozenset(SAMPLING_EXTRAS)
+
+
+def test_an_openai_upstream_gets_the_extras_it_can_take():
+    request = GenRequest(prompt=(ChatMessage(role="user", content=QUESTION),), params=SampleParams(top_k=5, presence_penalty=0.5))
+    vllm_upstream = OpenAIBackend("fake", num_params=1)
+    assert {"top_k": 5, "presence_penalty": 0.5}.items() <= vllm_upstream._body(request, chat=True).items()
+    plain_upstream = OpenAIBackend("fake", num_params=1, vllm_extensions=False)
+    assert plain_upstream.sampling_extras == {"presence_penalty", "frequency_penalty"}
+    with pytest.raises(Exception, match="top_k"):
+        plain_upstream._body(request, chat=True)
+    asyncio.run(vllm_upstream.close())
+    asyncio.run(plain_upstream.close())
+
+
+# --- time to first token, keep-alives --------------------------------------------------------------------
+
+
+class HeldFake(FakeBackend):
+    """The fake, holding each answer until the server has sent what the test waits for (`go`);
+    `released` says whether it was let go (False: it gave up waiting after 60 s)."""
+
+    def __init__(self):
+        super().__init__("fake")
+        self.go = threading.Event()
+        self.released: bool | None = None
+
+    async def generate_streaming(self, request, on_text):
+        pieces: list[str] = []
+        generation = await super().generate_streaming(request, pieces.append)
+        on_text(pieces[0])  # the first token is out; the rest waits
+        self.released = await asyncio.to_thread(self.go.wait, 60)
+        for piece in pieces[1:]:
+            on_text(piece)
+        return generation
+
+    async def generate(self, requests):
+        self.released = await asyncio.to_thread(self.go.wait, 60)
+        return await super().generate(requests)
+
+
+def releasing_on(marker: bytes, backend: HeldFake):
+    """The app, letting the backend go once a response body chunk holding `marker` was sent."""
+    def wrap(app):
+        async def watched(scope, receive, send):
+            async def watch(message):
+                await send(message)
+                if message["type"] == "http.response.body" and marker in message.get("body", b""):
+                    backend.go.set()
+            await app(scope, receive, watch)
+        return watched
+    return wrap
+
+
+def test_a_single_sample_streams_its_tokens_while_it_is_generated():
+    backend = HeldFake()
+    client, http = in_process(backend, app_wrapper=releasing_on(b'"delta": {"content": ', backend))
+    with http:
+        streamed = docs_loop(client.chat.completions.create(model="fake", messages=MESSAGES, seed=5, stream=True))
+        # The backend held the sample after its first token until the server had sent that token.
+        assert backend.released is True
+        whole = client.chat.completions.create(model="fake", messages=MESSAGES, seed=5)
+    assert streamed == whole.choices[0].message.content
+
+
+def test_keep_alives_go_out_while_a_strategy_chooses(monkeypatch):
+    monkeypatch.setattr(serve, "KEEPALIVE_S", 0.01)
+    backend = HeldFake()
+    client, http = in_process(backend, app_wrapper=releasing_on(b": keep-alive", backend))
+    with http:
+        stream = client.chat.completions.create(model="fake", messages=MESSAGES, seed=5, stream=True,
+                                                extra_body={"ttscale": {"n": 4}})
+        streamed = docs_loop(stream)  # the client skips the SSE comments
+        assert backend.released is True  # the samples were held until a keep-alive had gone out
+        backend.go.set()
+        whole = client.chat.completions.create(model="fake", messages=MESSAGES, seed=5, extra_body={"ttscale": {"n": 4}})
+    assert streamed == whole.choices[0].message.content
+
+
+@pytest.mark.engine
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_engine_streams_the_text_generate_returns(vllm_backend):
+    request = GenRequest(prompt=(ChatMessage(role="user", content=QUESTION),), params=SampleParams(max_tokens=24, seed=11))
+    pieces: list[str] = []
+    streamed = await vllm_backend.generate_streaming(request, pieces.append)
+    [whole] = await vllm_backend.generate([request])
+    assert len(pieces) > 1 and "".join(pieces) == streamed.completions[0].text == whole.completions[0].text
+    assert streamed.completions[0].num_tokens == whole.completions[0].num_tokens
+    assert streamed.prompt_tokens == whole.prompt_tokens
