@@ -46,6 +46,7 @@ includes its verifier.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -349,6 +350,14 @@ class PromptStructure:
     def __init__(self, backend: Any):
         self._backend = backend
         self._ledgers = {"tokens": PrefixLedger(16), "chars": PrefixLedger(64)}
+        self._turn = asyncio.Lock()  # calls update the ledgers one at a time, in the order they arrive
+
+    async def cached_off_loop(self, requests: Sequence[GenRequest | PoolRequest],
+                              outputs: Sequence[Generation | PoolResult]) -> list[int]:
+        """`cached` in a worker thread: tokenizing a long prompt takes seconds, which on the event
+        loop would stall everything else it runs (a server's other requests, its /health)."""
+        async with self._turn:
+            return await asyncio.to_thread(self.cached, requests, outputs)
 
     def cached(self, requests: Sequence[GenRequest | PoolRequest], outputs: Sequence[Generation | PoolResult]) -> list[int]:
         """Each request's prompt tokens that repeat a prefix seen before; then remember the
@@ -419,7 +428,7 @@ class CostMeter:
             started = time.perf_counter()
             generations = await self._backend.generate(requests)
             wall_s = time.perf_counter() - started
-            structural = self._structure.cached(requests, generations)
+            structural = await self._structure.cached_off_loop(requests, generations)
             costs = [
                 generation_cost(self.cost_model, generations, wall_s, structural),
                 speculative_cost(self.model, generations),  # zero without speculation
@@ -447,7 +456,7 @@ class CostMeter:
             started = time.perf_counter()
             generation = await self._backend.generate_until(request, stop)
             wall_s = time.perf_counter() - started
-            structural = self._structure.cached([request], [generation])
+            structural = await self._structure.cached_off_loop([request], [generation])
             costs = [
                 generation_cost(self.cost_model, [generation], wall_s, structural),
                 speculative_cost(self.model, [generation]),
@@ -468,7 +477,7 @@ class CostMeter:
         started = time.perf_counter()
         results = await self._backend.pool(requests)
         wall_s = time.perf_counter() - started
-        self._record(pool_cost(self.cost_model, results, wall_s, self._structure.cached(requests, results)))
+        self._record(pool_cost(self.cost_model, results, wall_s, await self._structure.cached_off_loop(requests, results)))
         return results
 
     def _record(self, cost: Cost) -> None:
