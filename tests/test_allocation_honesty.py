@@ -172,6 +172,10 @@ def cli_inputs(runs, tmp_path_factory):
     empty = json.loads(policy.model_dump_json())
     empty["predicted_tables"][0]["entries"] = []
     (root / "empty.json").write_text(json.dumps(empty))
+    nan = json.loads(policy.model_dump_json())
+    nan["oracle_edges"][0] = float("nan")
+    (root / "nan.json").write_text(json.dumps(nan))  # Python writes NaN, and reads it back
+    (root / "blocker").write_text("")  # a file where a directory should be: no file can be written under it
     write_run(root, "two", [0.5, 0.5], shape=SHAPE)
     return root, bon
 
@@ -183,6 +187,12 @@ def cli_inputs(runs, tmp_path_factory):
     (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "all"], "were fitted on"),
     (["allocate", "eval", "{root}/empty.json", "{bon}", "--split", "b"], "predicted table of bin 0 is empty"),
     (["fit", "{root}/two"], "2 problems with samples"),
+    (["allocate", "eval", "{root}", "{bon}", "--split", "b"], "is a directory, not a policy file"),
+    (["allocate", "eval", "{root}/nan.json", "{bon}", "--split", "b"], "nan.json: oracle_edges.0: Input should be a finite number"),
+    (["allocate", "fit", "{bon}", "--split", "a", "-o", "{root}/blocker/p.json"], "cannot write to output directory"),
+    (["allocate", "fit", "{bon}", "--split", "a", "-o", "{root}"], "is a directory; pass --output with a file name"),
+    (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "b", "--json", "{root}/blocker/r.json"], "pass --json with a writable directory"),
+    (["fit", "{bon}", "-o", "{root}/blocker/fit.png"], "pass --plot with a writable directory"),
 ])
 def test_cli_bad_inputs_give_one_line_and_exit_2(cli_inputs, args, message):
     root, bon = cli_inputs

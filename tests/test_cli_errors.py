@@ -149,6 +149,26 @@ def test_samples_line_that_is_not_a_record_names_file_and_line(tmp_path, finishe
     assert f"samples.jsonl:3: not a samples record ({expected}" in line
 
 
+UNWRITABLE_OUTPUTS = {
+    "compare -o under a file": (["compare", "{run}", "--bootstrap", "0", "-o", "blocker/plots"],
+                                "cannot write to output directory blocker/plots (Not a directory); pass --out with a writable directory"),
+    "report -o under a file": (["report", "{run}", "--bootstrap", "0", "-o", "blocker/r.html"],
+                               "cannot write to output directory blocker (a file has that name); pass --output with a writable directory"),
+    "report -o a directory": (["report", "{run}", "--bootstrap", "0", "-o", "."], ". is a directory; pass --output with a file name"),
+    "report --plots-dir under a file": (["report", "{run}", "--bootstrap", "0", "--plots-dir", "blocker/p"],
+                                        "pass --plots-dir with a writable directory"),
+}
+
+
+@pytest.mark.parametrize("args, expected", UNWRITABLE_OUTPUTS.values(), ids=UNWRITABLE_OUTPUTS.keys())
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, finished_run, args, expected):
+    # A regular file where a directory should be: writing under it fails for root too (a
+    # read-only directory does not stop root, who runs some CI), with the same OSError path.
+    (tmp_path / "blocker").write_text("")
+    line = one_error_line(ttscale(*[a.format(run=finished_run) for a in args], cwd=tmp_path))
+    assert expected in line
+
+
 def test_limit_beyond_the_benchmark_says_how_many_it_has(tmp_path):
     result = ttscale("eval", "-b", "arithmetic", "-B", "size=3", "--backend", "fake", "--limit", "200", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ttscale.store import writable_file
+
 console = Console()
 allocate_app = typer.Typer(help="Fit a compute-optimal allocation policy from runs, and evaluate it on held-out problems.", no_args_is_help=True)
 
@@ -45,6 +47,7 @@ def fit_command(
     from ttscale.errors import ConfigError
 
     run = load_run(run_dir)
+    plot = writable_file(plot or Path(run_dir) / "coverage_fit.png", "--plot")
     records = [r for r in run.records if r.n and in_split(r.problem_id, split)]
     if len(records) < difficulty.NUM_BINS:
         raise ConfigError(f"{run_dir}: {len(records)} problems with samples in split {split!r}; the fit needs at least "
@@ -91,7 +94,6 @@ def fit_command(
              title="pass@k (dots) and fitted exp(a·k^b); beyond the dotted line: extrapolation")
     axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    plot = plot or Path(run_dir) / "coverage_fit.png"
     figure.savefig(plot, dpi=120)
     plt.close(figure)
     console.print(f"Plot: {plot}")
@@ -117,6 +119,7 @@ def allocate_fit(
         raise typer.BadParameter(f"--probe must be agreement, verifier or prefill, got {statistic!r}")
     if pooling not in ("auto", "last", "mean", "last+mean"):
         raise typer.BadParameter(f"--pooling must be auto, last, mean or last+mean, got {pooling!r}")
+    writable_file(output, "--output")
     prompts = None
     if statistic == "prefill":
         from ttscale.probe import PromptReader
@@ -169,6 +172,8 @@ def allocate_eval(
     from ttscale.allocation.policy import AllocationPolicy
 
     policy = AllocationPolicy.load(policy_file)
+    if json_out:
+        writable_file(json_out, "--json")
     prompts = None
     if policy.probe.is_prefill:
         from ttscale.probe import PromptReader

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ttscale.analysis.model_vs_search import SNELL_RATIOS
 from ttscale.cost import KINETICS_INTENSITY
+from ttscale.store import writable_dir, writable_file
 
 console = Console()
 
@@ -59,7 +60,7 @@ def compare_command(
     """
     from ttscale.analysis.report import build_comparison
 
-    out = out or run_dirs[0].parent / "compare"
+    out = writable_dir(out or run_dirs[0].parent / "compare", "--out")
     comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split, common))
     print_comparison(comparison)
     console.print("Plots:")
@@ -85,7 +86,8 @@ def report_command(
     """Write one self-contained HTML report comparing runs: tables and plots inline."""
     from ttscale.analysis.report import build_comparison, write_report
 
-    plots_dir = plots_dir or output.with_name(output.stem + "_plots")
+    writable_file(output, "--output")
+    plots_dir = writable_dir(plots_dir or output.with_name(output.stem + "_plots"), "--plots-dir")
     comparison = build_comparison(run_dirs, out_dir=plots_dir, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, split=split, common=common))
     console.print(f"Report: {write_report(comparison, output)}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,16 +34,7 @@ class RunStore:
 
     def open(self) -> "RunStore":
         """Create or reopen the run directory, lock it, and repair a torn tail."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as error:
-            raise TtscaleError(
-                f"cannot write to output directory {self.config.output} ({error.strerror}); "
-                "pass --output with a writable directory"
-            ) from None
+        writable_dir(self.dir, "--output", shown=self.config.output)
         self._lock = FileLock(str(self.dir / ".lock"))
         try:
             self._lock.acquire(timeout=0)
@@ -99,6 +91,33 @@ class RunStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def writable_dir(path: Path, flag: str, shown: Path | None = None) -> Path:
+    """Create `path` and write a file in it, or say in one line that it cannot be written and which
+    flag to change. Commands check their outputs first, so a long computation never ends in an
+    OSError traceback (a read-only disk, a file where a directory should be)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # removed on close
+            pass
+    except OSError as error:
+        why = "a file has that name" if isinstance(error, FileExistsError) else error.strerror or error
+        raise TtscaleError(
+            f"cannot write to output directory {shown or path} ({why}); "
+            f"pass {flag} with a writable directory"
+        ) from None
+    return path
+
+
+def writable_file(path: Path, flag: str) -> Path:
+    """`path` can be written as a file: not a directory, not read-only, in a writable directory."""
+    if path.is_dir():
+        raise TtscaleError(f"{path} is a directory; pass {flag} with a file name in it")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TtscaleError(f"cannot write {path} (read-only file); pass {flag} with a writable path")
+    writable_dir(path.parent, flag)
+    return path
 
 
 def read_samples(path: Path) -> Iterator[dict[str, Any]]:

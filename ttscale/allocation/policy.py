@@ -78,7 +78,7 @@ def check_budget(value: float | None, name: str) -> None:
 class Setting(BaseModel):
     """One runnable configuration: a registered strategy, its options, and its verifier."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     strategy: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -118,7 +118,7 @@ def drawn_samples(setting: Setting, probe_k0: int = 0) -> int:
 class Entry(BaseModel):
     """A setting's expected accuracy and mean cost on the fitting problems of one bin."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     setting: Setting
     accuracy: float
@@ -130,7 +130,7 @@ class Entry(BaseModel):
 class BinTable(BaseModel):
     """For one bin: every setting measured, and the smoothed frontier that `choose` picks from."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     bin: int
     entries: list[Entry]
@@ -142,7 +142,7 @@ class Probe(BaseModel):
     """The cheap difficulty probe and its quantile edges: k0 samples and a statistic of them, or
     (statistic "prefill", k0 = 0) one prefill of the prompt and the regressor that reads it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     k0: int = Field(ge=0, description="samples the probe draws (0 for the prefill probe)")
     statistic: diff.ProbeStatistic = "agreement"
@@ -201,7 +201,9 @@ class AllocationPolicy(BaseModel):
     Load it with `AllocationPolicy.load(path)`, then `allocate(prompt, budget_flops=...)`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Here and in its parts, NaN and infinity are refused: a NaN edge puts every prompt in one
+    # bin, a NaN accuracy or cost makes every comparison false, and neither would say so.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     version: Literal[2, 3] = POLICY_VERSION  # 3 exactly when the probe is a prefill probe
     model: str
@@ -252,6 +254,10 @@ class AllocationPolicy(BaseModel):
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"policy file {path} does not exist; fit one with `ttscale allocate fit RUN_DIR -o {path}`") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path} is a directory, not a policy file; pass the file `ttscale allocate fit -o` wrote") from None
+        except OSError as error:
+            raise ConfigError(f"cannot read policy file {path} ({error.strerror or error})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not JSON ({getattr(error, 'msg', error)}); {refit}") from None
         if not isinstance(data, dict) or data.get("version") not in READABLE_VERSIONS:
