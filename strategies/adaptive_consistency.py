@@ -7,19 +7,25 @@ stops sampling once the majority answer is settled.
         samples += LLM(prompt, n=b, seed=seed + len(samples))     # sample i is seeded seed + i
         classes = answer_classes([extract(s) for s in samples])   # -1: no answer
         if stopping.should_stop(classes): break                    # settled (or give up)
-    return majority(samples)
+    return samples[stopping.answer_position(classes)]              # ESC: its unanimous window; else majority
 
 Sample i carries the seed best-of-N's sample i gets (vLLM seeds child i of a request seeded s
 with s + i), so an adaptive run draws exactly a prefix of best-of-N's samples. It can be replayed
 from a recorded best-of-N run with no new generation: `ttscale.stopping.stop_index` on the
-recorded answer classes is how many samples it draws, and the majority of those is its answer.
+recorded answer classes is how many samples it draws, and `answer_position` of those its answer.
 
 The stopping rules (ttscale.stopping.StoppingRule): `-S rule=beta -S threshold=0.95` (the two
-leading answers' Beta posterior), `rule=dirichlet`, or `rule=esc -S window=8` (a window of equal
-answers); `-S give_up=4` also stops when the first 4 samples all disagree. The batch defaults to
-1 (ESC: its window). Every batch is a request that pays its prompt again; the engine's prefix
-cache serves the repeats (the cost's cached prompt tokens say how much, and its structural,
-cache-independent count treats every repeat as cached).
+leading answers' Beta posterior), `rule=dirichlet`, or `rule=esc -S window=5` (a window of equal
+answers, ESC's default 5); `-S give_up=4` also stops when the first 4 samples all disagree;
+`-S unanswered=class` counts a sample without an answer as an answer class of its own, as both
+references do (default `skip`: it counts toward no class). The batch defaults to 1 (ESC: its
+window). Every batch is a request that pays its prompt again; the engine's prefix cache serves
+the repeats (the cost's cached prompt tokens say how much, and its structural, cache-independent
+count treats every repeat as cached).
+
+Selections: "adaptive" (the default) is the method's answer, `answer_position`: ESC's unanimous
+window when it stopped on one, else the leading class of what was drawn; "majority" votes over
+the answered samples drawn, "first" takes the first sample's answer.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from ttscale.stopping import StoppingRule, default_batch
 from ttscale.strategies.best_of_n import sample_candidates
 from ttscale.types import Candidate, GenRequest, Problem, Trace
 
-# StoppingRule's fields may be given flat (-S rule=esc -S window=4) as well as nested.
+# StoppingRule's fields may be given flat (-S rule=esc -S window=5) as well as nested.
 _RULE_FIELDS = tuple(StoppingRule.model_fields)
 
 
@@ -49,7 +55,9 @@ class AdaptiveConsistency(BaseModel):
         default=None, ge=1, description="samples drawn per request, and how often the rule is checked (default: 1; esc: its window)"
     )
     stopping: StoppingRule = Field(default_factory=StoppingRule, description="when to stop (ttscale.stopping)")
-    selection: Literal["majority", "first"] = "majority"
+    selection: Literal["adaptive", "majority", "first"] = Field(
+        default="adaptive", description="adaptive: the method's answer (ESC: the unanimous window's); majority; first"
+    )
     logprobs: int | None = Field(
         default=None, ge=1, le=20,
         description="k: record each token's confidence from its top-k logprobs (DeepConf), and each sample's mean logprob",
@@ -58,7 +66,7 @@ class AdaptiveConsistency(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _flat_rule_fields(cls, data: Any) -> Any:
-        """Fold flat rule fields (rule, threshold, window, min_samples, give_up) into `stopping`."""
+        """Fold flat rule fields (rule, threshold, window, min_samples, give_up, unanswered) into `stopping`."""
         if not isinstance(data, dict) or not any(key in data for key in _RULE_FIELDS):
             return data
         data = dict(data)
@@ -87,9 +95,14 @@ class AdaptiveConsistency(BaseModel):
                 reason = stop
                 break
         classes = answer_classes([c.answer for c in candidates], ctx.answers.equivalent).tolist()
+        position = self.stopping.answer_position(classes)
         return Trace(
             candidates=tuple(candidates),
-            selections={"majority": majority_vote(candidates, ctx.answers.equivalent), "first": first_answer(candidates)},
+            selections={
+                "adaptive": candidates[position].answer if position >= 0 else None,
+                "majority": majority_vote(candidates, ctx.answers.equivalent),
+                "first": first_answer(candidates),
+            },
             chosen_rule=self.selection,
             metadata={
                 "samples_drawn": len(candidates),

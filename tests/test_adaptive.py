@@ -43,11 +43,13 @@ RULES = [
     StoppingRule(rule="beta", threshold=0.95),
     StoppingRule(rule="dirichlet", threshold=0.9),
     StoppingRule(rule="esc", window=4),
+    StoppingRule(rule="esc"),
+    StoppingRule(rule="beta", threshold=0.8, unanswered="class"),
     StoppingRule(rule="beta", threshold=0.95, give_up=4),
 ]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.rule}-{r.threshold}-{r.window}-{r.give_up}")
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.rule}-{r.threshold}-{r.window}-{r.give_up}-{r.unanswered}")
 @pytest.mark.parametrize("batch", [1, 3, None])
 async def test_adaptive_run_is_a_prefix_of_best_of_n_and_stops_where_the_replay_says(rule, batch):
     stops = set()
@@ -64,7 +66,9 @@ async def test_adaptive_run_is_a_prefix_of_best_of_n_and_stops_where_the_replay_
         classes = answer_classes([c.answer for c in full.candidates], str.__eq__).tolist()
         assert k == stop_index(classes, rule, strategy.step)
         assert trace.metadata["samples_drawn"] == k
-        assert trace.answer == majority_vote(full.candidates[:k], str.__eq__)
+        position = rule.answer_position(classes[:k])
+        assert trace.answer == (full.candidates[position].answer if position >= 0 else None)
+        assert trace.selections["majority"] == majority_vote(full.candidates[:k], str.__eq__)
         reason = trace.metadata["stop_reason"]
         assert reason == (rule.stop_reason(classes[:k]) or "budget")
         assert trace.metadata["requests"] == len(fake.requests) == -(-k // strategy.step)
@@ -109,6 +113,30 @@ async def test_sure_problems_stop_early_and_hard_ones_give_up():
         pytest.fail("no seed in 50 gave three different digits first")
 
 
+def scripted(*answers):
+    """A fake whose samples state these answers in order (None: a sample stating no answer)."""
+    return FakeBackend(script=[f"So \\boxed{{{a}}}." if a is not None else "I cannot tell." for a in answers])
+
+
+async def test_esc_answers_its_unanimous_window_not_the_majority():
+    # the issue's example: [b,b,c, b,b,d, a,a,a], w = 3 -> ESC a (Yiwei98/ESC early_stop_gsm8k.py:142-148)
+    fake = scripted(2, 2, 3, 2, 2, 4, 1, 1, 1, 2, 2, 2)
+    trace = await context(fake, 1).solve(AdaptiveConsistency(n=12, stopping=StoppingRule(rule="esc", window=3)), PROBLEM)
+    assert [c.answer for c in trace.candidates] == ["2", "2", "3", "2", "2", "4", "1", "1", "1"]
+    assert trace.metadata["stop_reason"] == "settled" and trace.metadata["requests"] == 3
+    assert trace.answer == "1" and trace.selections["majority"] == "2"
+
+
+@pytest.mark.parametrize("unanswered,posterior,answer", [("skip", 0.875, "5"), ("class", 0.65625, None)])
+async def test_an_unanswered_sample_is_a_class_when_asked(unanswered, posterior, answer):
+    # [a, a, None x3]: ttscale's default skips them (0.875); the references count None (0.656)
+    rule = StoppingRule(rule="beta", threshold=0.95, unanswered=unanswered)
+    trace = await context(scripted(5, 5, None, None, None), 1).solve(AdaptiveConsistency(n=5, stopping=rule), PROBLEM)
+    assert [c.answer for c in trace.candidates] == ["5", "5", None, None, None]
+    assert trace.metadata["posterior"] == pytest.approx(posterior)
+    assert trace.answer == answer and trace.selections["majority"] == "5"
+
+
 def test_rule_fields_may_be_given_flat_as_with_dash_s():
     strategy = strategies.create("adaptive-consistency", n=12, rule="esc", window=4)
     assert strategy.stopping == StoppingRule(rule="esc", window=4)
@@ -116,6 +144,8 @@ def test_rule_fields_may_be_given_flat_as_with_dash_s():
     nested = AdaptiveConsistency(stopping={"rule": "dirichlet", "threshold": 0.9}, give_up=4)
     assert nested.stopping == StoppingRule(rule="dirichlet", threshold=0.9, give_up=4)
     assert AdaptiveConsistency().step == 1
+    assert strategies.create("adaptive-consistency", rule="esc").step == 5  # ESC's reference window
+    assert strategies.create("adaptive-consistency", unanswered="class").stopping.unanswered == "class"
 
 
 async def test_eval_records_adaptive_runs(tmp_path):

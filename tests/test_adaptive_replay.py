@@ -41,6 +41,7 @@ def _records(run_dir) -> dict[str, dict]:
     {"rule": "beta", "threshold": 0.8},
     {"rule": "beta", "threshold": 0.9, "give_up": 3},
     {"rule": "esc", "window": 2},
+    {"rule": "beta", "threshold": 0.8, "unanswered": "class"},
 ])
 async def test_adaptive_consistency_replay_equals_a_live_run(tmp_path, stopping):
     best_of_n = load_run(await _run(tmp_path, "best-of-n", {"n": 8}))
@@ -57,7 +58,7 @@ async def test_adaptive_consistency_replay_equals_a_live_run(tmp_path, stopping)
         assert [record.samples[i].answer for i in outcome.drawn] == [c["answer"] for c in ran["candidates"]]
         assert int(outcome.tokens.sum()) == ran["cost"]["generated_tokens"]
         chosen = record.samples[outcome.chosen].answer if outcome.chosen >= 0 else None
-        assert chosen == ran["selections"]["majority"]["answer"]
+        assert chosen == ran["selections"]["adaptive"]["answer"]
     assert len(drawn_counts) > 1  # the rule stopped at different points on different problems
 
 

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import sympy
 from pydantic import ValidationError
-from scipy import stats
+from scipy import integrate, stats
 
 from ttscale.stopping import (
     StoppingRule,
     batch_boundaries,
     beta_posterior,
     class_counts,
+    counted_classes,
     dirichlet_posterior,
     leading_class,
     stop_index,
@@ -108,6 +109,46 @@ def test_esc_stops_only_on_a_whole_window_at_window_boundaries():
     # replayed with batches of the window size, as ESC samples
     assert stop_index([1, 0, 0, 0, 2, 1, 2, 2, 2, 0], rule, 3) == 9
     assert stop_index([1, 0, 0, 0, 2, 1, 2, 2, 2, 0], rule, 2) == 10  # window [6, 9) seen at the boundary 10
+
+
+def test_esc_answers_its_unanimous_window_as_the_reference_does():
+    # the issue's example: [b,b,c, b,b,d, a,a,a] with w = 3 (classes b=0, c=1, d=2, a=3)
+    b, c, d, a = 0, 1, 2, 3
+    classes = [b, b, c, b, b, d, a, a, a]
+    rule = StoppingRule(rule="esc", window=3)
+    assert stop_index(classes, rule, 3) == 9
+    assert rule.answer_position(classes) == 6  # a, the window [6, 9) (Yiwei98/ESC early_stop_gsm8k.py:142-148)
+    assert leading_class(classes) == b  # the majority over all samples, which ttscale used to answer
+    # a run that never stops answers the majority of everything drawn (early_stop_gsm8k.py:144-146)
+    assert rule.answer_position([b, c, b, d, a, c]) == 0
+    # the reference's window: 5
+    assert StoppingRule(rule="esc").window == 5
+
+
+def test_unanswered_as_a_class_follows_the_references():
+    a, none = 0, -1
+    classes = [a, a, none, none, none]
+    skip, counted = StoppingRule(rule="beta"), StoppingRule(rule="beta", unanswered="class")
+    assert skip.posterior(classes) == pytest.approx(0.875)  # a alone: Beta(3, 1)
+    # AdaptiveConsistency stopping_criterias.py:28,44: Counter counts None, a = 3 (None), b = 2 (a)
+    reference = quad_beta_reference(3, 2)
+    assert counted.posterior(classes) == pytest.approx(reference) == pytest.approx(0.65625)
+    assert counted_classes(classes, "class") == [0, 0, 1, 1, 1]
+    # the answer is the leading class: no answer here, as the reference's most_common is None
+    assert skip.answer_position(classes) == 0 and counted.answer_position(classes) == -1
+    # ESC: a window of unanswered samples is unanimous in the reference (-1000 for each)
+    esc, esc_counted = StoppingRule(rule="esc", window=3), StoppingRule(rule="esc", window=3, unanswered="class")
+    assert not esc.settled([none] * 3)
+    assert esc_counted.settled([none] * 3) and esc_counted.answer_position([none] * 3) == -1
+    assert esc_counted.answer_position([a, none, a, none, none, none]) == -1  # stopped on the window of none
+    # give-up: two unanswered samples agree when they are a class
+    assert StoppingRule(rule="beta", threshold=0.99, give_up=3).stop_reason([none, none, a]) == "give-up"
+    assert StoppingRule(rule="beta", threshold=0.99, give_up=3, unanswered="class").stop_reason([none, none, a]) is None
+
+
+def quad_beta_reference(a: float, b: float) -> float:
+    """The reference's Beta rule as written (stopping_criterias.py:44): a ratio of two integrals."""
+    return integrate.quad(lambda x: x**a * (1 - x) ** b, 0.5, 1)[0] / integrate.quad(lambda x: x**a * (1 - x) ** b, 0, 1)[0]
 
 
 def test_beta_stop_index_is_the_first_boundary_where_settled():

@@ -4,8 +4,16 @@ One implementation, shared by the `adaptive-consistency` strategy (which draws b
 rule says stop) and by the analysis layer (which replays a recorded best-of-N run: an adaptive
 run is a prefix of it, so `stop_index` on the recorded answers says how many samples it draws).
 Everything here is a pure function of the answer classes seen so far, in draw order, numbered
-as `ttscale.selection.answer_classes` numbers them (-1: no answer). Samples without an answer
-never vote, so they count toward no class.
+as `ttscale.selection.answer_classes` numbers them (-1: no answer).
+
+Unanswered samples (`unanswered`): by default ("skip", ttscale's choice) a sample without an
+answer counts toward no class, so a run never stops on, nor answers, "no answer". Both reference
+implementations count it as an answer class of its own ("class"): Adaptive-Consistency counts
+`Counter(answers)` whatever the answers are, None included (Pranjal2041/AdaptiveConsistency,
+adaptive_consistency/stopping_criterias.py:28), and ESC gives an unparsable sample the answer
+-1000 (Yiwei98/ESC, early_stop_gsm8k.py:136), which votes and can fill a window. With "class",
+[a, a, None, None, None] gives the Beta rule P = 0.656 (None leads 3 to 2) where "skip" gives
+0.875 (a alone, 2 samples), and the run's answer is the leading class, which may be no answer.
 
 Rules (the posterior ones put a uniform prior on the answer distribution):
 
@@ -21,8 +29,11 @@ Rules (the posterior ones put a uniform prior on the answer distribution):
   With two answers it equals the Beta rule; with one, an unseen second answer (count 0) stands
   for all others, so it also equals the Beta rule.
 - esc (Li et al. 2024, "Escape Sky-high Cost: Early-stopping Self-Consistency"): samples fall
-  into consecutive windows of `window`; stop once a whole window holds one answer (checked at
-  window boundaries, as ESC does: windows [0, w), [w, 2w), ...).
+  into consecutive windows of `window` (default 5: the reference's `slice_`, Yiwei98/ESC,
+  early_stop_gsm8k.py:98); stop once a whole window holds one answer (checked at window
+  boundaries, as ESC does: windows [0, w), [w, 2w), ..., early_stop_gsm8k.py:127-143), and
+  answer that window's answer; a run that never stops answers the majority of all its samples
+  (early_stop_gsm8k.py:144-148). [b,b,c, b,b,d, a,a,a] with w = 3 answers a, not the majority b.
 
 `min_samples` holds any rule off until that many samples are drawn. `give_up` (the issue's
 measured variant) stops when the first m samples all disagree (a hard problem: more samples
@@ -30,6 +41,7 @@ rarely settle it); samples without an answer disagree with everything.
 
 A batch of b samples is drawn at once, so a run can stop only at batch boundaries b, 2b, ...
 (and at N): `stop_index` is the first boundary where `should_stop`, else all samples.
+`StoppingRule.answer_position` is the sample whose answer the run gives.
 """
 
 from __future__ import annotations
@@ -42,6 +54,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import integrate, special
 
 StopReason = Literal["settled", "give-up"]
+Unanswered = Literal["skip", "class"]
+
+
+def counted_classes(classes: Sequence[int], unanswered: Unanswered = "skip") -> list[int]:
+    """The classes the rules count: as given ("skip": -1 counts toward no class), or with every
+    no-answer sample put in one class of its own, numbered after the answers ("class")."""
+    classes = [int(c) for c in classes]
+    if unanswered == "skip":
+        return classes
+    none = max(classes, default=-1) + 1
+    return [none if c < 0 else c for c in classes]
 
 
 def class_counts(classes: Sequence[int]) -> np.ndarray:
@@ -100,13 +123,19 @@ def _lead_probability(counts: tuple[int, ...]) -> float:
     return float(min(max(total, 0.0), 1.0))
 
 
-def esc_window_agrees(classes: Sequence[int], window: int) -> bool:
-    """Whether some complete window [i*w, (i+1)*w) of the samples holds one answer (ESC)."""
+def esc_window_class(classes: Sequence[int], window: int) -> int | None:
+    """The answer of the first complete window [i*w, (i+1)*w) that holds one answer (ESC), or
+    None when no window does (a window of -1, no answer, holds none)."""
     for start in range(0, len(classes) - window + 1, window):
         chunk = classes[start : start + window]
         if chunk[0] >= 0 and all(c == chunk[0] for c in chunk):
-            return True
-    return False
+            return int(chunk[0])
+    return None
+
+
+def esc_window_agrees(classes: Sequence[int], window: int) -> bool:
+    """Whether some complete window [i*w, (i+1)*w) of the samples holds one answer (ESC)."""
+    return esc_window_class(classes, window) is not None
 
 
 def first_disagree(classes: Sequence[int], m: int) -> bool:
@@ -129,18 +158,25 @@ class StoppingRule(BaseModel):
         default=0.95, gt=0.0, lt=1.0,
         description="beta/dirichlet: stop once P(the leading answer is the most likely) reaches this (e.g. 0.8, 0.95)",
     )
-    window: int = Field(default=8, ge=1, description="esc: stop once a window of this many consecutive samples agrees")
+    window: int = Field(
+        default=5, ge=1, description="esc: stop once a window of this many consecutive samples agrees (5: ESC's reference)"
+    )
     min_samples: int = Field(default=1, ge=1, description="never stop before this many samples are drawn")
     give_up: int | None = Field(
         default=None, ge=2, description="m: also stop when the first m samples all disagree (None: never give up)"
     )
+    unanswered: Unanswered = Field(
+        default="skip",
+        description="skip: a sample without an answer counts toward no class; class: it is a class of its own (both references)",
+    )
 
     def posterior(self, classes: Sequence[int]) -> float | None:
         """The rule's posterior probability for these samples (None for esc, which has none)."""
+        counted = counted_classes(classes, self.unanswered)
         if self.rule == "beta":
-            return beta_posterior(classes)
+            return beta_posterior(counted)
         if self.rule == "dirichlet":
-            return dirichlet_posterior(classes)
+            return dirichlet_posterior(counted)
         return None
 
     def settled(self, classes: Sequence[int]) -> bool:
@@ -148,16 +184,28 @@ class StoppingRule(BaseModel):
         if len(classes) < self.min_samples:
             return False
         if self.rule == "esc":
-            return esc_window_agrees(classes, self.window)
+            return esc_window_agrees(counted_classes(classes, self.unanswered), self.window)
         return self.posterior(classes) >= self.threshold
 
     def stop_reason(self, classes: Sequence[int]) -> StopReason | None:
         """Why a run holding these samples stops now ("settled", "give-up"), or None to go on."""
         if self.settled(classes):
             return "settled"
-        if self.give_up is not None and len(classes) >= self.min_samples and first_disagree(classes, self.give_up):
+        counted = counted_classes(classes, self.unanswered)
+        if self.give_up is not None and len(classes) >= self.min_samples and first_disagree(counted, self.give_up):
             return "give-up"
         return None
+
+    def answer_position(self, classes: Sequence[int]) -> int:
+        """The sample whose answer a run holding these samples gives (the first of its class), or
+        -1 for no answer: ESC's unanimous window when the rule is esc and it settled, else the
+        leading class (ties: the class seen first, as both references' Counter and sort keep it)."""
+        counted = counted_classes(classes, self.unanswered)
+        window = esc_window_class(counted, self.window) if self.rule == "esc" and self.settled(classes) else None
+        answer = window if window is not None else leading_class(counted)
+        if answer < 0 or classes[counted.index(answer)] < 0:  # no class, or the class of no answer
+            return -1
+        return counted.index(answer)
 
     def should_stop(self, classes: Sequence[int]) -> bool:
         """Whether a run holding these samples stops now (settled, or giving up)."""
@@ -187,6 +235,7 @@ def default_batch(rule: StoppingRule) -> int:
 
 
 __all__ = [
-    "StoppingRule", "StopReason", "batch_boundaries", "beta_posterior", "class_counts", "default_batch",
-    "dirichlet_posterior", "esc_window_agrees", "first_disagree", "leading_class", "stop_index",
+    "StoppingRule", "StopReason", "Unanswered", "batch_boundaries", "beta_posterior", "class_counts", "counted_classes",
+    "default_batch", "dirichlet_posterior", "esc_window_agrees", "esc_window_class", "first_disagree", "leading_class",
+    "stop_index",
 ]

@@ -77,7 +77,8 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class AdaptiveConsistencyReplay:
-    """`adaptive-consistency`: draw in batches until the stopping rule settles, majority vote."""
+    """`adaptive-consistency`: draw in batches until the stopping rule settles; the rule's answer
+    (ESC: the unanimous window's, else the majority: `StoppingRule.answer_position`)."""
 
     rule: StoppingRule
     batch: int = 1
@@ -85,7 +86,8 @@ class AdaptiveConsistencyReplay:
 
     def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome:
         drawn = order[: stop_index(problem.classes[order], self.rule, self.batch)]
-        return Outcome(drawn, problem.tokens[drawn], _majority(problem, drawn))
+        position = self.rule.answer_position(problem.classes[drawn].tolist())
+        return Outcome(drawn, problem.tokens[drawn], int(drawn[position]) if position >= 0 else -1)
 
 
 @dataclass(frozen=True)
@@ -145,11 +147,6 @@ def _score(problem: ProblemSamples, index: int, score: str, window: int) -> floa
     if score == "self-certainty":
         return self_certainty(tuple(confidences), problem.k)
     return trace_score(confidences, score, window)
-
-
-def _majority(problem: ProblemSamples, drawn: np.ndarray) -> int:
-    no_scores = np.full(problem.n, np.nan)
-    return int(chosen_positions("majority", problem.classes, no_scores, drawn[None, :])[0])
 
 
 @dataclass
