@@ -4,21 +4,25 @@
     answers = [extract(s) for s in samples]
     scores  = [scorer(s) for s in samples]          # a verifier (ORM, or PRM step scores aggregated),
                                                     # or the sample's own logprobs (no verifier)
-    return select(answers, scores)   # majority | first | max-score | weighted-vote | oracle
+    return select(answers, scores)   # majority | first | max-score | weighted-vote | borda-vote | oracle
 
 max-score is "ORM/PRM best-of-N"; weighted-vote sums the scores of equivalent answers (Snell et
-al.'s "best-of-N weighted"). The oracle rule ("any of the N is correct", i.e. coverage) needs the
+al.'s "best-of-N weighted"); borda-vote is Kang et al.'s vote (`borda_vote`): the sample ranked r-th
+of N by score gives its answer (N - r)^p, p = 0.5. The oracle rule ("any of the N is correct", i.e. coverage) needs the
 gold answer, so the runner applies it when grading; the strategy never sees gold answers.
 
 Scorers (`-S scorer=...`): "verifier" (default) asks the run's verifier. The others need no
 verifier model and read no gold: they are computed from the sample's own top-k logprobs
-(`-S logprobs=K`, ttscale.confidence), so `--selection weighted-vote -S scorer=self-certainty
+(`-S logprobs=K`, ttscale.confidence), so `--selection weighted-vote -S scorer=deepconf-tail
 -S logprobs=10` is deployable as it stands:
 
 - mean-logprob: exp(mean token logprob), the geometric mean of the sampled tokens' probabilities
   (monotone in the mean logprob, so max-score picks the same sample; positive, so it can weight
   a vote);
-- self-certainty (Kang et al. 2025): the mean over tokens of C_i - log k (>= 0);
+- topk-certainty: the mean over tokens of C_i - log k (>= 0), KL from uniform of the top-k only.
+  It ranks samples exactly as deepconf-mean does, and it is not Kang et al.'s self-certainty:
+  that reads the full vocabulary, so it is a verifier (`--verifier self-certainty -V model=M`,
+  verifiers/self_certainty.py; then `--selection borda-vote` is the paper's method);
 - deepconf-lowest-group, deepconf-bottom-10, deepconf-tail, deepconf-mean (Fu et al. 2025):
   DeepConf's trace confidences over windows of `window` tokens.
 
@@ -31,17 +35,20 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ttscale.confidence import DEFAULT_WINDOW, mean_logprob, self_certainty, token_confidences, trace_score
+from ttscale.confidence import DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
-from ttscale.selection import first_answer, majority_vote, max_score, weighted_vote
+from ttscale.errors import ConfigError
+from ttscale.selection import answer_classes, chosen_positions, first_answer, majority_vote, max_score, weighted_vote
 from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
 from ttscale.steps import Aggregation, aggregate, split_steps
 
-VERIFIER_RULES = ("max-score", "weighted-vote")
+VERIFIER_RULES = ("max-score", "weighted-vote", "borda-vote")
+BORDA_POWER = 0.5  # Kang et al.'s p: voting_from_list.py, `--power` default (line 85)
 Scorer = Literal[
-    "verifier", "mean-logprob", "self-certainty",
+    "verifier", "mean-logprob", "topk-certainty",
     "deepconf-lowest-group", "deepconf-bottom-10", "deepconf-tail", "deepconf-mean",
 ]
 
@@ -68,11 +75,37 @@ def confidence_score(candidate: Candidate, scorer: str, *, k: int, window: int =
         return None if candidate.mean_logprob is None else math.exp(candidate.mean_logprob)
     if candidate.token_confidences is None:
         return None
-    if scorer == "self-certainty":
-        return self_certainty(candidate.token_confidences, k)
+    if scorer == "topk-certainty":
+        return topk_certainty(candidate.token_confidences, k)
     if scorer.startswith("deepconf-"):
         return trace_score(candidate.token_confidences, scorer.removeprefix("deepconf-"), window)
     raise ValueError(f"unknown scorer {scorer!r}")
+
+
+def borda_weights(scores: Sequence[float | None], power: float = BORDA_POWER) -> list[float]:
+    """Each candidate's Borda vote: ranked by score, highest first, the candidate at rank r
+    (0-based) of N gets (N - r)^power. Ties keep draw order (a stable sort, as the reference's
+    `sorted(..., reverse=True)`); a candidate without a score ranks after every scored one.
+    backprop07/Self-Certainty, src/voting_from_list.py lines 38-45."""
+    n = len(scores)
+    order = sorted(range(n), key=lambda i: -math.inf if scores[i] is None else scores[i], reverse=True)
+    weights = [0.0] * n
+    for rank, i in enumerate(order):
+        weights[i] = float(n - rank) ** power
+    return weights
+
+
+def borda_vote(candidates: Sequence[Candidate], equivalent, power: float = BORDA_POWER) -> str | None:
+    """Kang et al.'s Borda vote (src/voting_from_list.py lines 37-71): sum the `borda_weights` of
+    the candidates per equivalent answer and pick the largest total. A candidate without an answer
+    keeps its rank but votes for nothing (lines 49-50); ties go to the answer seen first (lines
+    70-71: `index` of the maximum), as every ttscale rule breaks them."""
+    if not candidates:
+        return None
+    classes = answer_classes([c.answer for c in candidates], equivalent)
+    weights = np.asarray(borda_weights([c.score for c in candidates], power))
+    position = int(chosen_positions("weighted-vote", classes, weights, np.arange(len(candidates))[None, :])[0])
+    return candidates[position].answer if position >= 0 else None
 
 
 class BestOfN(BaseModel):
@@ -83,7 +116,7 @@ class BestOfN(BaseModel):
     name: ClassVar[str] = "best-of-n"
 
     n: int = Field(default=8, ge=1, description="N: the number of samples drawn for one problem")
-    selection: Literal["majority", "first", "max-score", "weighted-vote", "oracle"] = "majority"
+    selection: Literal["majority", "first", "max-score", "weighted-vote", "borda-vote", "oracle"] = "majority"
     aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
     logprobs: int | None = Field(
         default=None, ge=1, le=20,
@@ -91,10 +124,20 @@ class BestOfN(BaseModel):
     )
     scorer: Scorer = Field(
         default="verifier",
-        description="what scores samples for max-score and weighted-vote: the verifier, or (no verifier) mean-logprob, "
-        "self-certainty or a DeepConf trace confidence, read from the sample's own logprobs (needs logprobs=K)",
+        description="what scores samples for max-score, weighted-vote and borda-vote: the verifier, or (no verifier) "
+        "mean-logprob, topk-certainty or a DeepConf trace confidence, read from the sample's own logprobs (needs logprobs=K)",
     )
     window: int = Field(default=DEFAULT_WINDOW, ge=1, description="tokens per group for the deepconf-* scorers")
+    borda_power: float = Field(default=BORDA_POWER, gt=0, description="borda-vote: rank r of N gives (N - r)^p (Kang et al.: 0.5)")
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _renamed_scorer(cls, value: object) -> object:
+        if value == "self-certainty":
+            raise ValueError("scorer 'self-certainty' was a top-k proxy and is now named 'topk-certainty' (it ranks as "
+                             "deepconf-mean does); Kang et al.'s self-certainty reads the full vocabulary: "
+                             "--verifier self-certainty -V model=MODEL --selection borda-vote")
+        return value
 
     @model_validator(mode="after")
     def _scorer_has_logprobs(self) -> "BestOfN":
@@ -111,6 +154,8 @@ class BestOfN(BaseModel):
         """Sample N completions of the problem's prompt and apply every selection rule."""
         if self.needs_verifier:
             ctx.require_verifier(f"{self.name} --selection {self.selection}")
+            if self.selection == "borda-vote" and ctx.verifier.uses_gold:
+                raise ConfigError(f"--selection borda-vote ranks deployable scores; verifier {ctx.verifier.name!r} reads gold answers")
         params = ctx.params.model_copy(update={"n": self.n, "logprobs": self.logprobs})
         [generation] = await ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
         candidates = sample_candidates(generation.completions, ctx, self.logprobs)
@@ -133,4 +178,6 @@ class BestOfN(BaseModel):
         if metadata:
             selections["max-score"] = max_score(candidates)
             selections["weighted-vote"] = weighted_vote(candidates, ctx.answers.equivalent)
+        if metadata and self.selection == "borda-vote":  # recorded only when asked for: the analysis layer has no Borda rule yet
+            selections["borda-vote"] = borda_vote(candidates, ctx.answers.equivalent, self.borda_power)
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)

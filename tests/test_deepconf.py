@@ -19,11 +19,11 @@ from ttscale.confidence import (
     lowest_group_confidence,
     online_replay,
     online_threshold,
-    self_certainty,
     stop_position,
     tail_confidence,
     token_confidence,
     token_confidences,
+    topk_certainty,
     trace_score,
     vote_share,
 )
@@ -305,7 +305,7 @@ async def test_offline_selections_equal_the_rules_on_recorded_best_of_n_samples(
 # --- verifier-free best-of-N scorers ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scorer", ["mean-logprob", "self-certainty", "deepconf-lowest-group", "deepconf-tail"])
+@pytest.mark.parametrize("scorer", ["mean-logprob", "topk-certainty", "deepconf-lowest-group", "deepconf-tail"])
 async def test_best_of_n_scores_samples_without_a_verifier(scorer):
     strategy = BestOfN(n=8, selection="weighted-vote", scorer=scorer, logprobs=K, window=4)
     assert not strategy.needs_verifier and not needs_verifier(strategy)
@@ -314,7 +314,7 @@ async def test_best_of_n_scores_samples_without_a_verifier(scorer):
     for c in trace.candidates:
         expected = {
             "mean-logprob": math.exp(c.mean_logprob),
-            "self-certainty": self_certainty(c.token_confidences, K),
+            "topk-certainty": topk_certainty(c.token_confidences, K),
             "deepconf-lowest-group": lowest_group_confidence(c.token_confidences, 4),
             "deepconf-tail": tail_confidence(c.token_confidences, 4),
         }[scorer]
@@ -328,12 +328,12 @@ async def test_best_of_n_scores_samples_without_a_verifier(scorer):
 
 def test_scorers_need_logprobs_and_the_verifier_scorer_needs_a_verifier():
     with pytest.raises(ValueError, match="logprobs"):
-        BestOfN(selection="weighted-vote", scorer="self-certainty")
+        BestOfN(selection="weighted-vote", scorer="topk-certainty")
     assert BestOfN(selection="weighted-vote").needs_verifier
     assert not BestOfN(selection="majority", scorer="mean-logprob", logprobs=1).needs_verifier
 
 
-def test_self_certainty_is_non_negative_for_any_top_k():
+def test_topk_certainty_is_non_negative_for_any_top_k():
     rng = np.random.default_rng(1)
     for _ in range(100):
         probs = np.sort(rng.dirichlet(np.ones(50)))[::-1]
@@ -342,19 +342,19 @@ def test_self_certainty_is_non_negative_for_any_top_k():
         assert c - math.log(k) >= -1e-12
 
 
-async def test_eval_runs_weighted_vote_by_self_certainty_with_no_verifier(tmp_path):
+async def test_eval_runs_weighted_vote_by_topk_certainty_with_no_verifier(tmp_path):
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in [
         {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
         {"id": "p2", "question": "What is 4 + 4?", "answer": "8"},
     ]))
     config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs",
-                       strategy_options={"n": 4, "selection": "weighted-vote", "scorer": "self-certainty", "logprobs": K})
+                       strategy_options={"n": 4, "selection": "weighted-vote", "scorer": "topk-certainty", "logprobs": K})
     result = await run_eval(config, backend=FakeBackend(answer_key={"2 + 3": "5", "4 + 4": "8"}, accuracy=0.7))
     records = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for record in records:
-        assert record["trace_metadata"]["scorer"] == "self-certainty"
+        assert record["trace_metadata"]["scorer"] == "topk-certainty"
         assert all(c["score"] is not None and c["score"] >= 0 for c in record["candidates"])
 
 

@@ -7,11 +7,12 @@ top-k candidates at that position,
 
 high where the distribution is peaked (the model was sure) and low where it was flat. Strategies
 record C_i for every generated token (`token_confidences`), so DeepConf's group and trace scores,
-its online stop rule and self-certainty can all be replayed from a recorded run.
+its online stop rule and the top-k certainty can all be replayed from a recorded run.
 
-Self-certainty (Kang et al. 2025) is the mean KL divergence of the token distribution from
-uniform. Over the top-k alone (all the engine returns) it is the same quantity up to a constant:
-mean_j(-log(k * P_i(j))) = C_i - log k.
+`topk_certainty` is C_i - log k averaged over the tokens: the KL divergence from uniform of the
+top-k alone. It is NOT Kang et al.'s self-certainty, which reads the full vocabulary (V = 49,152
+for SmolLM2; ttscale.self_certainty, the `self-certainty` verifier): the two can order samples
+oppositely. Being the mean C_i minus a constant, it ranks samples exactly as deepconf-mean does.
 
 What replays of recorded runs call (pure functions of a trace's recorded C_i): `group_confidences`,
 `lowest_group_confidence`, `bottom_group_confidence`, `tail_confidence`, `mean_confidence`,
@@ -56,11 +57,16 @@ def mean_logprob(completion: Completion) -> float | None:
     return completion.cumulative_logprob / completion.num_tokens
 
 
-def self_certainty(confidences: Sequence[float], k: int) -> float:
-    """Kang et al.'s self-certainty over the top-k: the mean of C_i - log k."""
+def topk_certainty(confidences: Sequence[float], k: int) -> float:
+    """The top-k proxy of self-certainty: the mean of C_i - log k (>= 0). It ranks samples as
+    deepconf-mean does (the same mean, less a constant); Kang et al.'s self-certainty reads the
+    full vocabulary (ttscale.self_certainty) and can rank them the other way."""
     if not confidences:
         return 0.0
     return sum(confidences) / len(confidences) - math.log(k)
+
+
+self_certainty = topk_certainty  # the proxy's old name, still imported by ttscale.analysis.adaptive; rename it there
 
 
 # --- DeepConf: group confidence, trace scores, the online stop ------------------------------------
