@@ -19,6 +19,7 @@ from ttscale.context import SolveContext
 from ttscale.errors import ConfigError
 from ttscale.reward_heads import RewardHead, solution_text
 from ttscale.runner import build_benchmark, run_eval
+from ttscale.steps import split_steps, step_prefixes
 from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifier_training import (
     RolloutStore, Solution, check_fitting_only, evaluate, math_shepherd_values, pav_advantages, run_rollouts,
@@ -52,7 +53,8 @@ def test_rollout_labels_equal_the_closed_form(tmp_path):
         last_step = prompt.split("assistant: ")[-1].rstrip().split("\n\n")[-1]
         return "So \\boxed{4}." if index < reaches_gold[last_step] else "So \\boxed{5}."
 
-    solution = Solution(problem, 0, ("Add them.", "Two and two.", "The answer is \\boxed{4}."), True, pass1=0.5, num_tokens=12)
+    text = "Add them.\n\nTwo and two.\n\nThe answer is \\boxed{4}."
+    solution = Solution(problem, 0, tuple(split_steps(text)), True, pass1=0.5, num_tokens=12, text=text)
     store = RolloutStore(tmp_path / "rollouts.jsonl")
     benchmark = build_benchmark(RunConfig(benchmark="arithmetic"))
     backend = FakeBackend(responder=responder)
@@ -72,6 +74,45 @@ def test_rollout_labels_equal_the_closed_form(tmp_path):
     assert again.requests == []
 
 
+def test_hard_estimation_labels_a_step_good_when_any_rollout_reaches_gold():
+    grades = [[True, True, True, False], [True, False, False, False], [False, False, False, False]]
+    assert math_shepherd_values(grades, True) == [0.75, 0.25, 0.0, 1.0]  # soft (the default)
+    assert math_shepherd_values(grades, True, "hard") == [1.0, 1.0, 0.0, 1.0]
+    assert math_shepherd_values(grades, False, "hard")[-1] == 0.0  # the last step's label is the grade
+
+
+def test_rollouts_continue_the_literal_step_prefix(tmp_path):
+    """The model wrote "2. \\n\\n" (a trailing space): a rollout continues those bytes, not the stripped
+    steps rejoined ("2.\\n\\n", which is not a prefix of what was generated)."""
+    problem = Problem(id="p0", question="What is 2 + 2?", prompt=(ChatMessage(role="user", content="What is 2 + 2?"),), answer="4")
+    text = "1. Add them. \n\n2. \n\n\n\nSo \\boxed{4}.  "
+    assert split_steps(text) == ["1. Add them.", "2.", "So \\boxed{4}."]
+    assert step_prefixes(text) == ["1. Add them. \n\n", "1. Add them. \n\n2. \n\n", text]
+    rejoined = "\n\n".join(split_steps(text)[:2]) + "\n\n"
+    assert not text.startswith(rejoined)  # what the rollouts used to continue
+    solution = Solution(problem, 0, tuple(split_steps(text)), True, pass1=0.5, num_tokens=12, text=text)
+    store = RolloutStore(tmp_path / "rollouts.jsonl")
+    benchmark = build_benchmark(RunConfig(benchmark="arithmetic"))
+    backend = FakeBackend(responder=lambda prompt, index: "So \\boxed{4}.")
+    asyncio.run(run_rollouts(backend, benchmark, [solution], store, k=2, params=SampleParams(max_tokens=64), run_seed=0))
+    prefixes = [r.prefix for r in backend.requests]
+    assert prefixes == step_prefixes(text)[:2] and all(text.startswith(p) for p in prefixes)
+    assert [store.row(solution, i)["prefix"] for i in range(2)] == prefixes
+    # rollouts stored from a rebuilt prefix (no "prefix" recorded) are rolled out again
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text(json.dumps({"solution": solution.key, "step": 0, "k": 2, "correct": [False, False], "cost": {}}) + "\n")
+    again = FakeBackend(responder=lambda prompt, index: "So \\boxed{4}.")
+    asyncio.run(run_rollouts(again, benchmark, [solution], RolloutStore(stale), k=2, params=SampleParams(max_tokens=64), run_seed=0))
+    assert [r.prefix for r in again.requests] == prefixes
+    assert RolloutStore(stale).row(solution, 0)["correct"] == [True, True]
+
+
+def test_hard_estimation_is_math_shepherds_only(fake_run, tmp_path):
+    args = ["verifier", "train", str(fake_run), "--kind", "prm", "--label", "pav", "--estimation", "hard", "-o", str(tmp_path / "v")]
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, ConfigError) and "Math-Shepherd" in str(result.exception)
+
+
 def test_training_refuses_held_out_problems():
     ids = [f"p{i}" for i in range(40)]
     held_out = next(i for i in ids if split_of(i) == "b")
@@ -80,10 +121,11 @@ def test_training_refuses_held_out_problems():
         check_fitting_only([i for i in ids if split_of(i) == "a"] + [held_out])
 
 
-@pytest.mark.parametrize("kind,label", [("orm", None), ("prm", "math-shepherd"), ("prm", "pav")])
-def test_training_reads_half_a_only_and_the_head_separates_held_out_solutions(fake_run, tmp_path, kind, label):
+@pytest.mark.parametrize("kind,label,estimation", [
+    ("orm", None, None), ("prm", "math-shepherd", None), ("prm", "math-shepherd", "hard"), ("prm", "pav", None)])
+def test_training_reads_half_a_only_and_the_head_separates_held_out_solutions(fake_run, tmp_path, kind, label, estimation):
     args = ["verifier", "train", str(fake_run), "--kind", kind, "-o", str(tmp_path / "v"), "--rollouts", "2"]
-    result = runner.invoke(app, args + (["--label", label] if label else []))
+    result = runner.invoke(app, args + (["--label", label] if label else []) + (["--estimation", estimation] if estimation else []))
     assert result.exit_code == 0, result.output
     head = RewardHead.load(tmp_path / "v")
     run = load_run(fake_run)
@@ -94,6 +136,8 @@ def test_training_reads_half_a_only_and_the_head_separates_held_out_solutions(fa
         rollouts = [json.loads(line) for line in (tmp_path / "v" / "rollouts.jsonl").read_text().splitlines()]
         assert rollouts and {r["solution"].split("#")[0] for r in rollouts} <= set(half_a)
         assert "Training cost, rollouts" in result.output
+        assert f"{estimation or 'soft'} estimation" in result.output
+        assert head.provenance.rollouts["hard_estimation"] == float(estimation == "hard")
     result = runner.invoke(app, ["verifier", "eval", str(tmp_path / "v"), str(fake_run)])
     assert result.exit_code == 0 and "Held out (half b)" in result.output, result.output
     # The fake hidden states carry whether the text so far states the gold answer: a head learns it.

@@ -40,6 +40,12 @@ def _kind(value: str) -> str:
     return value
 
 
+def _estimation(value: str) -> str:
+    if value not in ("soft", "hard"):
+        raise typer.BadParameter(f"--estimation must be soft or hard, got {value!r}")
+    return value
+
+
 def _label(value: Optional[str]) -> Optional[str]:
     if value is not None and value not in ("math-shepherd", "pav"):
         raise typer.BadParameter(f"--label must be math-shepherd or pav, got {value!r}")
@@ -53,6 +59,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for head.json (and the PRM's rollouts.jsonl, which makes a rerun resume)."),
     label: Optional[str] = typer.Option(None, "--label", help="PRM labels: math-shepherd (default: the fraction of rollouts reaching gold) or pav (that value plus its change across the step).", callback=_label),
     rollouts: int = typer.Option(4, "--rollouts", min=1, help="PRM: rollouts from each step prefix (k)."),
+    estimation: str = typer.Option("soft", "--estimation", help="Math-Shepherd's step label: soft (the fraction of rollouts reaching gold) or hard (1 if any does).", callback=_estimation),
     samples_per_problem: Optional[int] = typer.Option(None, "--samples-per-problem", min=1, help="Recorded samples per problem trained on, correct and incorrect alternately (default: 2 for a PRM, whose are rolled out; every one for an ORM)."),
     alpha: float = typer.Option(1.0, "--alpha", help="PAV: weight of the advantage in a step's score (Q + alpha·A)."),
     concurrency: int = typer.Option(16, "--concurrency", min=1, help="Requests in flight at once."),
@@ -70,13 +77,15 @@ def train_command(
 
     with engine_output(runs, out / ENGINE_LOG):
         result = train(runs, out, kind=kind, label=label, rollouts=rollouts, samples_per_problem=samples_per_problem,
-                       alpha=alpha, concurrency=concurrency, features_cache=features, progress=progress)
+                       alpha=alpha, estimation=estimation, concurrency=concurrency, features_cache=features, progress=progress)
     head, p = result.head, result.head.provenance
     console.print(f"Trained a {head.kind.upper()} ({head.label}) on {len(p.fit_problems)} problems of half a, {p.examples} examples "
                   f"(labels sum {p.positives:g}); features: {head.model}'s final hidden state at each step's end.")
     console.print(f"Cross-validated on half a (problem folds): " + ", ".join(f"{k} {v:g}" for k, v in p.cv.items()))
     if head.kind == "prm":
         r = p.rollouts
+        console.print(f"Step labels: {'hard' if r.get('hard_estimation') else 'soft'} estimation (Math-Shepherd), "
+                      "from each step's literal prefix.")
         console.print(f"Training cost, rollouts (apart from inference): {r['prefixes']} prefixes x {r['rollouts_per_prefix']} rollouts, "
                       f"{result.rollout_cost.generated_tokens:,} generated tokens, {result.rollout_cost.flops:.3g} FLOPs "
                       f"({result.rollouts_run} prefixes rolled out now, the rest read from {out / 'rollouts.jsonl'}).")

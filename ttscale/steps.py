@@ -19,6 +19,20 @@ def split_steps(text: str) -> list[str]:
     return [step.strip() for step in text.split(STEP_SEPARATOR) if step.strip()]
 
 
+def step_prefixes(text: str) -> list[str]:
+    """The text up to the end of each of `split_steps(text)`'s steps and the separator after it,
+    byte for byte as the model produced it (trailing spaces kept: "2. \\n\\n" stays "2. \\n\\n"); the
+    last step's prefix is the whole text. A rollout from step i continues `step_prefixes(text)[i]`,
+    which is a prefix of the text, as the stripped steps rejoined need not be."""
+    prefixes, end = [], 0
+    for chunk in text.split(STEP_SEPARATOR):
+        end += len(chunk)
+        if chunk.strip():
+            prefixes.append(text[: end + len(STEP_SEPARATOR)])
+        end += len(STEP_SEPARATOR)
+    return prefixes
+
+
 def aggregate(step_scores: Sequence[float], how: Aggregation) -> float:
     """One score from a PRM's step scores.
 

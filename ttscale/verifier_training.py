@@ -7,9 +7,14 @@ out for `evaluate`. `check_fitting_only` refuses any held-out problem before any
 Labels:
 - ORM: each recorded sample's grade.
 - PRM, Math-Shepherd (Wang et al. 2024): from the prefix ending at step i, k rollouts are sampled
-  with the run's own sampling settings; Q_i = the fraction that reach the gold answer. The last
-  step's prefix is the whole solution, so Q_last = its grade (no rollout). Q before the first step
-  is the problem's recorded pass@1 (its N samples are N rollouts from the empty prefix).
+  with the run's own sampling settings. The paper defines two labels: soft estimation (the
+  default here), Q_i = the fraction of rollouts that reach the gold answer; hard estimation
+  (`estimation="hard"`), Q_i = 1 if any rollout reaches it, else 0. The last step's prefix is the
+  whole solution, so Q_last = its grade (no rollout). Q before the first step is the problem's
+  recorded pass@1 (its N samples are N rollouts from the empty prefix). The prefix is the literal
+  text the model produced up to the end of step i and its separator (`steps.step_prefixes`), not
+  the stripped steps rejoined, so a rollout continues exactly what was generated; each stored
+  rollout row records its prefix, and a row whose prefix is not the solution's is rolled out again.
 - PRM, PAV (Setlur et al. 2024): the advantage of step i, A_i = Q_i - Q_{i-1}, with the policy
   itself as the prover. A step's score is Q + alpha·A (two heads on the same features).
 
@@ -25,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -34,7 +39,7 @@ from ttscale.errors import ConfigError
 from ttscale.reward_heads import (
     CachedHiddenStates, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, hidden_state_backend, step_features,
 )
-from ttscale.steps import STEP_SEPARATOR, split_steps
+from ttscale.steps import STEP_SEPARATOR, split_steps, step_prefixes
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
 
 if TYPE_CHECKING:
@@ -47,13 +52,18 @@ FOLDS = 5
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 SPLIT_RULE = "ttscale.allocation.policy.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
+Estimation = Literal["soft", "hard"]  # Math-Shepherd's two step labels (Wang et al. 2024)
 
 
 # -- closed-form labels --------------------------------------------------------------------------
 
 
-def math_shepherd_values(rollout_correct: Sequence[Sequence[bool]], final_correct: bool) -> list[float]:
-    """Q of every step: the fraction of its prefix's rollouts that were correct; the last step's is the grade."""
+def math_shepherd_values(rollout_correct: Sequence[Sequence[bool]], final_correct: bool,
+                         estimation: Estimation = "soft") -> list[float]:
+    """Q of every step from its prefix's rollouts: soft, the fraction that were correct; hard, 1 if
+    any was correct, else 0 (Math-Shepherd's two estimations). The last step's Q is the grade."""
+    if estimation == "hard":
+        return [float(any(c)) for c in rollout_correct] + [float(final_correct)]
     return [sum(c) / len(c) for c in rollout_correct] + [float(final_correct)]
 
 
@@ -85,10 +95,15 @@ class Solution:
     num_tokens: int
     mean_logprob: float | None = None
     score: float | None = None  # the score its run's verifier gave it
+    text: str = ""  # the sample's text as generated; `steps` are its stripped steps
 
     @property
     def key(self) -> str:
         return f"{self.problem.id}#{self.sample}"
+
+    def prefix(self, step: int) -> str:
+        """The literal text up to the end of step `step` (0-based) and its separator."""
+        return step_prefixes(self.text)[step]
 
 
 def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
@@ -108,7 +123,7 @@ def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
                     raise ConfigError(f"{run.dir}: problem {record.problem_id!r} recorded no sample texts; a verifier learns from them")
                 steps = tuple(split_steps(sample.text))  # () for a sample with no text: never read, scored 0
                 solutions.append(Solution(problems[record.problem_id], i, steps, sample.correct, record.pass1,
-                                          sample.num_tokens, sample.mean_logprob, sample.score))
+                                          sample.num_tokens, sample.mean_logprob, sample.score, sample.text))
     return solutions
 
 
@@ -139,11 +154,11 @@ async def rollout_prefix(meter, benchmark: "Benchmark", solution: Solution, step
                          params: SampleParams, run_seed: int) -> list[bool]:
     """k rollouts continuing the solution after its step `step` (0-based); whether each reaches gold.
 
-    The prefix is what a search sends: the steps so far, each followed by a blank line. A rollout
-    may take the tokens the solution had left (its length scaled by the prefix's share of the text)."""
-    prefix = STEP_SEPARATOR.join(solution.steps[: step + 1]) + STEP_SEPARATOR
-    whole = len(STEP_SEPARATOR.join(solution.steps))
-    spent = round(solution.num_tokens * min(1.0, len(prefix) / max(whole, 1)))
+    The prefix is the solution's own text up to the end of that step and its separator, byte for
+    byte (`Solution.prefix`). A rollout may take the tokens the solution had left (its length
+    scaled by the prefix's share of the text)."""
+    prefix = solution.prefix(step)
+    spent = round(solution.num_tokens * min(1.0, len(prefix) / max(len(solution.text), 1)))
     request = GenRequest(prompt=solution.problem.prompt, prefix=prefix, params=params.model_copy(update={
         "n": k, "max_tokens": max(1, params.max_tokens - spent), "seed": rollout_seed(run_seed, solution.key, step),
         "stop": (), "logprobs": None}))
@@ -171,6 +186,12 @@ class RolloutStore:
         with self.path.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
 
+    def row(self, solution: Solution, step: int) -> dict[str, Any] | None:
+        """The stored rollouts from `solution`'s literal prefix at `step`, or None (none stored, or
+        stored from another prefix: an earlier version rejoined stripped steps)."""
+        row = self.done.get((solution.key, step))
+        return row if row is not None and row.get("prefix") == solution.prefix(step) else None
+
 
 async def run_rollouts(backend: "Backend", benchmark: "Benchmark", solutions: Sequence[Solution], store: RolloutStore, *,
                        k: int, params: SampleParams, run_seed: int, concurrency: int = 16,
@@ -178,7 +199,7 @@ async def run_rollouts(backend: "Backend", benchmark: "Benchmark", solutions: Se
     """Rollouts from every intermediate step prefix not in the store yet; each written as it finishes."""
     from ttscale.cost import CostMeter
 
-    todo = [(s, i) for s in solutions for i in range(len(s.steps) - 1) if (s.key, i) not in store.done]
+    todo = [(s, i) for s in solutions for i in range(len(s.steps) - 1) if store.row(s, i) is None]
     limit = asyncio.Semaphore(concurrency)
     finished = 0
 
@@ -187,7 +208,8 @@ async def run_rollouts(backend: "Backend", benchmark: "Benchmark", solutions: Se
         async with limit:
             meter = CostMeter(backend)
             correct = await rollout_prefix(meter, benchmark, solution, step, k=k, params=params, run_seed=run_seed)
-            store.add({"solution": solution.key, "step": step, "k": k, "correct": correct, "cost": meter.cost.model_dump()})
+            store.add({"solution": solution.key, "step": step, "prefix": solution.prefix(step), "k": k, "correct": correct,
+                       "cost": meter.cost.model_dump()})
             finished += 1
             if progress:
                 progress(finished, len(todo))
@@ -322,16 +344,19 @@ class TrainingResult:
 
 
 def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | None = None, rollouts: int = 4,
-          samples_per_problem: int | None = None, alpha: float = 1.0, concurrency: int = 16,
+          samples_per_problem: int | None = None, alpha: float = 1.0, estimation: Estimation = "soft", concurrency: int = 16,
           features_cache: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainingResult:
     """Train an ORM or a PRM on half a of the runs' problems and write DIR/head.json.
 
     `samples_per_problem` (default: 2 for a PRM, every sample for an ORM) picks correct and
     incorrect samples alternately (`pick_for_rollouts`); an ORM given the PRM's number trains on
-    the same solutions, so their features are read once."""
+    the same solutions, so their features are read once. `estimation`: Math-Shepherd's soft or
+    hard step label (`math_shepherd_values`)."""
     label = label or ("grade" if kind == "orm" else "math-shepherd")
     if (kind == "orm") != (label == "grade"):
         raise ConfigError(f"--kind {kind} trains on {'grades' if kind == 'orm' else 'math-shepherd or pav labels'}, not {label!r}")
+    if estimation == "hard" and label != "math-shepherd":
+        raise ConfigError(f"--estimation hard is Math-Shepherd's label; {label} labels do not take it")
     if not runs:
         raise ConfigError("pass at least one recorded run directory")
     models = {r.model for r in runs}
@@ -354,7 +379,7 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
         from ttscale.runner import build_backend, build_benchmark
 
         benchmark = build_benchmark(run.config)
-        if any((s.key, i) not in store.done for s in chosen for i in range(len(s.steps) - 1)):
+        if any(store.row(s, i) is None for s in chosen for i in range(len(s.steps) - 1)):
             generator = build_backend(run.config)
             try:
                 asyncio.run(run_rollouts(generator, benchmark, chosen, store, k=rollouts, params=run.config.sampling,
@@ -363,11 +388,12 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
             finally:
                 asyncio.run(generator.close())
         rollouts_run = len(store.done) - before
-        rows = [store.done[(s.key, i)] for s in chosen for i in range(len(s.steps) - 1)]
+        rows = [store.row(s, i) for s in chosen for i in range(len(s.steps) - 1)]
         if any(r["k"] != rollouts for r in rows):
             raise ConfigError(f"{store.path} holds rollouts with another k than --rollouts {rollouts}; pass the same k or delete the file")
         rollout_cost = sum((Cost.model_validate(r["cost"]) for r in rows), Cost())
-        rollout_info = {"rollouts_per_prefix": rollouts, "prefixes": len(rows), "solutions": len(chosen),
+        rollout_info = {"rollouts_per_prefix": rollouts, "hard_estimation": float(estimation == "hard"),  # 0: soft
+                        "prefixes": len(rows), "solutions": len(chosen),
                         "generated_tokens": rollout_cost.generated_tokens, "flops": rollout_cost.flops}
     features, feature_tokens, feature_flops = read_features(run, chosen, features_cache or out_dir / FEATURES_FILE, concurrency)
     train_rows, x_rows, values, advantages, groups = [], [], [], [], []
@@ -378,8 +404,8 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
             groups.append(solution.problem.id)
             train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "label": float(solution.correct)})
             continue
-        grades = [store.done[(solution.key, i)]["correct"] for i in range(len(solution.steps) - 1)]
-        q = math_shepherd_values(grades, solution.correct)
+        grades = [store.row(solution, i)["correct"] for i in range(len(solution.steps) - 1)]
+        q = math_shepherd_values(grades, solution.correct, estimation)
         a = pav_advantages(q, solution.pass1)
         for i in range(len(solution.steps)):
             x_rows.append(rows[i])
