@@ -3,17 +3,28 @@ under its own name (issue 25, section 2)."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from ttscale.backends.fake import FakeBackend
+from ttscale import registry
+from ttscale.backends.fake import FakeBackend, FakeModel
 from ttscale.benchmarks.jsonl import JsonlBenchmark
-from ttscale.confidence import topk_certainty, trace_score
+from ttscale.confidence import token_confidence, topk_certainty, trace_score
 from ttscale.context import SolveContext
+from ttscale.cost import CostMeter
+from ttscale.errors import ConfigError
+from ttscale.self_certainty import LMHead, position_self_certainty, sample_self_certainties
 from ttscale.strategies.best_of_n import BORDA_POWER, BestOfN, borda_vote, borda_weights, confidence_score
-from ttscale.types import Candidate, ChatMessage, Problem, SampleParams
+from ttscale.types import Candidate, ChatMessage, PoolRequest, PoolResult, Problem, SampleParams
+from ttscale.verifiers.prm import OracleORM
+from ttscale.verifiers.self_certainty import SelfCertaintyVerifier
 
 
 def candidate(answer: str | None, score: float | None) -> Candidate:
@@ -104,3 +115,148 @@ async def test_best_of_n_borda_vote_by_a_verifier_free_score():
         assert trace.metadata["scorer"] == "topk-certainty" and trace.chosen_rule == "borda-vote"
         assert trace.answer == borda_vote(trace.candidates, answers.equivalent)
         assert trace.answer == reference_borda([c.answer for c in trace.candidates], [c.score for c in trace.candidates], 0.5)
+
+
+# --- the full-vocabulary score (Kang et al. eq. 3; src/confidence_list.py) ---------------------
+
+V = 49_152  # SmolLM2's vocabulary
+A = (0.5509, 0.0499, 4.85e-10)  # one token, nine tokens, each of the other 49,142: flat top-10, a vanishing tail
+B = (0.8, 0.01005, 2.23e-6)  # a peaked top, a fatter tail
+
+
+def three_level_head() -> LMHead:
+    """W (V x 3): token 0 reads h[0], tokens 1-9 read h[1], the rest h[2]; so h = log weights."""
+    weight = np.zeros((V, 3), dtype=np.float32)
+    weight[0, 0], weight[1:10, 1], weight[10:, 2] = 1.0, 1.0, 1.0
+    return LMHead(weight)
+
+
+def hidden(levels: tuple[float, float, float]) -> np.ndarray:
+    return np.log(np.asarray(levels))
+
+
+def reference_confidence(logits: torch.Tensor) -> float:
+    """confidence_list.py lines 187-194 and 12-25, for one sequence (attention mask all ones)."""
+    logprob_sum = F.log_softmax(logits, dim=-1).sum(dim=-1).to(torch.float32)
+    mask = torch.ones(logprob_sum.shape[-1])
+    V_tensor = torch.tensor(logits.shape[-1], dtype=logprob_sum.dtype)
+    conf = -1 / logits.shape[-1] * logprob_sum - torch.log(V_tensor)
+    return float((conf * mask).sum(dim=-1) / mask.sum(dim=-1))
+
+
+def test_full_vocabulary_and_top_k_order_the_pair_oppositely():
+    head = three_level_head()
+    full = {name: head.self_certainty(hidden(levels)[None, :]) for name, levels in (("A", A), ("B", B))}
+    assert full["A"] == pytest.approx(10.64, abs=0.005) and full["B"] == pytest.approx(2.21, abs=0.005)
+    for name, levels in (("A", A), ("B", B)):
+        logits = torch.from_numpy(hidden(levels)[None, :].astype(np.float32) @ head.weight.T).double()  # the reference's autocast aside
+        assert full[name] == pytest.approx(reference_confidence(logits), rel=1e-5)
+    proxy = {}
+    for name, levels in (("A", A), ("B", B)):
+        logprobs = np.log(np.asarray([levels[0]] + [levels[1]] * 9 + [levels[2]] * (V - 10)))
+        logprobs -= np.logaddexp.reduce(logprobs)
+        top = {str(j): float(logprobs[j]) for j in np.argsort(logprobs)[::-1][:20]}  # the engine's top-20
+        proxy[name] = topk_certainty([token_confidence(top, 10)], 10)
+    assert proxy["A"] == pytest.approx(0.455, abs=0.0005) and proxy["B"] == pytest.approx(1.86, abs=0.0005)
+    assert full["A"] > full["B"] and proxy["A"] < proxy["B"]
+
+
+def test_position_self_certainty_by_hand():
+    # p = (1/2, 1/4, 1/8, 1/8): -1/4 * log(1/512) - log 4 = (9/4 - 2) log 2
+    assert position_self_certainty(np.log([[0.5, 0.25, 0.125, 0.125]])) == pytest.approx([0.25 * math.log(2)])
+    assert position_self_certainty(np.log([[0.5, 0.25, 0.125, 0.125]]) + 7.0) == pytest.approx([0.25 * math.log(2)])
+    assert position_self_certainty(np.zeros((2, 4))) == pytest.approx([0.0, 0.0])  # uniform: no certainty
+
+
+class HandHiddenStates:
+    """A hidden-state backend by hand: PROMPT rows of the prompt, then a row per word of the prefix."""
+
+    PROMPT = 3
+
+    def __init__(self, rows: dict[str, list[list[float]]]):
+        self.model = FakeModel("hand", 1_000_000)
+        self.rows = rows
+        self.requests: list[PoolRequest] = []
+
+    async def pool(self, requests):
+        self.requests.extend(requests)
+        results = []
+        for r in requests:
+            assert not r.positions and len(self.rows[r.prefix]) == self.PROMPT + len(r.prefix.split())
+            results.append(PoolResult(data=tuple(map(tuple, self.rows[r.prefix])), prompt_tokens=len(self.rows[r.prefix])))
+        return results
+
+    def prompt_rows(self, request: PoolRequest) -> int:
+        return self.PROMPT
+
+    async def close(self):
+        pass
+
+
+HALF = list(np.log([0.5, 0.25, 0.125, 0.125]))  # (1/4) log 2
+FLAT = [0.0, 0.0, 0.0, 0.0]  # 0
+JUNK = [50.0, 0.0, 0.0, 0.0]  # about 50: must never be read
+
+
+def hand_backend() -> HandHiddenStates:
+    return HandHiddenStates({
+        # prompt rows, then one per word; the rows read are the last prompt row and every word's but the last
+        "two words": [JUNK, JUNK, HALF, FLAT, JUNK],
+        "one": [JUNK, FLAT, HALF, JUNK],
+        "step one\n\nstep two": [JUNK, JUNK, HALF, HALF, FLAT, HALF, JUNK],
+    })
+
+
+async def test_sample_self_certainty_reads_the_rows_that_predicted_each_token_and_is_metered():
+    backend = hand_backend()
+    meter = CostMeter(backend, role="verifier")
+    head = LMHead(np.eye(4, dtype=np.float32))
+    scores = await sample_self_certainties(meter, backend, head, "Q", ["two words", "one", ""])
+    assert scores == pytest.approx([math.log(2) / 8, math.log(2) / 4, 0.0])
+    assert [r.prefix for r in backend.requests] == ["two words", "one"]  # an empty sample is not read
+    cost = meter.cost
+    assert cost.verifier_calls == 2 and cost.verifier_tokens == 5 + 4 and cost.generated_tokens == 0
+    assert cost.verifier_flops == pytest.approx(2 * 1_000_000 * 9) and cost.flops == cost.verifier_flops
+
+
+async def test_the_self_certainty_verifier(tmp_path):
+    model_dir = tmp_path / "tiny"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"tie_word_embeddings": True, "vocab_size": 4}))
+    save_file({"model.embed_tokens.weight": torch.eye(4)}, str(model_dir / "model.safetensors"))
+    verifier = registry.verifiers.create("self-certainty", model=str(model_dir), benchmark=None)
+    assert isinstance(verifier, SelfCertaintyVerifier) and not verifier.uses_gold
+    assert np.array_equal(verifier._head.weight, np.eye(4))
+    verifier._backend = hand_backend()  # the engine's edge, by hand
+    problem = Problem(id="p", question="q", prompt=(ChatMessage(role="user", content="q"),))
+    meter = CostMeter(verifier.backend, role="verifier")
+    assert await verifier.score(problem, ["two words", "one"], meter) == pytest.approx([math.log(2) / 8, math.log(2) / 4])
+    # step scores: the text so far, steps joined by a blank line, for every step
+    steps = await verifier.score_steps(problem, [["step one", "step two"]], meter)
+    assert steps == [pytest.approx([3 * math.log(2) / 16] * 2)]
+
+
+def test_the_lm_head_is_the_tied_embedding_or_lm_head_and_unscaled(tmp_path):
+    tied, untied, scaled = (tmp_path / name for name in ("tied", "untied", "scaled"))
+    for directory, config, tensors in (
+        (tied, {"tie_word_embeddings": True}, {"model.embed_tokens.weight": torch.ones(5, 2), "lm_head.weight": torch.zeros(5, 2)}),
+        (untied, {"tie_word_embeddings": False}, {"model.embed_tokens.weight": torch.ones(5, 2), "lm_head.weight": torch.zeros(5, 2)}),
+        (scaled, {"tie_word_embeddings": True, "logit_scale": 0.5}, {"model.embed_tokens.weight": torch.ones(5, 2)}),
+    ):
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps(config))
+        save_file(tensors, str(directory / "model.safetensors"))
+    assert LMHead.load(tied).weight.sum() == 10 and LMHead.load(untied).weight.sum() == 0
+    with pytest.raises(ConfigError, match="logit_scale"):
+        LMHead.load(scaled)
+    with pytest.raises(ConfigError, match="do not fit"):
+        LMHead.load(tied).self_certainty(np.zeros((1, 3)))
+
+
+async def test_borda_vote_refuses_a_gold_reading_verifier():
+    problem = Problem(id="p", question="What is 2 + 3?", prompt=(ChatMessage(role="user", content="What is 2 + 3?"),), answer="5")
+    benchmark = JsonlBenchmark.__new__(JsonlBenchmark)
+    ctx = SolveContext.for_problem(problem, backend=FakeBackend(answer_key={"2 + 3": "5"}), answers=benchmark,
+                                   params=SampleParams(max_tokens=64), seed=0, verifier=OracleORM(benchmark=benchmark))
+    with pytest.raises(ConfigError, match="borda-vote.*gold"):
+        await ctx.solve(BestOfN(n=4, selection="borda-vote"), problem)

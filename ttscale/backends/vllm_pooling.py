@@ -12,7 +12,9 @@ causal LM (e.g. LlamaForCausalLM) as an embedding model without adding layers, a
 "token_embed" with `use_activation=False` returns the final hidden state (after the model's
 last norm) of every prompt token, unnormalized: one row per token, from which the caller takes
 the last token's row and the mean. A request's `prefix` (a solution) is read after the prompt,
-and `positions` keep only the rows at those offsets (a trained verifier's step ends). The prompt is rendered as the generator renders it (chat
+and `positions` keep only the rows at those offsets (a trained verifier's step ends); without
+positions every row comes back, and `prompt_rows` says how many are the prompt's (self-certainty
+reads the rest, ttscale.self_certainty). The prompt is rendered as the generator renders it (chat
 template with the generation prompt), so the last row is where the model starts to answer.
 Prefix caching and chunked prefill are off in this mode: every row must come from one full
 prefill of the prompt (a cached prefix has no hidden states to return).
@@ -148,6 +150,14 @@ class VLLMPoolingBackend:
         whatever follows, so that token is the full text's token at the same index."""
         rendered = self.render(request.model_copy(update={"prefix": ""}))
         return [min(len(self._encode(rendered + request.prefix[:p], request)), length) - 1 for p in request.positions]
+
+    def prompt_rows(self, request: PoolRequest) -> int:
+        """Of the rows `pool` returns for `request` (mode "hidden", no positions), how many come
+        before its prefix: the leading tokens that the prompt alone and the prompt with the prefix
+        share (where a BPE merge crosses the boundary, the merged token counts as the prefix's).
+        Self-certainty reads the rows from there on. The tokenizer comes with the engine: call after `pool`."""
+        alone, whole = self._prompt_ids(request.model_copy(update={"prefix": ""})), self._prompt_ids(request)
+        return next((i for i, (a, b) in enumerate(zip(alone, whole)) if a != b), min(len(alone), len(whole)))
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
         """Pool every request concurrently; rows come back as plain floats."""
