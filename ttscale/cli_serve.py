@@ -28,6 +28,11 @@ def serve_command(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Default max tokens per sample (a request's max_tokens wins)."),
     max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", help="Largest max_tokens a request may ask for (the KV cache is sized for it)."),
     concurrency: int = typer.Option(32, "--concurrency", help="Problems solved at once; more requests wait their turn."),
+    max_samples: int = typer.Option(64, "--max-samples", help="Largest N per prompt a request may ask for, from any source (ttscale.n, X-TTS-Strategy best-of-n-N, a model prefix, budget_samples, the setting the policy chooses)."),
+    max_steps: int = typer.Option(64, "--max-steps", help="Largest max_steps (or lookahead) a request may give a step-wise search."),
+    max_choices: int = typer.Option(64, "--max-choices", help="Largest client n (choices returned)."),
+    max_prompts: int = typer.Option(32, "--max-prompts", help="Most prompts in one /v1/completions request."),
+    max_body_bytes: int = typer.Option(8 * 2**20, "--max-body-bytes", help="Largest request body in bytes; a larger one gets 413 before it is read."),
     api_key_env: str = typer.Option("TTSCALE_API_KEY", "--api-key-env", help="Environment variable that holds the API key; when it is set, requests without 'Authorization: Bearer KEY' get 401."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level: warning, info, debug."),
 ) -> None:
@@ -63,7 +68,8 @@ def serve_command(
             strategy_options={"n": n, **parse_options(strategy_option, "-S")}, verifier=verifier,
             verifier_options=parse_options(verifier_option, "-V"), policy=policy,
             sampling=SampleParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p),
-            max_tokens_limit=max_tokens_limit, concurrency=concurrency, api_key_env=api_key_env,
+            max_tokens_limit=max_tokens_limit, concurrency=concurrency, api_key_env=api_key_env, max_samples=max_samples,
+            max_steps=max_steps, max_choices=max_choices, max_prompts=max_prompts, max_body_bytes=max_body_bytes,
         )
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, "serve")) from None
@@ -88,7 +94,8 @@ def _check_default(settings) -> None:
 
     from ttscale import registry
     from ttscale.errors import ConfigError, describe_validation_error
-    from ttscale.protocols import needs_verifier
+    from ttscale.protocols import needs_verifier, samples_per_problem
+    from ttscale.serve import LIMITED
     from ttscale.types import ORACLE_RULE
 
     factory = registry.strategies.factory(settings.strategy)  # unknown: "did you mean"
@@ -96,6 +103,12 @@ def _check_default(settings) -> None:
         strategy = factory(**settings.strategy_options)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, f"strategy {settings.strategy!r}, -S/--n")) from None
+    values = {**{key: getattr(strategy, key, None) for key in LIMITED}, "n": samples_per_problem(strategy)}
+    for key, value in values.items():
+        limit = getattr(settings, LIMITED[key])
+        if isinstance(value, int) and value > limit:  # else every request that takes the default would get 400
+            raise ConfigError(f"the default strategy's {key}={value} is above --{LIMITED[key].replace('_', '-')} {limit}; "
+                              "lower it or raise the limit")
     if settings.strategy_options.get("selection") == ORACLE_RULE:
         raise ConfigError("selection 'oracle' needs gold answers, and served requests have none; use majority or first")
     if settings.verifier is not None:

@@ -359,8 +359,12 @@ def body_layer(options: TtsOptions | None) -> Layer:
             layer.options[name] = getattr(options, name)
     layer.verifier, layer.verifier_set = options.verifier, "verifier" in options.model_fields_set
     layer.budget_flops, layer.budget_samples = options.budget_flops, options.budget_samples
-    layer.param = {"strategy": "ttscale.strategy", "n": "ttscale.n", "selection": "ttscale.selection", "options": "ttscale.options",
-                   "verifier": "ttscale.verifier", "budget_flops": "ttscale.budget_flops", "budget_samples": "ttscale.budget_samples"}
+    layer.param = {"strategy": "ttscale.strategy", "options": "ttscale.options", "verifier": "ttscale.verifier",
+                   "budget_flops": "ttscale.budget_flops", "budget_samples": "ttscale.budget_samples",
+                   **{key: f"ttscale.options.{key}" for key in options.options}}
+    for name in ("n", "selection"):  # given beside `options`, these win: name them where they were given
+        if getattr(options, name) is not None:
+            layer.param[name] = f"ttscale.{name}"
     return layer
 
 
