@@ -24,7 +24,7 @@ verifier model and read no gold: they are computed from the sample's own top-k l
   that reads the full vocabulary, so it is a verifier (`--verifier self-certainty -V model=M`,
   verifiers/self_certainty.py; then `--selection borda-vote` is the paper's method);
 - deepconf-lowest-group, deepconf-bottom-10, deepconf-tail, deepconf-mean (Fu et al. 2025):
-  DeepConf's trace confidences over windows of `window` tokens.
+  DeepConf's trace confidences over windows of `window` tokens (deepconf-tail: the last `tail`).
 
 The scorer's name is recorded as trace metadata "scorer", so nobody reads a confidence as a
 verifier's score.
@@ -38,7 +38,7 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ttscale.confidence import DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
+from ttscale.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
 from ttscale.errors import ConfigError
 from ttscale.selection import answer_classes, chosen_positions, first_answer, majority_vote, max_score, weighted_vote
@@ -69,7 +69,8 @@ def sample_candidates(completions: Sequence[Completion], ctx: SolveContext, logp
     ]
 
 
-def confidence_score(candidate: Candidate, scorer: str, *, k: int, window: int = DEFAULT_WINDOW) -> float | None:
+def confidence_score(candidate: Candidate, scorer: str, *, k: int, window: int = DEFAULT_WINDOW,
+                     tail: int = DEFAULT_TAIL) -> float | None:
     """A verifier-free score of one candidate from its own logprobs (None when it has none)."""
     if scorer == "mean-logprob":
         return None if candidate.mean_logprob is None else math.exp(candidate.mean_logprob)
@@ -78,7 +79,7 @@ def confidence_score(candidate: Candidate, scorer: str, *, k: int, window: int =
     if scorer == "topk-certainty":
         return topk_certainty(candidate.token_confidences, k)
     if scorer.startswith("deepconf-"):
-        return trace_score(candidate.token_confidences, scorer.removeprefix("deepconf-"), window)
+        return trace_score(candidate.token_confidences, scorer.removeprefix("deepconf-"), window, tail)
     raise ValueError(f"unknown scorer {scorer!r}")
 
 
@@ -128,6 +129,7 @@ class BestOfN(BaseModel):
         "mean-logprob, topk-certainty or a DeepConf trace confidence, read from the sample's own logprobs (needs logprobs=K)",
     )
     window: int = Field(default=DEFAULT_WINDOW, ge=1, description="tokens per group for the deepconf-* scorers")
+    tail: int = Field(default=DEFAULT_TAIL, ge=1, description="deepconf-tail: the last this many tokens (set apart from window)")
     borda_power: float = Field(default=BORDA_POWER, gt=0, description="borda-vote: rank r of N gives (N - r)^p (Kang et al.: 0.5)")
 
     @field_validator("scorer", mode="before")
@@ -165,7 +167,7 @@ class BestOfN(BaseModel):
         }
         metadata = {}
         if self.scorer != "verifier":
-            scores = [confidence_score(c, self.scorer, k=self.logprobs, window=self.window) for c in candidates]
+            scores = [confidence_score(c, self.scorer, k=self.logprobs, window=self.window, tail=self.tail) for c in candidates]
             candidates = [c.model_copy(update={"score": s}) for c, s in zip(candidates, scores)]
             metadata["scorer"] = self.scorer  # Candidate.score is the sample's own confidence, not a verifier's
         elif ctx.verifier is not None:

@@ -8,6 +8,7 @@ Offline (-S mode=offline), over N traces drawn as best-of-N draws them:
 
     traces = LLM(prompt, n=N, logprobs=k)                         # trace i seeded seed + i
     score  = [trace_score(t) for t in traces]                     # lowest-group | bottom-10 | tail | mean
+                                                                  # (tail: the last `tail` tokens)
     kept   = [t for t in traces if score(t) >= percentile(score, 100 - eta)]
     return weighted_vote(kept, weights=score)                     # "filtered-vote" (DeepConf@N)
     # "confidence-vote": weighted_vote(traces, weights=score), nothing filtered
@@ -16,6 +17,7 @@ Online (-S mode=online, the default; Algorithm 2):
 
     warm  = LLM(prompt, n=N_init, logprobs=k)                     # traces 0..N_init-1, in full
     s     = percentile(lowest_group(warm), 100 - eta)             # eta=10: DeepConf-low, 90: -high
+                                                                  # (N_init = 1: s is that trace's score, any eta)
     votes = [t in warm if lowest_group(t) >= s]
     while drawn < N:
         for j in the next `batch` traces (at once):
@@ -31,6 +33,14 @@ same traces stopped at the same token, same answer. A trace shorter than one win
 stopped, and votes if the mean of all its tokens reaches s (their code's convention). A stopped
 trace states no final answer: its candidate's answer is None.
 
+Knobs and the reference's (facebookresearch/deepconf): the group window and the tail length are
+set apart, as there (wrapper.py:80 window_size; utils.py:104 tail_tokens; both 2048 for traces of
+thousands of tokens, both 16 here for answers of about a hundred). tau = 0.95 by default, the
+paper's consensus threshold (the released code draws all N - N_init traces at once and has no
+consensus stop, wrapper.py:224); `ttscale adaptive` sweeps 0.6, 0.8 and 0.95 and reports which it
+chose, so a measured tau never silently becomes the default. With N_init = 1 eta has no effect
+(the percentile of one value is that value): `ttscale adaptive` sweeps eta with N_init >= 2.
+
 Online needs a backend that streams and aborts (StreamingBackend: vllm, fake); the openai backend
 cannot, and the strategy refuses it before generating anything.
 """
@@ -43,6 +53,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttscale.confidence import (
+    DEFAULT_TAIL,
     DEFAULT_WINDOW,
     GroupConfidenceStop,
     lowest_group_confidence,
@@ -74,9 +85,15 @@ class DeepConf(BaseModel):
         default=10.0, gt=0.0, le=100.0,
         description="eta: percent of traces kept (offline) or of warm-up traces passing the threshold (online); 10: DeepConf-low, 90: -high",
     )
-    warmup: int = Field(default=4, ge=1, description="online: N_init, warm-up traces run in full to set the threshold")
+    warmup: int = Field(
+        default=4, ge=1,
+        description="online: N_init, warm-up traces run in full to set the threshold (with 1, the threshold is that trace's score: eta has no effect)",
+    )
     window: int = Field(default=DEFAULT_WINDOW, ge=1, description="tokens per group (paper: 2048 for long reasoning traces)")
-    consensus: float = Field(default=0.95, gt=0.0, le=1.0, description="online: tau, stop once the leading answer's weighted share reaches it")
+    tail: int = Field(default=DEFAULT_TAIL, ge=1, description="offline score tail: the last this many tokens (set apart from window, as the reference)")
+    consensus: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="online: tau, stop once the leading answer's weighted share reaches it (0.95: the paper's)"
+    )
     batch: int = Field(default=1, ge=1, description="online: traces drawn at once after the warm-up; consensus is checked after each batch")
     score: Literal["lowest-group", "bottom-10", "tail", "mean"] = Field(
         default="lowest-group", description="offline: the trace score that filters and weights the vote"
@@ -111,7 +128,7 @@ class DeepConf(BaseModel):
 
     async def _offline(self, problem: Problem, ctx: SolveContext) -> Trace:
         candidates = await self._draw(problem, ctx, start=0, size=self.n)
-        scores = [trace_score(c.token_confidences or (), self.score, self.window) for c in candidates]
+        scores = [trace_score(c.token_confidences or (), self.score, self.window, self.tail) for c in candidates]
         candidates = [c.model_copy(update={"score": s}) for c, s in zip(candidates, scores)]
         equivalent = ctx.answers.equivalent
         selections = {
@@ -122,7 +139,7 @@ class DeepConf(BaseModel):
         }
         return Trace(
             candidates=tuple(candidates), selections=selections, chosen_rule=self.chosen_rule,
-            metadata={"scorer": f"deepconf-{self.score}", "window": self.window, "eta": self.eta},
+            metadata={"scorer": f"deepconf-{self.score}", "window": self.window, "tail": self.tail, "eta": self.eta},
         )
 
     async def _online(self, problem: Problem, ctx: SolveContext) -> Trace:

@@ -13,6 +13,8 @@ from ttscale.backends.fake import FakeBackend, fake_tokens
 from ttscale.benchmarks.jsonl import JsonlBenchmark
 from ttscale.confidence import (
     CONFIDENCE_DECIMALS,
+    DEFAULT_TAIL,
+    DEFAULT_WINDOW,
     GroupConfidenceStop,
     bottom_group_confidence,
     group_confidences,
@@ -27,6 +29,8 @@ from ttscale.confidence import (
     trace_score,
     vote_share,
 )
+from ttscale.analysis.adaptive import WINDOWS, default_families
+from ttscale.analysis.runs import load_run
 from ttscale.config import RunConfig
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
@@ -86,6 +90,11 @@ def test_trace_scores_by_name_and_bottom_ten_takes_the_lowest_tenth():
     groups = sorted(naive_groups(confs, 4))
     assert trace_score(confs, "bottom-10", 4) == pytest.approx(np.mean(groups[:4]))
     assert trace_score(confs, "tail", 4) == 3.0
+    # the tail length is its own knob, as the reference's tail_tokens (deepconf/utils.py:104)
+    tailed = [3.0] * 20 + [1.0] * 2
+    assert trace_score(tailed, "tail", 4, tail=2) == 1.0 and trace_score(tailed, "tail", 4, tail=4) == 2.0
+    assert trace_score(tailed, "tail", 2, tail=4) == 2.0  # the window does not move it
+    assert trace_score(tailed, "tail") == tail_confidence(tailed, DEFAULT_TAIL)
     assert trace_score(confs, "mean", 4) == pytest.approx(np.mean(confs))
     with pytest.raises(ValueError, match="lowest-group"):
         trace_score(confs, "median", 4)
@@ -113,6 +122,20 @@ def test_online_threshold_is_the_percentile_that_lets_eta_percent_pass():
     assert online_threshold(lowest, 10) == pytest.approx(np.percentile(lowest, 90))
     assert online_threshold(lowest, 90) == pytest.approx(np.percentile(lowest, 10))
     assert sum(x >= online_threshold(lowest, 90) for x in lowest) == 4
+
+
+async def test_with_one_warmup_trace_eta_has_no_effect_and_the_sweep_needs_two(tmp_path):
+    assert online_threshold([2.5], 10) == online_threshold([2.5], 90) == 2.5  # the percentile of one value
+    assert online_threshold([1.0, 3.0], 10) != online_threshold([1.0, 3.0], 90)
+    data = tmp_path / "tiny.jsonl"
+    data.write_text(json.dumps({"id": "p1", "question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs", strategy="best-of-n",
+                       strategy_options={"n": 8, "logprobs": K})
+    families = default_families(load_run((await run_eval(config, backend=backend())).run_dir))
+    online = [m for name, methods in families.items() if name.startswith("DeepConf online") for m in methods]
+    assert online and min(m.warmup for m in online) >= 2
+    assert {m.window for m in online} == set(WINDOWS) and DEFAULT_WINDOW in WINDOWS  # the window is swept
+    assert {m.consensus for m in online} >= {DeepConf().consensus} == {0.95}  # tau: the paper's by default
 
 
 def test_vote_share_is_weighted_and_skips_non_voters():
@@ -245,6 +268,7 @@ def test_deepconf_options_are_validated():
     with pytest.raises(ValueError, match="filtered-vote"):
         DeepConf(mode="offline", selection="deepconf")
     assert DeepConf().chosen_rule == "deepconf" and DeepConf(mode="offline").chosen_rule == "filtered-vote"
+    assert DeepConf().tail == DeepConf().window == 16 and DeepConf(window=8).tail == 16  # set apart
 
 
 # --- offline ------------------------------------------------------------------------------------
@@ -307,7 +331,7 @@ async def test_offline_selections_equal_the_rules_on_recorded_best_of_n_samples(
 
 @pytest.mark.parametrize("scorer", ["mean-logprob", "topk-certainty", "deepconf-lowest-group", "deepconf-tail"])
 async def test_best_of_n_scores_samples_without_a_verifier(scorer):
-    strategy = BestOfN(n=8, selection="weighted-vote", scorer=scorer, logprobs=K, window=4)
+    strategy = BestOfN(n=8, selection="weighted-vote", scorer=scorer, logprobs=K, window=4, tail=3)
     assert not strategy.needs_verifier and not needs_verifier(strategy)
     trace = await context(backend(), 3).solve(strategy, PROBLEM)
     assert trace.metadata["scorer"] == scorer
@@ -316,7 +340,7 @@ async def test_best_of_n_scores_samples_without_a_verifier(scorer):
             "mean-logprob": math.exp(c.mean_logprob),
             "topk-certainty": topk_certainty(c.token_confidences, K),
             "deepconf-lowest-group": lowest_group_confidence(c.token_confidences, 4),
-            "deepconf-tail": tail_confidence(c.token_confidences, 4),
+            "deepconf-tail": tail_confidence(c.token_confidences, 3),  # its tail, not its window
         }[scorer]
         assert c.score == pytest.approx(expected) and c.score > 0
     scores = np.asarray([c.score for c in trace.candidates])

@@ -83,6 +83,10 @@ self_certainty = topk_certainty  # the proxy's old name, still imported by ttsca
 # a trace exactly where the engine stopped it.
 
 DEFAULT_WINDOW = 16  # tokens per group: a few groups in a ~100-token answer (paper: 2048 for long traces)
+# Tokens the tail score reads. The reference sets it apart from the group window
+# (facebookresearch/deepconf deepconf/utils.py:104, calculate_tail_confidence(tail_tokens=2048);
+# the window is wrapper.py:80, window_size=2048): both 2048 there, both scaled to 16 here.
+DEFAULT_TAIL = 16
 CONFIDENCE_SCALE = 10**CONFIDENCE_DECIMALS
 TRACE_SCORES = ("lowest-group", "bottom-10", "tail", "mean")
 
@@ -123,7 +127,7 @@ def bottom_group_confidence(confidences: Sequence[float], window: int = DEFAULT_
     return float(groups[: max(1, int(groups.size * percent / 100.0))].mean())
 
 
-def tail_confidence(confidences: Sequence[float], tail: int = DEFAULT_WINDOW) -> float:
+def tail_confidence(confidences: Sequence[float], tail: int = DEFAULT_TAIL) -> float:
     """DeepConf's tail confidence: the mean over the last `tail` tokens (all, if fewer)."""
     units = _units(confidences)[-tail:]
     return int(units.sum()) / (units.size * CONFIDENCE_SCALE) if units.size else 0.0
@@ -135,14 +139,15 @@ def mean_confidence(confidences: Sequence[float]) -> float:
     return int(units.sum()) / (units.size * CONFIDENCE_SCALE) if units.size else 0.0
 
 
-def trace_score(confidences: Sequence[float], kind: str, window: int = DEFAULT_WINDOW) -> float:
-    """One of DeepConf's trace scores by name (TRACE_SCORES); higher is more confident."""
+def trace_score(confidences: Sequence[float], kind: str, window: int = DEFAULT_WINDOW, tail: int = DEFAULT_TAIL) -> float:
+    """One of DeepConf's trace scores by name (TRACE_SCORES); higher is more confident. `window`
+    is the group size (lowest-group, bottom-10), `tail` the tail score's length, set apart."""
     if kind == "lowest-group":
         return lowest_group_confidence(confidences, window)
     if kind == "bottom-10":
         return bottom_group_confidence(confidences, window, 10.0)
     if kind == "tail":
-        return tail_confidence(confidences, window)
+        return tail_confidence(confidences, tail)
     if kind == "mean":
         return mean_confidence(confidences)
     raise ValueError(f"unknown trace score {kind!r}; use one of {', '.join(TRACE_SCORES)}")
@@ -160,8 +165,9 @@ def stop_position(confidences: Sequence[float], window: int, threshold: float) -
 
 def online_threshold(lowest_groups: Sequence[float], eta: float) -> float:
     """DeepConf online's stop threshold s from the warm-up traces' lowest group confidences: the
-    (100 - eta)-th percentile (numpy's linear interpolation, as their code), so eta% of the
-    warm-up traces pass (DeepConf-low: eta=10; DeepConf-high: eta=90)."""
+    (100 - eta)-th percentile (numpy's linear interpolation, as their code, wrapper.py:208), so
+    eta% of the warm-up traces pass (DeepConf-low: eta=10; DeepConf-high: eta=90). With one
+    warm-up trace s is that trace's score whatever eta is: eta acts from two traces on."""
     return float(np.percentile(np.asarray(lowest_groups, dtype=np.float64), 100.0 - eta))
 
 

@@ -358,9 +358,11 @@ def default_families(run: Run) -> dict[str, list[Method]]:
     if all(s.token_confidences is not None for r in run.records for s in r.samples):
         ks = range(2, n + 1)
         families["DeepConf online (low, eta=10)"] = [
-            DeepConfOnlineReplay(n, w, 10.0, tau, label=f"warm-up {w}, tau {tau}") for w in WARMUPS if w < n for tau in CONSENSUS]
+            DeepConfOnlineReplay(n, w, 10.0, tau, g, label=f"warm-up {w}, tau {tau}, window {g}")
+            for w in WARMUPS if w < n for tau in CONSENSUS for g in WINDOWS]
         families["DeepConf online (high, eta=90)"] = [
-            DeepConfOnlineReplay(n, w, 90.0, tau, label=f"warm-up {w}, tau {tau}") for w in WARMUPS if w < n for tau in CONSENSUS]
+            DeepConfOnlineReplay(n, w, 90.0, tau, g, label=f"warm-up {w}, tau {tau}, window {g}")
+            for w in WARMUPS if w < n for tau in CONSENSUS for g in WINDOWS]
         families["DeepConf offline (filtered vote, eta=10)"] = [
             ScoredVoteReplay(k, "lowest-group", 10.0, label=f"k={k}") for k in ks]
         families["DeepConf offline (filtered vote, eta=90)"] = [
@@ -370,7 +372,8 @@ def default_families(run: Run) -> dict[str, list[Method]]:
     return families
 
 
-WARMUPS = (1, 2, 4)
+WARMUPS = (2, 4)  # >= 2: with one warm-up trace the threshold is its own score, whatever eta
+WINDOWS = (8, 16, 32)  # DeepConf online's group window, in tokens (DEFAULT_WINDOW = 16)
 CONSENSUS = (0.6, 0.8, 0.95)
 BETA_THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 GIVE_UP = 4  # the variant: stop when the first 4 samples all disagree
