@@ -326,6 +326,12 @@ async def test_offline_selections_equal_the_rules_on_recorded_best_of_n_samples(
         assert filtered_vote(full.candidates, scores, str.__eq__, 10) == trace.answer
 
 
+async def test_offline_tail_score_reads_its_own_length_not_the_window():
+    trace = await context(backend(), 2).solve(DeepConf(n=6, mode="offline", score="tail", window=4, tail=3, logprobs=K), PROBLEM)
+    assert [c.score for c in trace.candidates] == [tail_confidence(c.token_confidences, 3) for c in trace.candidates]
+    assert trace.metadata["tail"] == 3 and trace.metadata["window"] == 4
+
+
 # --- verifier-free best-of-N scorers ------------------------------------------------------------
 
 
