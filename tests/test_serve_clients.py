@@ -253,6 +253,47 @@ def test_keep_alives_go_out_while_a_strategy_chooses(monkeypatch):
     assert streamed == whole.choices[0].message.content
 
 
+class HangingFake(FakeBackend):
+    """The fake, whose streamed sample hangs after its first token; `cancelled` is set once that
+    generation is cancelled."""
+
+    def __init__(self):
+        super().__init__("fake")
+        self.cancelled = threading.Event()
+
+    async def generate_streaming(self, request, on_text):
+        on_text("The")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_generation():
+    import uvicorn
+
+    backend = HangingFake()
+    state = asyncio.run(ServerState.start(ServeSettings(backend="fake", model="fake"), backend=backend))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        body = {"model": "fake", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            next(line for line in response.iter_lines() if '"content": "The"' in line)
+        # The connection is closed mid-answer: the sample's generation is cancelled, not left running.
+        assert backend.cancelled.wait(60)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
 @pytest.mark.engine
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_engine_streams_the_text_generate_returns(vllm_backend):

@@ -43,6 +43,7 @@ from typing import Any, AsyncIterator, Literal, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -110,6 +111,53 @@ class APIError(Exception):
         """The JSON body."""
         return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
                           "param": self.param, "code": self.code}}
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, as every error of this server is answered (the OpenAPI schema's)."""
+
+    error: ErrorInfo
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int]
+    verifier_tokens: int
+
+
+class CompletionObject(BaseModel):
+    """A chat.completion or text_completion object, as answered (the OpenAPI schema's)."""
+
+    id: str
+    object: Literal["chat.completion", "text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None
+    choices: list[dict[str, Any]]
+    usage: Usage
+    ttscale: dict[str, Any]
+
+
+API_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CompletionObject, "content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "the completion; Server-Sent Events with stream: true"},
+    **{status: {"model": ErrorBody, "description": what} for status, what in [
+        (400, "a bad field, named by param"), (401, "a missing or wrong API key"), (404, "an unknown model"),
+        (413, "a body above --max-body-bytes"), (503, "the engine or the upstream server is down")]},
+}
+TTS_HEADERS = [{"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": what}
+               for name, what in [("X-TTS-Strategy", "a strategy, e.g. best-of-n-8"),
+                                  ("X-TTS-Budget-Flops", "a per-prompt FLOPs budget for the policy"),
+                                  ("X-TTS-Budget-Samples", "a per-prompt samples budget for the policy")]]
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:
@@ -218,10 +266,21 @@ class _CommonBody(BaseModel):
     ttscale: TtsOptions | None = None
 
 
+# What chat_messages accepts, for the OpenAPI schema (its own checks give the 400s by field).
+TEXT_SCHEMA = {"type": "string", "pattern": "\\S"}
+MESSAGE_SCHEMA = {
+    "type": "object", "required": ["role", "content"],
+    "properties": {"role": {"enum": ["system", "developer", "user", "assistant"]},
+                   "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+                       "type": "object", "required": ["type", "text"],
+                       "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}},
+}
+
+
 class ChatBody(_CommonBody):
     """POST /v1/chat/completions."""
 
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1, json_schema_extra={"items": MESSAGE_SCHEMA})
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -238,7 +297,7 @@ class ChatBody(_CommonBody):
 class CompletionBody(_CommonBody):
     """POST /v1/completions (the prompt is sent as one user turn: strategies work on chat prompts)."""
 
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(json_schema_extra={"anyOf": [TEXT_SCHEMA, {"type": "array", "items": TEXT_SCHEMA, "minItems": 1}]})
     logprobs: int | None = None
     echo: bool | None = None
     suffix: str | None = None
@@ -940,7 +999,8 @@ def create_app(state: ServerState):
 
     @app.exception_handler(405)
     async def _not_allowed(request: Request, error: Exception):
-        return JSONResponse(APIError(405, f"{request.method} is not allowed on {request.url.path}").body(), status_code=405)
+        return JSONResponse(APIError(405, f"{request.method} is not allowed on {request.url.path}").body(), status_code=405,
+                            headers=getattr(error, "headers", None))  # Starlette's Allow header
 
     app.add_middleware(_Gate, state=state, api_key=api_key)
 
@@ -948,7 +1008,7 @@ def create_app(state: ServerState):
     async def health():
         return {"status": "ok", "model": state.model_name, "policy": str(state.settings.policy) if state.policy else None}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -960,7 +1020,7 @@ def create_app(state: ServerState):
             names.append(f"{POLICY_PREFIX}/{state.model_name}")
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "ttscale"} for name in names]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=API_RESPONSES, openapi_extra={"parameters": TTS_HEADERS})
     async def chat_completions(request: Request):
         body = await _parse(request, ChatBody)
         messages = chat_messages(body.messages)
@@ -969,7 +1029,7 @@ def create_app(state: ServerState):
         policy_prompt: str | Problem = messages[0].content if len(messages) == 1 else problem
         return await _serve(request, body, [(problem, policy_prompt)], "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=API_RESPONSES, openapi_extra={"parameters": TTS_HEADERS})
     async def completions(request: Request):
         body = await _parse(request, CompletionBody)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -1038,6 +1098,22 @@ def create_app(state: ServerState):
             state.metrics.add_cost(outcome.trace.cost)
         return JSONResponse(_response(body, outcomes, resolved, choices, kind, equivalent))
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the request bodies, which the routes read themselves (under the
+        body limit, off the event loop) rather than as parameters FastAPI would see."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in (("/v1/chat/completions", ChatBody), ("/v1/completions", CompletionBody)):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+                schema["paths"][path]["post"]["requestBody"] = {
+                    "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
@@ -1311,7 +1387,13 @@ async def _events(state: "ServerState", body: _CommonBody, jobs: list[Any], sink
     pieces: asyncio.Queue[str | None] = sink if sink is not None else asyncio.Queue()
     ident, created = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12), int(time.time())
     task = asyncio.ensure_future(asyncio.gather(*jobs))
-    task.add_done_callback(lambda _: pieces.put_nowait(None))  # the end of the text, however it ended
+
+    def finished(done: asyncio.Future) -> None:
+        if not done.cancelled():
+            done.exception()  # read below, or never where the client left: asyncio would log it as lost
+        pieces.put_nowait(None)  # the end of the text, however it ended
+
+    task.add_done_callback(finished)
     streamed: list[str] = []
     sent = False
     try:
