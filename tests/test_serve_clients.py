@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from ttscale import serve
 from ttscale.backends.fake import FakeBackend
 from ttscale.backends.openai_http import OpenAIBackend
+from ttscale.errors import TtscaleError
 from ttscale.serve import ServeSettings, ServerState, create_app, sample_params
 from ttscale.types import SAMPLING_EXTRAS, ChatMessage, GenRequest, SampleParams
 
@@ -268,6 +269,32 @@ class HangingFake(FakeBackend):
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+
+class FailingFake(FakeBackend):
+    """The fake, whose upstream goes away after the first token of a streamed sample."""
+
+    GONE = "http://upstream/v1/chat/completions did not answer after 1 tries (ConnectError)"
+
+    async def generate_streaming(self, request, on_text):
+        on_text("The")
+        await asyncio.sleep(0)
+        raise TtscaleError(self.GONE)
+
+    async def generate(self, requests):
+        raise TtscaleError(self.GONE)
+
+
+def test_an_error_after_the_first_token_is_an_error_event_the_client_raises():
+    client, http = in_process(FailingFake("fake"))
+    with http:
+        stream = client.chat.completions.create(model="fake", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="the model server is unavailable"):
+            docs_loop(stream)
+        # Before anything was sent, the same error keeps its HTTP status.
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="fake", messages=MESSAGES, stream=True, extra_body={"ttscale": {"n": 2}})
+        assert caught.value.status_code == 503 and caught.value.body["code"] == "upstream_unavailable"
 
 
 def test_a_client_that_leaves_a_stream_cancels_its_generation():
