@@ -176,6 +176,13 @@ def cli_inputs(runs, tmp_path_factory):
     nan["oracle_edges"][0] = float("nan")
     (root / "nan.json").write_text(json.dumps(nan))  # Python writes NaN, and reads it back
     (root / "blocker").write_text("")  # a file where a directory should be: no file can be written under it
+    unpriced = root / "unpriced"  # the same run, as if its model's size had been unknown
+    unpriced.mkdir()
+    for name in ("config.json", "backend.json"):
+        (unpriced / name).write_text((bon / name).read_text())
+    records = [json.loads(line) for line in (bon / "samples.jsonl").read_text().splitlines()]
+    (unpriced / "samples.jsonl").write_text("".join(
+        json.dumps({**r, "cost": {**r["cost"], "flops": 0.0, "unpriced_calls": 1}}) + "\n" for r in records))
     write_run(root, "two", [0.5, 0.5], shape=SHAPE)
     return root, bon
 
@@ -193,6 +200,7 @@ def cli_inputs(runs, tmp_path_factory):
     (["allocate", "fit", "{bon}", "--split", "a", "-o", "{root}"], "is a directory; pass --output with a file name"),
     (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "b", "--json", "{root}/blocker/r.json"], "pass --json with a writable directory"),
     (["fit", "{bon}", "-o", "{root}/blocker/fit.png"], "pass --plot with a writable directory"),
+    (["allocate", "fit", "{root}/unpriced", "--split", "a", "-o", "{root}/u.json"], "unpriced: its FLOPs are unknown"),
 ])
 def test_cli_bad_inputs_give_one_line_and_exit_2(cli_inputs, args, message):
     root, bon = cli_inputs

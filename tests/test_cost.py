@@ -5,7 +5,7 @@ import numpy as np
 
 from ttscale.backends.fake import FakeBackend
 from ttscale.cost import (
-    CostMeter, CostModel, PrefixLedger, cache_independent_cost, scaled_cost, subsample_costs, sum_costs,
+    CostMeter, CostModel, PrefixLedger, cache_independent_cost, flops_known, scaled_cost, subsample_costs, sum_costs,
 )
 from ttscale.types import Cost, GenRequest, SampleParams
 
@@ -156,3 +156,32 @@ def test_costs_add_up_to_the_same_total_in_any_order():
     parts = [Cost(calls=1, flops=rng.uniform(1e15, 1e17), structural_flops=rng.uniform(1e15, 1e17)) for _ in range(50)]
     assert sum_costs(parts) == sum_costs(reversed(parts)) == sum_costs(sorted(parts, key=lambda c: c.flops))
     assert sum_costs(parts).calls == 50
+
+
+async def test_a_model_of_unknown_size_has_unknown_flops_never_0():
+    # FakeBackend with num_params=0 and no shape: a model nobody knows the size of (an upstream server's).
+    unknown = CostMeter(FakeBackend(script=["a b c"], num_params=0), role="verifier")
+    await unknown.generate([GenRequest(prompt="x y z", params=SampleParams(n=2))])
+    assert not unknown.cost_model.priced
+    assert unknown.cost.unpriced_calls == 1 and unknown.cost.verifier_tokens == 3 + 6  # tokens stay counted
+    assert not flops_known(unknown.cost.model_dump())
+    known = CostMeter(FakeBackend(script=["a b c"], num_params=1000))
+    await known.generate([GenRequest(prompt="x y z", params=SampleParams())])
+    assert known.cost.unpriced_calls == 0 and flops_known(known.cost.model_dump())
+    # A total that holds one unpriced call is unknown, whatever else it holds.
+    total = sum_costs([known.cost, unknown.cost])
+    assert total.unpriced_calls == 1 and not flops_known(total.model_dump())
+
+
+def test_a_summary_of_unpriced_records_says_its_flops_are_unknown():
+    from ttscale.analysis.summary import FLOPS_FIELDS, summarize
+
+    def record(cost):
+        return {"problem_id": "p", "chosen_rule": "first", "selections": {"first": {"correct": True}},
+                "pass_at_k": {"1": 1.0}, "candidates": [{}], "cost": Cost(**cost).model_dump()}
+
+    summary = summarize([record({"generated_tokens": 5, "flops": 10.0}), record({"generated_tokens": 4, "unpriced_calls": 1})])
+    assert summary["cost_known"] is False and summary["cost"]["generated_tokens"] == 9
+    assert all(summary["cost"][name] is None for name in FLOPS_FIELDS)
+    known = summarize([record({"generated_tokens": 5, "flops": 10.0})])
+    assert known["cost_known"] is True and known["cost"]["flops"] == 10.0

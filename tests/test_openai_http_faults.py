@@ -317,6 +317,36 @@ def test_missing_usage_of_an_unknown_model_says_the_cost_is_unknown(server, prob
     assert "tokenizer=DIR" in flat(result.stderr)  # the fix is said
 
 
+def test_a_model_of_unknown_size_has_unknown_flops_in_the_table_summary_compare_and_report(server, problems, tmp_path):
+    # As with llama.cpp's server: every token counted (usage and ids), but nothing says how big the model is.
+    server.reset()
+    result = ttscale_eval(server, problems, tmp_path, model="remote-model")
+    for record in assert_complete(result, tmp_path):
+        assert record["cost"]["generated_tokens"] == N * len(TOKEN_IDS) and record["cost"]["unpriced_calls"] == 1
+    assert table_value(result.stdout, "generated tokens") == f"{PROBLEMS * N * len(TOKEN_IDS):,}"  # tokens are known
+    assert table_value(result.stdout, "FLOPs").startswith("unknown (model size unknown")
+    assert "e+00" not in result.stdout  # nor eFLOPs at 0
+    [run_dir] = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cost_known"] is False and summary["cost"]["unpriced_calls"] == PROBLEMS
+    assert summary["cost"]["flops"] is None and summary["cost"]["eflops"] is None  # unknown, not 0.0
+    assert summary["cost"]["generated_tokens"] == PROBLEMS * N * len(TOKEN_IDS)
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "ttscale.cli", *args, str(run_dir), "--bootstrap", "0"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return done.stdout
+
+    compare = flat(cli("compare", "-o", str(tmp_path / "plots")))
+    assert f"FLOPs unknown for {run_dir.name}" in compare and "left out of the matched-FLOPs view" in compare
+    assert "│ unknown │ unknown │ 24 │" in compare  # N=4's FLOPs and eFLOPs; its tokens are known
+    assert "e+00" not in compare
+    cli("report", "-o", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    assert f"FLOPs unknown for {run_dir.name}" in html and "<td>unknown</td>" in html and "e+00" not in html
+
+
 @pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:8000/v1", "localhost:8000", "http:///v1", "ftp://127.0.0.1/v1"])
 def test_a_url_that_cannot_be_one_fails_at_once(server, problems, tmp_path, url):
     server.reset()

@@ -237,17 +237,19 @@ def print_summary(summary: dict[str, Any], result: Any, config: RunConfig) -> No
     for k, value in summary["pass_at_k"].items():
         table.add_row(f"pass@{k}", f"{value:.3f}")
     cost = summary["cost"]
-    # Calls whose tokens nobody could count (an HTTP server without token ids or usage): never a silent 0.
+    # Calls whose tokens nobody could count (an HTTP server without token ids or usage), or whose
+    # FLOPs nobody could price (a model of unknown size): never a silent 0.
     unknown = f"unknown ({cost['uncounted_calls']:,} calls uncounted)" if cost.get("uncounted_calls") else None
+    unpriced = unknown or ("unknown (model size unknown: --backend-option num_params=N)" if cost.get("unpriced_calls") else None)
     table.add_row("samples", f"{summary['samples']}")
     table.add_row("prompt tokens (cached)", unknown or f"{cost['prompt_tokens']:,} ({cost['cached_prompt_tokens']:,})")
     table.add_row("generated tokens", unknown or f"{cost['generated_tokens']:,}")
     if config.verifier:
         oracle = " (oracle: uses gold answers, an upper bound)" if summary.get("verifier_uses_gold") else ""
         table.add_row(f"verifier {config.verifier}{oracle}: calls, tokens", f"{cost['verifier_calls']:,}, {cost['verifier_tokens']:,}")
-        table.add_row("verifier FLOPs (included in FLOPs)", f"{cost['verifier_flops']:.3e}")
-    table.add_row("FLOPs", unknown or f"{cost['flops']:.3e}")
-    table.add_row("eFLOPs (Kinetics: compute + I x memory traffic)", unknown or f"{cost['eflops']:.3e}")
+        table.add_row("verifier FLOPs (included in FLOPs)", unpriced or f"{cost['verifier_flops']:.3e}")
+    table.add_row("FLOPs", unpriced or f"{cost['flops']:.3e}")
+    table.add_row("eFLOPs (Kinetics: compute + I x memory traffic)", unpriced or f"{cost['eflops']:.3e}")
     table.add_row("generation time, summed over problems", f"{cost['wall_s']:.1f} s")
     table.add_row("wall time, this invocation", f"{result.elapsed_s:.1f} s")
     engine = engine_settings_of_run(result.run_dir)
@@ -277,7 +279,7 @@ def print_optional_sections(summary: dict[str, Any]) -> None:
             table.add_row(
                 str(row["depth"]), str(row["attempts"]), f"{row['accuracy']:.3f}",
                 f"{row.get('prompt_tokens', 0):,} ({row.get('cached_prompt_tokens', 0):,})",
-                f"{row.get('generated_tokens', 0):,}", f"{row.get('flops', 0):.3e}",
+                f"{row.get('generated_tokens', 0):,}", "unknown" if row.get("flops", 0) is None else f"{row.get('flops', 0):.3e}",
             )
         console.print(table)
         flips = revision["flips"]
@@ -292,7 +294,8 @@ def print_optional_sections(summary: dict[str, Any]) -> None:
         console.print(
             f"Speculative decoding: {spec['drafted_tokens']:,} drafted, {spec['accepted_tokens']:,} accepted, "
             f"{spec['emitted_tokens']:,} emitted tokens; acceptance rate {spec['acceptance_rate']:.3f}, "
-            f"mean acceptance length {spec['mean_acceptance_length']:.2f}; draft FLOPs {spec['draft_flops']:.3e}"
+            f"mean acceptance length {spec['mean_acceptance_length']:.2f}; draft FLOPs "
+            + ("unknown" if spec["draft_flops"] is None else f"{spec['draft_flops']:.3e}")
         )
 
 

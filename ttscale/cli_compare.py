@@ -95,7 +95,7 @@ def report_command(
 def print_comparison(comparison) -> None:
     """The comparison's tables on the terminal."""
     from ttscale.analysis.compare import common_label, table_points
-    from ttscale.analysis.report import fmt_acc, fmt_sci
+    from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, matched_columns
     from ttscale.analysis.scaling import UPPER_BOUND
 
     for warning in comparison.warnings:
@@ -112,12 +112,11 @@ def print_comparison(comparison) -> None:
         for p in table_points(curve):
             table.add_row(labels[id(curve)] + (f" {UPPER_BOUND}" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
                           fmt_acc(p.accuracy), f"{fmt_acc(p.ci_low)}–{fmt_acc(p.ci_high)}", fmt_sci(p.flops),
-                          fmt_sci(p.eflops), f"{p.generated_tokens:,.0f}", f"{p.wall_s:.2f}")
+                          fmt_sci(p.eflops), fmt_count(p.generated_tokens), f"{p.wall_s:.2f}")
         table.add_section()
     console.print(table)
 
-    competing = [labels[id(c)] for c in comparison.curves if not c.uses_gold]
-    gold = [labels[id(c)] for c in comparison.curves if c.uses_gold]
+    competing, gold = matched_columns(comparison)
     half = f" · {comparison.split_label}" if comparison.split_label else ""
     matched = Table(title=f"Matched FLOPs{half}: accuracy interpolated in log FLOPs (— = budget outside the curve)")
     matched.add_column("FLOPs per problem", justify="right")

@@ -35,7 +35,9 @@ free instead. Comparisons (compare, scaling curves, the allocator) read recorded
 `cache_independent_cost`, so they never depend on the cache's state.
 
 When a model's shape is unknown (an HTTP server of a model not on disk), every computed token
-costs 2·P, eFLOPs equal FLOPs, and a warning says so once per model.
+costs 2·P, eFLOPs equal FLOPs, and a warning says so once per model. When its parameter count
+is unknown too, its FLOPs are unknown, never 0: each call counts in `unpriced_calls`, and every
+total that includes one reads "unknown" (`flops_known`), as totals with uncounted tokens do.
 
 A meter has a role. The "generator" meter wraps the policy model's backend; a "verifier" meter
 wraps whatever a verifier runs on (a judge model, a PRM served for pooling), prices it with
@@ -133,6 +135,11 @@ class CostModel:
             )
         return cls(shape, num_params, intensity, model.name)
 
+    @property
+    def priced(self) -> bool:
+        """Whether tokens have a price: a shape or a parameter count (0 = unknown)."""
+        return self.shape is not None or self.num_params > 0
+
     def prefill(self, prompt_tokens, cached_tokens=0):
         """FLOPs (= eFLOPs) of prefilling the uncached part of a prompt."""
         return prefill_flops(self.shape, self.num_params, prompt_tokens, cached_tokens)
@@ -177,6 +184,7 @@ def generation_cost(model: CostModel, generations: Sequence[Generation], wall_s:
         structural_eflops=structural_eflops,
         wall_s=wall_s,
         uncounted_calls=sum(not g.cost_known for g in generations),
+        unpriced_calls=0 if model.priced else sum(g.cost_known for g in generations),
     )
 
 
@@ -197,6 +205,7 @@ def pool_cost(model: CostModel, results: Sequence[PoolResult], wall_s: float,
         structural_flops=structural_flops,
         structural_eflops=structural_flops,
         wall_s=wall_s,
+        unpriced_calls=0 if model.priced else len(results),
     )
 
 
@@ -517,7 +526,14 @@ def as_verifier_cost(cost: Cost) -> Cost:
         structural_eflops=cost.structural_eflops,
         wall_s=cost.wall_s,
         uncounted_calls=cost.uncounted_calls,
+        unpriced_calls=cost.unpriced_calls,
     )
+
+
+def flops_known(cost: Mapping[str, Any]) -> bool:
+    """Whether a cost's (or a total's) FLOPs and eFLOPs are known: every call in it had its
+    tokens counted and a model of known size to price them."""
+    return not cost.get("uncounted_calls", 0) and not cost.get("unpriced_calls", 0)
 
 
 # --- Speculative decoding: kept apart from the FLOPs formula above --------------------------------

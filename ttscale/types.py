@@ -249,6 +249,10 @@ class Cost(Frozen):
     # Calls whose tokens nobody could count (Generation.cost_known False): their tokens and
     # FLOPs are missing from the totals above, so any total with uncounted_calls > 0 is unknown.
     uncounted_calls: int = 0
+    # Calls whose tokens were counted but whose FLOPs nobody could price (the model's parameter
+    # count is unknown, e.g. an upstream OpenAI-compatible server's): their FLOPs read 0 above,
+    # so any FLOPs or eFLOPs total with unpriced_calls > 0 is unknown (ttscale.cost.flops_known).
+    unpriced_calls: int = 0
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(**{name: getattr(self, name) + getattr(other, name) for name in Cost.model_fields})

@@ -152,6 +152,10 @@ def load_fit_data(run_dirs: Iterable[Path | str], split: Split = "all", seed: in
     loaded = [load_run(p) for p in run_dirs]
     if not loaded:
         raise ConfigError("no run directories given; pass one or more runs/<id>")
+    unpriced = next((r for r in loaded if not r.flops_known), None)
+    if unpriced is not None:
+        raise ConfigError(f"{unpriced.dir}: its FLOPs are unknown (a model of unknown size, or tokens nobody counted), "
+                          "and a policy spends FLOPs; rerun `ttscale eval` with --backend-option num_params=N")
     for key in ("model", "benchmark"):
         values = {getattr(r.config, key) for r in loaded}
         if len(values) > 1:

@@ -21,6 +21,12 @@ from ttscale.analysis.scaling import Curve, CurvePoint
 COST_AXES = ("flops", "eflops", "generated_tokens", "wall_s")
 
 
+def cost_known(curve: Curve, axis: str = "flops") -> bool:
+    """Whether every point of the curve has a cost on `axis` (NaN: its run could not count or
+    price it, e.g. a model of unknown size). A curve without one is left out of the matched view."""
+    return all(math.isfinite(p.cost(axis)) for p in curve.points)
+
+
 def interpolate(curve: Curve, budget: float, axis: str = "flops") -> float | None:
     """The curve's accuracy at `budget` on a cost axis, linear in log cost; None out of range."""
     points = sorted(curve.points, key=lambda p: p.cost(axis))
@@ -69,8 +75,9 @@ def matched_budgets(
     labels = unique_labels(curves)
     rows = []
     for budget in budgets:
-        accuracy = {labels[id(c)]: interpolate(c, budget, axis) for c in curves if not c.uses_gold}
-        upper = {labels[id(c)]: interpolate(c, budget, axis) for c in curves if c.uses_gold}
+        known = [c for c in curves if cost_known(c, axis)]
+        accuracy = {labels[id(c)]: interpolate(c, budget, axis) for c in known if not c.uses_gold}
+        upper = {labels[id(c)]: interpolate(c, budget, axis) for c in known if c.uses_gold}
         reached = {label: a for label, a in accuracy.items() if a is not None}
         best = max(reached.values()) if reached else None
         winners = [label for label, a in reached.items() if best is not None and a >= best - tolerance]

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullLocator, PercentFormatter  # noqa: E402
 
-from ttscale.analysis.compare import common_label, unique_labels  # noqa: E402
+from ttscale.analysis.compare import common_label, cost_known, unique_labels  # noqa: E402
 from ttscale.analysis.difficulty import NUMBERING  # noqa: E402
 from ttscale.analysis.scaling import UPPER_BOUND, Curve  # noqa: E402
 
@@ -74,8 +74,10 @@ def _styles(curves: Sequence[Curve]) -> dict[int, dict]:
 
 
 def plot_accuracy_vs_cost(curves: Sequence[Curve], out_dir: Path, axis: str = "flops", stem: str | None = None) -> list[Path]:
-    """Accuracy against cost (log x) per curve, with its 95% bootstrap band."""
+    """Accuracy against cost (log x) per curve, with its 95% bootstrap band; curves whose cost on
+    the axis is unknown are left out (compare's notes say which)."""
     labels = unique_labels(curves)
+    curves = [c for c in curves if cost_known(c, axis)]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 5))
         annotated: set[str] = set()
@@ -105,7 +107,11 @@ def plot_accuracy_vs_cost(curves: Sequence[Curve], out_dir: Path, axis: str = "f
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(_title(f"Accuracy vs {AXIS_LABELS.get(axis, axis).split(' per ')[0]}", curves)
                      + "\nbands: 95% bootstrap over problems; dashed: gold answers guided it (an upper bound)", fontsize=10)
-        ax.legend(loc="best")
+        if curves:
+            ax.legend(loc="best")
+        else:
+            ax.text(0.5, 0.5, f"{AXIS_LABELS.get(axis, axis).split(' per ')[0]} unknown for every run",
+                    transform=ax.transAxes, ha="center")
         return _save(fig, out_dir, stem or f"accuracy_vs_{axis}")
 
 

@@ -7,11 +7,12 @@ import base64
 import dataclasses
 import html
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ttscale.analysis.compare import BudgetRow, common_label, matched_budgets, table_points, unique_labels
+from ttscale.analysis.compare import BudgetRow, common_label, cost_known, matched_budgets, table_points, unique_labels
 from ttscale.analysis.model_vs_search import SNELL_RATIOS, MatchRow, small_vs_large
 from ttscale.analysis.difficulty import NUMBERING, compare_bins
 from ttscale.analysis.runs import Run, load_run
@@ -48,12 +49,18 @@ class Comparison:
     @property
     def warnings(self) -> list[str]:
         """What makes the comparison less than like for like."""
+        notes = []
         sets = {frozenset(r.problem_id for r in run.records) for run in self.runs}
         if len(sets) > 1:
             counts = ", ".join(f"{run.name}: {len(run.records)}" for run in self.runs)
-            return [f"The runs cover different problems ({counts} problems), so their accuracies are not "
-                    "measured on the same set; compare runs of the same benchmark, options and --limit."]
-        return []
+            notes.append(f"The runs cover different problems ({counts} problems), so their accuracies are not "
+                         "measured on the same set; compare runs of the same benchmark, options and --limit.")
+        unpriced = [run.name for run in self.runs if not run.flops_known]
+        if unpriced:
+            notes.append(f"FLOPs unknown for {', '.join(unpriced)} (a model of unknown size, or tokens nobody counted): "
+                         "shown as unknown, left out of the matched-FLOPs view and the FLOPs plots; "
+                         "rerun `ttscale eval` with --backend-option num_params=N to price them.")
+        return notes
 
     @property
     def labels(self) -> dict[int, str]:
@@ -150,21 +157,30 @@ def build_comparison(
     return comparison
 
 
+def matched_columns(comparison: Comparison) -> tuple[list[str], list[str]]:
+    """The labels of the matched-FLOPs view's columns: competing curves, then gold-guided ones
+    (upper bounds); curves without FLOPs (unknown) have none."""
+    priced = [c for c in comparison.curves if cost_known(c)]
+    labels = comparison.labels
+    return [labels[id(c)] for c in priced if not c.uses_gold], [labels[id(c)] for c in priced if c.uses_gold]
+
+
 def _model_vs_search(comparison: Comparison, ratios: Sequence[float]) -> None:
     """Fill in the small-model-plus-search vs larger-model table, or say why it cannot be."""
-    sizes = sorted({run.num_params for run in comparison.runs})
+    sizes = sorted({run.num_params for run in comparison.runs if run.flops_known})  # FLOPs match only what they price
     if len(sizes) < 2 or not sizes[0]:
-        models = ", ".join(sorted({f"{r.model} (P={r.num_params:,})" for r in comparison.runs}))
+        models = ", ".join(sorted({f"{r.model} (P={f'{r.num_params:,}' if r.flops_known else 'unknown'})" for r in comparison.runs}))
         comparison.model_vs_search_note = (
-            f"Needs runs of two models of different sizes; these runs use one: {models}. "
+            f"Needs runs of two models of different, known sizes; these runs have: {models}. "
             "Add a run of a larger model (its pass@1) to compare it with the small model's search at matched FLOPs."
         )
         return
     small_p, large_p = sizes[0], sizes[-1]
-    small = [c for c in comparison.curves if c.num_params == small_p and not c.uses_gold]
+    curves = [c for c in comparison.curves if cost_known(c)]
+    small = [c for c in curves if c.num_params == small_p and not c.uses_gold]
     # Gold-guided curves (upper bounds) stand for neither model.
-    large = [c for c in comparison.curves if c.num_params == large_p and c.rule == "first" and not c.uses_gold]
-    one_sample = [c for c in comparison.curves if c.num_params == small_p and c.rule == "first" and not c.uses_gold]
+    large = [c for c in curves if c.num_params == large_p and c.rule == "first" and not c.uses_gold]
+    one_sample = [c for c in curves if c.num_params == small_p and c.rule == "first" and not c.uses_gold]
     if not small or not large or not one_sample:
         comparison.model_vs_search_note = "Needs a 'first' (pass@1) curve of both models."
         return
@@ -206,8 +222,15 @@ def _e(value: object) -> str:
 
 
 def fmt_sci(value: float) -> str:
-    """3 significant digits in scientific notation."""
+    """3 significant digits in scientific notation; 'unknown' for a cost nobody could count (NaN)."""
+    if math.isnan(value):
+        return "unknown"
     return f"{value:.3g}" if value < 1e4 else f"{value:.2e}"
+
+
+def fmt_count(value: float) -> str:
+    """A token count with thousands separators; 'unknown' for NaN."""
+    return "unknown" if math.isnan(value) else f"{value:,.0f}"
 
 
 def fmt_acc(value: float | None) -> str:
@@ -243,7 +266,7 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
         shape = run.cost_model.shape
         dims = (f"{shape.n_layers} layers, d_model {shape.d_model}, {shape.n_heads}/{shape.n_kv_heads} heads (q/kv), head dim {shape.head_dim}"
                 if shape else "shape unknown: 2·P per token")
-        run_rows.append([_e(run.name), _e(run.config.benchmark), _e(run.strategy), _e(run.model), f"{run.num_params:,}",
+        run_rows.append([_e(run.name), _e(run.config.benchmark), _e(run.strategy), _e(run.model), f"{run.num_params:,}" if run.cost_model.priced else "unknown",
                          _e(dims), str(len(run.records)), _e(SMALLER_BUDGETS[run.kind])])
     parts += ["<h2>Runs</h2>", _table(["run", "benchmark", "strategy", "model", "P", "shape", "problems", "smaller budgets"],
                                       run_rows, left=6)]
@@ -258,13 +281,12 @@ def render_html(comparison: Comparison, title: str = "ttscale: strategies compar
             rows.append([_e(labels[id(curve)]) + (f" <span class='gold'>{UPPER_BOUND}</span>" if curve.uses_gold else ""),
                          f"{p.n:g}" + ("" if p.measured else "*"), fmt_acc(p.accuracy),
                          f"[{fmt_acc(p.ci_low)}, {fmt_acc(p.ci_high)}]", fmt_sci(p.flops), fmt_sci(p.eflops),
-                         f"{p.generated_tokens:,.0f}", f"{p.wall_s:.2f}"])
+                         fmt_count(p.generated_tokens), f"{p.wall_s:.2f}"])
     parts.append(_table(["curve", "N", "accuracy", "95% CI", "FLOPs", "eFLOPs", "gen. tokens", "wall s"], rows))
     parts.append("<p class='note'>* subsampled from the run's samples; wall time of a subsample is pro-rated by its tokens.</p>")
 
     parts.append(f"<h2>Matched FLOPs: who wins at each budget{_e(' · ' + comparison.split_label) if comparison.split_label else ''}</h2>")
-    competing = [labels[id(c)] for c in comparison.curves if not c.uses_gold]
-    gold = [labels[id(c)] for c in comparison.curves if c.uses_gold]
+    competing, gold = matched_columns(comparison)
     rows, classes = [], []
     for row in comparison.budgets:
         cells = [fmt_sci(row.budget)]

@@ -35,7 +35,7 @@ import numpy as np
 
 from ttscale.analysis.passk import pass_at_k
 from ttscale.config import RunConfig, build_config
-from ttscale.cost import KINETICS_INTENSITY, CostModel, cache_independent_cost, scaled_cost, subsample_costs
+from ttscale.cost import KINETICS_INTENSITY, CostModel, cache_independent_cost, flops_known, scaled_cost, subsample_costs
 from ttscale.errors import ConfigError
 from ttscale.selection import GOLD_RULES, VERIFIER_RULES, answer_classes, chosen_positions
 from ttscale.store import SAMPLES, read_samples
@@ -141,6 +141,17 @@ class Run:
     def num_params(self) -> int:
         """The policy model's parameter count."""
         return self.cost_model.num_params
+
+    @property
+    def flops_known(self) -> bool:
+        """Whether its FLOPs can be priced: a model of known size, every call's tokens counted and
+        priced (a verifier's too). Unknown FLOPs are NaN in every price: never a 0 that reads as free."""
+        return self.cost_model.priced and all(flops_known(r.cost) for r in self.records)
+
+    @property
+    def tokens_known(self) -> bool:
+        """Whether every call's tokens were counted (cost.uncounted_calls)."""
+        return not any(r.cost.get("uncounted_calls", 0) for r in self.records)
 
     @property
     def strategy(self) -> str:
@@ -269,7 +280,15 @@ def price(run: Run, record: Record, subsets: np.ndarray, *, verifier: bool = Tru
     cost = record.cost if verifier else {**record.cost, "verifier_flops": 0.0, "structural_verifier_flops": 0.0}
     tokens = [s.num_tokens for s in record.samples]
     priced = subsample_costs(run.cost_model, cost, tokens, subsets)
-    return {key: float(np.mean(priced[key])) for key in COST_KEYS}
+    return _unknown_as_nan(run, {key: float(np.mean(priced[key])) for key in COST_KEYS})
+
+
+def _unknown_as_nan(run: Run, costs: dict[str, Any]) -> dict[str, Any]:
+    """`costs` (numbers or arrays by cost key) with what the run could not count or price as NaN."""
+    unknown = ([] if run.flops_known else ["flops", "eflops"]) + ([] if run.tokens_known else ["generated_tokens", "prompt_tokens"])
+    for key in unknown:
+        costs[key] = np.full_like(costs[key], np.nan) if isinstance(costs[key], np.ndarray) else float("nan")
+    return costs
 
 
 def probe_price(run: Run, record: Record, k0: int, *, verifier: bool) -> dict[str, float]:
@@ -308,10 +327,13 @@ def subsample(run: Run, *, ns: Sequence[int] | None = None, rules: Sequence[str]
     """
     records = _records(run, problems)
     if run.kind == "best-of-n":
-        return _best_of_n(run, records, ns, rules, subsets, seed, reuse)
-    if run.kind == "dvts":
-        return _dvts(run, records, ns, rules, subsets, seed)
-    return _fixed(run, records, rules)
+        table = _best_of_n(run, records, ns, rules, subsets, seed, reuse)
+    elif run.kind == "dvts":
+        table = _dvts(run, records, ns, rules, subsets, seed)
+    else:
+        table = _fixed(run, records, rules)
+    _unknown_as_nan(run, table.cost)
+    return table
 
 
 def _records(run: Run, problems: Sequence[str] | None) -> list[Record]:

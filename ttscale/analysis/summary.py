@@ -8,10 +8,13 @@ from typing import Any, Iterable
 
 from ttscale.analysis.revision import revision_summary
 from ttscale.analysis.speculative import speculative_summary
-from ttscale.cost import exact_total
+from ttscale.cost import STRUCTURAL_FIELDS, exact_total, flops_known
 from ttscale.types import Cost
 
 COST_FIELDS = tuple(Cost.model_fields)
+# The totals that are FLOPs: null in summary.json when unknown (never a 0 that reads as free).
+FLOPS_FIELDS = ("flops", "eflops", "verifier_flops", "draft_flops",
+                *(STRUCTURAL_FIELDS[name] for name in ("flops", "eflops", "verifier_flops")))
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -34,8 +37,9 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "pass_at_k_problems": {k: len(v) for k, v in sorted(pass_at_k.items(), key=lambda kv: int(kv[0]))},
         # Summed in any order to the same total: a resumed run lists its problems in another order.
         "cost": {name: exact_total(r["cost"].get(name, 0) for r in records) for name in COST_FIELDS},
-        # False when some calls' tokens could not be counted (cost.uncounted_calls): totals are unknown.
-        "cost_known": not any(r["cost"].get("uncounted_calls", 0) for r in records),
+        # False when some calls' tokens could not be counted (cost.uncounted_calls) or priced
+        # (cost.unpriced_calls: the model's size is unknown): those totals are unknown.
+        "cost_known": all(flops_known(r["cost"]) for r in records),
         "samples": sum(len(r["candidates"]) for r in records),
         # Oracle verifiers score with gold answers: their selections are upper bounds.
         "verifier_uses_gold": any(r.get("verifier_uses_gold") for r in records),
@@ -43,5 +47,11 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     # Sections only some runs have: per-depth figures of revision, speculative decoding metrics.
     optional = {"revision": revision_summary(records), "speculative": speculative_summary(summary["cost"])}
     summary.update({name: section for name, section in optional.items() if section is not None})
+    if not summary["cost_known"]:
+        summary["cost"].update(dict.fromkeys(FLOPS_FIELDS))
+        for row in summary.get("revision", {}).get("depths", []):
+            row["flops"] = None
+        if "speculative" in summary:
+            summary["speculative"]["draft_flops"] = None
     return summary
 
