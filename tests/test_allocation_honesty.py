@@ -201,6 +201,7 @@ def cli_inputs(runs, tmp_path_factory):
     (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "b", "--json", "{root}/blocker/r.json"], "pass --json with a writable directory"),
     (["fit", "{bon}", "-o", "{root}/blocker/fit.png"], "pass --plot with a writable directory"),
     (["allocate", "fit", "{root}/unpriced", "--split", "a", "-o", "{root}/u.json"], "unpriced: its FLOPs are unknown"),
+    (["adaptive", "{root}/unpriced", "--bootstrap", "0"], "unpriced: its FLOPs are unknown"),  # it picks settings by FLOPs too
 ])
 def test_cli_bad_inputs_give_one_line_and_exit_2(cli_inputs, args, message):
     root, bon = cli_inputs

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ttscale.analysis.runs import Record, Run, subsample
+from ttscale.analysis.runs import Record, Run, subsample, unknown_as_nan
 from ttscale.analysis.scaling import Curve, CurvePoint
 from ttscale.cost import subsample_costs
 from ttscale.errors import ConfigError
@@ -201,7 +201,7 @@ def replay(run: Run, problems: Sequence[ProblemSamples], method: Method, *, orde
             for axis in AXES:
                 cost[axis][j] += float(priced[axis][0])
     return Replayed(method.label, [p.record.problem_id for p in problems], correct / orders, samples / orders,
-                    {axis: values / orders for axis, values in cost.items()})
+                    unknown_as_nan(run, {axis: values / orders for axis, values in cost.items()}))
 
 
 # -- best-of-N, the baseline -----------------------------------------------------------------------
@@ -271,6 +271,9 @@ def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int 
     if run.kind != "best-of-n":
         raise ConfigError(f"{run.dir} is a {run.config.strategy} run; adaptive methods replay a best-of-N run's samples: "
                           "record one with `ttscale eval -s best-of-n --n 16 -S logprobs=10`")
+    if not run.flops_known:
+        raise ConfigError(f"{run.dir}: its FLOPs are unknown (a model of unknown size, or tokens nobody counted), and the "
+                          "settings are chosen by their FLOPs; rerun `ttscale eval` with --backend-option num_params=N")
     fit_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[0]]
     eval_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[1]]
     if not fit_ids or not eval_ids:

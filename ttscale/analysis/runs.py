@@ -280,13 +280,13 @@ def price(run: Run, record: Record, subsets: np.ndarray, *, verifier: bool = Tru
     cost = record.cost if verifier else {**record.cost, "verifier_flops": 0.0, "structural_verifier_flops": 0.0}
     tokens = [s.num_tokens for s in record.samples]
     priced = subsample_costs(run.cost_model, cost, tokens, subsets)
-    return _unknown_as_nan(run, {key: float(np.mean(priced[key])) for key in COST_KEYS})
+    return unknown_as_nan(run, {key: float(np.mean(priced[key])) for key in COST_KEYS})
 
 
-def _unknown_as_nan(run: Run, costs: dict[str, Any]) -> dict[str, Any]:
+def unknown_as_nan(run: Run, costs: dict[str, Any]) -> dict[str, Any]:
     """`costs` (numbers or arrays by cost key) with what the run could not count or price as NaN."""
     unknown = ([] if run.flops_known else ["flops", "eflops"]) + ([] if run.tokens_known else ["generated_tokens", "prompt_tokens"])
-    for key in unknown:
+    for key in (k for k in unknown if k in costs):
         costs[key] = np.full_like(costs[key], np.nan) if isinstance(costs[key], np.ndarray) else float("nan")
     return costs
 
@@ -332,7 +332,7 @@ def subsample(run: Run, *, ns: Sequence[int] | None = None, rules: Sequence[str]
         table = _dvts(run, records, ns, rules, subsets, seed)
     else:
         table = _fixed(run, records, rules)
-    _unknown_as_nan(run, table.cost)
+    unknown_as_nan(run, table.cost)
     return table
 
 
