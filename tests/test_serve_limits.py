@@ -257,6 +257,7 @@ def test_a_lone_surrogate_is_a_400_naming_the_field(server):
 def test_405_is_an_openai_error(server):
     response = httpx.get(server.url + "/v1/chat/completions", timeout=10)
     assert response.status_code == 405 and response.json()["error"]["type"] == "invalid_request_error"
+    assert response.headers["allow"] == "POST"
 
 
 # --- compute from every source ---------------------------------------------------------------------
@@ -354,3 +355,46 @@ def test_a_disconnect_cancels_the_generation_and_counts_as_cancelled(slow_server
 
 def test_metrics_do_not_count_their_own_scrape_in_flight(server):
     assert server.metrics()["ttscale_requests_in_flight"] == 0
+
+
+async def test_a_lost_connection_stops_a_stream_at_once():
+    """An n=64 stream's writes after its client reset the connection: asyncio logs "socket.send()
+    raised exception." for each write past the fourth until uvicorn learns of the loss, which
+    takes a turn of the event loop. The gate yields that turn after every chunk; here a stand-in
+    for uvicorn's send over such a transport counts the writes that would have been logged."""
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    from ttscale.serve import Metrics, _Gate
+
+    loop = asyncio.get_running_loop()
+    state = {"chunks": 0, "lost": False, "disconnected": False, "writes_after_loss": 0}
+
+    def connection_lost():
+        state["disconnected"] = True
+
+    async def send(message):  # uvicorn's send: silent once connection_lost has run
+        if state["disconnected"] or message["type"] != "http.response.body":
+            return
+        state["chunks"] += 1
+        if state["lost"]:
+            state["writes_after_loss"] += 1
+        elif state["chunks"] == 3:  # the peer's reset surfaces on this write
+            state["lost"] = True
+            loop.call_soon(connection_lost)  # as asyncio's transport reports it: on the next turn
+
+    async def receive():
+        await asyncio.Event().wait()  # no disconnect message: the loss is seen only by writing
+
+    async def events():
+        for i in range(400):
+            yield f"data: {i}\n\n"
+
+    class State:
+        metrics = Metrics()
+        settings = None
+
+    gate = _Gate(StreamingResponse(events(), media_type="text/event-stream"), State(), api_key=None)
+    await gate({"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}, receive, send)
+    assert state["lost"] and state["writes_after_loss"] <= 1
