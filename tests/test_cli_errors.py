@@ -87,6 +87,15 @@ def test_ray_address_that_refuses_is_one_line_and_leaves_no_run_directory(tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
+def test_ray_timeout_that_is_not_a_number_of_seconds_is_one_line(tmp_path):
+    pytest.importorskip("ray")
+    env = {**os.environ, "TTSCALE_RAY_TIMEOUT_S": "soon"}
+    result = subprocess.run([*TTSCALE, *FAKE, "--ray", "127.0.0.1:1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "TTSCALE_RAY_TIMEOUT_S='soon': expected a number of seconds above 0" in one_error_line(result)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ray_address_that_is_no_cluster_gives_up_after_the_timeout_in_one_line(tmp_path):
     # A port that takes connections but never speaks Ray (Ray alone would retry for 20 x ~40 s).
     pytest.importorskip("ray")

@@ -131,9 +131,14 @@ def eval_command(
     if dtype is not None and config.backend != "vllm":
         raise ConfigError(f"--dtype sets the vllm engine's dtype; the {config.backend} backend has none to set")
     if config.ray is not None:
-        from ttscale.scaleout import connect
+        from ttscale.scaleout import connect, require_ray
 
-        connect(config)  # before the run directory exists: a missing Ray or an unreachable cluster is one line
+        # Before the run directory exists: a missing Ray, or a cluster that cannot be joined, is one
+        # line. A local cluster starts with the run instead, so its processes' output goes to engine.log.
+        if config.ray == "local":
+            require_ray()
+        else:
+            connect(config)
         console.print(f"Scale-out: {config.replicas} replica(s) on Ray ({config.ray}), {config.concurrency} problems in flight each.")
     try:
         result = lifecycle.run(_eval_with_progress(config, verbose=verbose))
