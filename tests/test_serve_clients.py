@@ -6,6 +6,7 @@ chooses."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -188,6 +189,74 @@ def test_an_openai_upstream_gets_the_extras_it_can_take():
         plain_upstream._body(request, chat=True)
     asyncio.run(vllm_upstream.close())
     asyncio.run(plain_upstream.close())
+
+
+def sse(*chunks: dict) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def test_an_openai_upstream_streams_its_text_with_exact_counts():
+    request = GenRequest(prompt=(ChatMessage(role="user", content=QUESTION),), params=SampleParams(seed=1))
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {"content": "Four"}, "token_ids": [11], "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {"content": " it is."}, "token_ids": [12, 13, 14], "finish_reason": "stop"}]},
+              {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 8}}}]
+    sent: list[dict] = []
+
+    def upstream(http_request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(http_request.content))
+        return httpx.Response(200, content=sse(*chunks), headers={"content-type": "text/event-stream"})
+
+    backend = OpenAIBackend("fake", num_params=1, transport=httpx.MockTransport(upstream))
+    pieces: list[str] = []
+    generation = asyncio.run(backend.generate_streaming(request, pieces.append))
+    assert pieces == ["Four", " it is."] and sent[0]["stream"] is True and sent[0]["stream_options"] == {"include_usage": True}
+    [completion] = generation.completions
+    assert (completion.text, completion.num_tokens, completion.finish_reason) == ("Four it is.", 4, "stop")
+    assert (generation.prompt_tokens, generation.cached_prompt_tokens, generation.cost_known) == (9, 8, True)
+
+
+def test_an_openai_upstream_that_cannot_stream_is_asked_plainly_and_one_broken_mid_answer_fails():
+    request = GenRequest(prompt=(ChatMessage(role="user", content=QUESTION),), params=SampleParams(seed=1))
+    plain = {"choices": [{"index": 0, "message": {"content": "Four."}, "token_ids": [1, 2], "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+
+    def refuses_streams(http_request: httpx.Request) -> httpx.Response:
+        if json.loads(http_request.content).get("stream"):
+            return httpx.Response(400, json={"error": {"message": "stream_options: unknown field"}})
+        return httpx.Response(200, json=plain)
+
+    backend = OpenAIBackend("fake", num_params=1, transport=httpx.MockTransport(refuses_streams))
+    pieces: list[str] = []
+    generation = asyncio.run(backend.generate_streaming(request, pieces.append))
+    assert pieces == ["Four."] and generation.completions[0].num_tokens == 2
+
+    async def breaks_after_one_piece():
+        yield sse({"choices": [{"index": 0, "delta": {"content": "Fo"}, "finish_reason": None}]})[:-len(b"data: [DONE]\n\n")]
+        raise httpx.ReadError("connection reset")
+
+    def breaks(http_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=breaks_after_one_piece(), headers={"content-type": "text/event-stream"})
+
+    backend = OpenAIBackend("fake", num_params=1, transport=httpx.MockTransport(breaks))
+    pieces = []
+    with pytest.raises(TtscaleError, match="did not answer after its stream broke mid-answer"):
+        asyncio.run(backend.generate_streaming(request, pieces.append))
+    assert pieces == ["Fo"]
+
+
+def test_a_proxy_streams_what_its_upstream_streams(cli_client):
+    """`--backend openai` in front of the CLI server (the fake behind it): the docs' loop through both."""
+    settings = ServeSettings(backend="openai", model="fake", backend_options={
+        "base_url": str(cli_client.base_url), "num_params": 1_000_000, "vllm_extensions": False, "max_retries": 0})
+    client, http = in_process(None, settings)
+    with http:
+        whole = client.chat.completions.create(model="fake", messages=MESSAGES, seed=2)
+        streamed = docs_loop(client.chat.completions.create(model="fake", messages=MESSAGES, seed=2, stream=True))
+        chunks = list(client.chat.completions.create(model="fake", messages=MESSAGES, seed=2, stream=True,
+                                                     stream_options={"include_usage": True}))
+    assert streamed == whole.choices[0].message.content != ""
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens > 0
 
 
 # --- time to first token, keep-alives --------------------------------------------------------------------

@@ -16,7 +16,9 @@ A server may misbehave; a run still holds exactly what it asked for, or stops wi
   n > 1 is split into n single requests, said once, so counts stay exact; with neither, the
   model's tokenizer counts them (embedded models, local directories, or `tokenizer=DIR`), and
   failing that the Generation says `cost_known=False`, so the record and the table say the
-  cost is unknown instead of a silent 0.
+  cost is unknown instead of a silent 0;
+- `generate_streaming` (one sample, for `ttscale serve`'s time to first token) streams from the
+  server; a server that will not stream gets the plain request instead, with its retries.
 """
 
 from __future__ import annotations
@@ -350,6 +352,70 @@ class OpenAIBackend:
         )
         return self._max_retry_after_s
 
+    async def generate_streaming(self, request: GenRequest, on_text: Callable[[str], None]) -> Generation:
+        """One sample (n=1) streamed from the server, each new piece of text handed to `on_text`
+        as it arrives (TextStreamingBackend). Until the first piece, anything amiss (a refusal, a
+        dropped connection, a server that cannot stream) falls back to `generate`'s request with
+        its retries; after it, a broken stream fails the request (part of the text is out)."""
+        if request.params.n != 1:
+            raise ValueError(f"generate_streaming streams one sample; got n={request.params.n}")
+        chat = not isinstance(request.prompt, str)
+        body = {**self._body(request, chat), "stream": True, "stream_options": {"include_usage": True}}
+        texts: list[str] = []
+        token_ids: list[Any] = []
+        usage: dict[str, Any] = {}
+        finish = None
+        try:
+            if request.params.logprobs is not None:  # per-token logprobs come whole from generate's request
+                raise _NotStreamed()
+            async with self._slots, self._client.stream("POST", "/chat/completions" if chat else "/completions", json=body) as response:
+                if response.status_code != 200:
+                    raise _NotStreamed()
+                async for line in response.aiter_lines():
+                    data = line[5:].strip() if line.startswith("data:") else ""
+                    if not data:
+                        continue  # blank lines, SSE comments
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if not isinstance(chunk, dict) or "error" in chunk:
+                        raise ValueError(_snippet(data))
+                    usage = chunk.get("usage") if isinstance(chunk.get("usage"), dict) else usage
+                    for choice in chunk.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                        if isinstance(piece, str) and piece:
+                            texts.append(piece)
+                            on_text(piece)
+                        token_ids += choice.get("token_ids") or []
+                        finish = choice.get("finish_reason") or finish
+        except (_NotStreamed, httpx.TransportError, ValueError) as error:
+            if texts:
+                raise TtscaleError(f"{self._url(request)} did not answer after its stream broke mid-answer "
+                                   f"({_snippet(str(error)) or type(error).__name__}); check the server's log") from None
+            generation = await self._generate_one(request)
+            on_text(generation.completions[0].text)
+            return generation
+        text = "".join(texts)
+        tokens = len(token_ids) if token_ids else _count(usage, "completion_tokens")
+        prompt_tokens = _count(usage, "prompt_tokens")
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) and prompt_tokens is not None else 0
+        if tokens is None or prompt_tokens is None:  # counted as generate counts them: the tokenizer, else unknown
+            tokenizer = await self._get_tokenizer()
+            if tokenizer is not None and tokens is None:
+                tokens = len(tokenizer.encode(text, add_special_tokens=False))
+            if tokenizer is not None and prompt_tokens is None:  # no cache information: every prompt token computed
+                prompt_tokens = _prompt_tokens(tokenizer, request)
+        cost_known = tokens is not None and prompt_tokens is not None
+        if not cost_known:
+            self._say_once("uncounted", "%s reports neither token ids nor usage, and the tokenizer of %r is unknown: the "
+                           "tokens and FLOPs of such requests are unknown; pass --backend-option tokenizer=DIR",
+                           self.base_url, self._tokenizer_source)
+        completion = Completion(text=text, num_tokens=tokens or 0, finish_reason=FINISH_REASONS.get(finish or "", "error"))
+        return Generation(completions=(completion,), prompt_tokens=prompt_tokens or 0,
+                          cached_prompt_tokens=min(cached if isinstance(cached, int) and cached >= 0 else 0, prompt_tokens or 0),
+                          cost_known=cost_known)
+
     async def close(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.aclose()
@@ -357,6 +423,10 @@ class OpenAIBackend:
 
 class _UnsupportedN(Exception):
     """The server refused n > 1."""
+
+
+class _NotStreamed(Exception):
+    """The server did not stream this request (a refusal, or no stream at all)."""
 
 
 def retry_after_s(value: str | None, now: float | None = None) -> float | None:
