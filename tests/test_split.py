@@ -21,6 +21,7 @@ from ttscale.cli import app
 from ttscale.config import CONNECTION_OPTIONS, NOT_HASHED, RunConfig
 from ttscale.runner import build_benchmark, run_eval
 from ttscale.scaleout import merge_runs, shard_index
+from ttscale.types import SAMPLING_EXTRAS
 
 LIMIT = 24
 BASE = ["eval", "-b", "arithmetic", "--backend", "fake", "--n", "4", "--limit", str(LIMIT), "--seed", "7", "--concurrency", "3"]
@@ -69,6 +70,8 @@ def run_id_before_splits(config: RunConfig) -> str:
     fields["backend_options"] = {k: v for k, v in config.backend_options.items() if k not in CONNECTION_OPTIONS}
     if config.shard is None:
         del fields["shard"]
+    for name in SAMPLING_EXTRAS:  # vLLM's extra sampling parameters did not exist then either
+        del fields["sampling"][name]
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
     shard = f"-shard{config.shard.replace('/', 'of')}" if config.shard else ""

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ttscale.errors import ConfigError, describe_validation_error
 from ttscale.speculative import SpeculativeConfig
-from ttscale.types import Frozen, SampleParams
+from ttscale.types import SAMPLING_EXTRAS, Frozen, SampleParams
 
 # Fields that change where or how fast a run goes, not what it computes: left out of the hash,
 # so a run resumes after a server comes back on another port or with other retry settings.
@@ -95,6 +95,10 @@ class RunConfig(Frozen):
             del fields["shard"]
         if self.split is None:  # likewise runs of every problem keep the ids they had before splits existed
             del fields["split"]
+        # and runs that set none of vLLM's extra sampling parameters keep the ids they had before those existed
+        for name in SAMPLING_EXTRAS:
+            if fields["sampling"].get(name) is None:
+                fields["sampling"].pop(name, None)
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         split = f"-split{self.split}" if self.split else ""
