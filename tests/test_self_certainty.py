@@ -3,6 +3,7 @@ under its own name (issue 25, section 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -20,6 +21,7 @@ from ttscale.confidence import token_confidence, topk_certainty, trace_score
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
+from ttscale.models import prepare_model
 from ttscale.self_certainty import LMHead, position_self_certainty, sample_self_certainties
 from ttscale.strategies.best_of_n import BORDA_POWER, BestOfN, borda_vote, borda_weights, confidence_score
 from ttscale.types import Candidate, ChatMessage, PoolRequest, PoolResult, Problem, SampleParams
@@ -260,3 +262,38 @@ async def test_borda_vote_refuses_a_gold_reading_verifier():
                                    params=SampleParams(max_tokens=64), seed=0, verifier=OracleORM(benchmark=benchmark))
     with pytest.raises(ConfigError, match="borda-vote.*gold"):
         await ctx.solve(BestOfN(n=4, selection="borda-vote"), problem)
+
+
+@pytest.mark.engine
+def test_self_certainty_on_the_real_pooling_engine_equals_the_reference_on_transformers_logits():
+    """SmolLM2 on vLLM's pooling runner (float32): the verifier's score of each sample equals the
+    reference formula on transformers' logits of the same token ids, at the rows that predicted
+    the sample's tokens; the pooled hidden states are after the final norm (else they would not
+    match); each sample is one metered prefill."""
+    from transformers import AutoModelForCausalLM
+
+    problem = Problem(id="p", question="What is 12 + 30?", prompt=(ChatMessage(role="user", content="What is 12 + 30?"),))
+    texts = ["First, 12 + 30 = 42.\n\nThe answer is \\boxed{42}.", "The answer is \\boxed{41}"]
+
+    async def main():
+        verifier = SelfCertaintyVerifier(model="smollm2-135m", backend_options={"max_model_len": 1024, "dtype": "float32"})
+        try:
+            meter = CostMeter(verifier.backend, role="verifier")
+            scores = await verifier.score(problem, texts, meter)
+            reads = []
+            for text in texts:
+                request = PoolRequest(prompt=problem.prompt, prefix=text)
+                alone = verifier.backend._prompt_ids(request.model_copy(update={"prefix": ""}))
+                reads.append((verifier.backend._prompt_ids(request), verifier.backend.prompt_rows(request), len(alone)))
+            return scores, reads, meter.cost, prepare_model("smollm2-135m").path
+        finally:
+            await verifier.close()
+
+    scores, reads, cost, path = asyncio.run(main())
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    for score, (ids, start, prompt_alone) in zip(scores, reads):
+        assert start == prompt_alone and start < len(ids)  # no BPE merge across the chat template's "\n"
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, start - 1:len(ids) - 1].double()
+        assert score == pytest.approx(reference_confidence(logits), rel=1e-3)
+    assert cost.verifier_calls == 2 and cost.verifier_tokens == sum(len(ids) for ids, _, _ in reads) and cost.verifier_flops > 0
