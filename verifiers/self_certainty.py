@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from ttscale.cost import CostMeter
 from ttscale.models import prepare_model
@@ -45,6 +45,13 @@ class SelfCertaintyVerifier(_VerifierBase):
     backend_options: dict[str, Any] = Field(default_factory=dict, description="options of the hidden-state engine")
     _head: LMHead = PrivateAttr()
     _backend: Any = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_the_model(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("model"):
+            raise ValueError("self-certainty reads the policy model's own distributions: pass -V model=<the run's --model>")
+        return values
 
     def model_post_init(self, __context: Any) -> None:
         self._head = LMHead.load(prepare_model(self.model).path)
