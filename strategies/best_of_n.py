@@ -8,8 +8,11 @@
 
 max-score is "ORM/PRM best-of-N"; weighted-vote sums the scores of equivalent answers (Snell et
 al.'s "best-of-N weighted"); borda-vote is Kang et al.'s vote (`borda_vote`): the sample ranked r-th
-of N by score gives its answer (N - r)^p, p = 0.5. The oracle rule ("any of the N is correct", i.e. coverage) needs the
-gold answer, so the runner applies it when grading; the strategy never sees gold answers.
+of N by score gives its answer (N - r)^p, p = 0.5. With borda-vote a verifier scores each whole
+sample, its exact text (`Verifier.score`: a PRM's last step), as the paper scores samples; the
+other rules aggregate its step scores. The oracle rule ("any of the N is correct", i.e.
+coverage) needs the gold answer, so the runner applies it when grading; the strategy never sees
+gold answers.
 
 Scorers (`-S scorer=...`): "verifier" (default) asks the run's verifier. The others need no
 verifier model and read no gold: they are computed from the sample's own top-k logprobs
@@ -142,9 +145,12 @@ class BestOfN(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _scorer_has_logprobs(self) -> "BestOfN":
+    def _options_fit(self) -> "BestOfN":
         if self.scorer != "verifier" and self.logprobs is None:
             raise ValueError(f"scorer {self.scorer!r} reads the samples' top-k logprobs; add -S logprobs=10")
+        if self.selection == "borda-vote" and self.scorer == "verifier" and self.aggregation != "last":
+            raise ValueError("borda-vote ranks whole samples by the verifier's outcome score (a PRM's last step); "
+                             f"aggregation {self.aggregation!r} does not apply")
         return self
 
     @property
@@ -170,6 +176,11 @@ class BestOfN(BaseModel):
             scores = [confidence_score(c, self.scorer, k=self.logprobs, window=self.window, tail=self.tail) for c in candidates]
             candidates = [c.model_copy(update={"score": s}) for c, s in zip(candidates, scores)]
             metadata["scorer"] = self.scorer  # Candidate.score is the sample's own confidence, not a verifier's
+        elif ctx.verifier is not None and self.selection == "borda-vote":
+            # Kang et al. score whole samples: the verifier's outcome score of each exact text (a PRM's last step)
+            scores = await ctx.verifier.score([c.text for c in candidates])
+            candidates = [c.model_copy(update={"score": s}) for c, s in zip(candidates, scores)]
+            metadata["scorer"] = "verifier"
         elif ctx.verifier is not None:
             step_scores = await ctx.verifier.score_steps([split_steps(c.text) for c in candidates])
             candidates = [

@@ -257,6 +257,40 @@ def test_the_lm_head_is_the_tied_embedding_or_lm_head_and_unscaled(tmp_path):
         LMHead.load(tied).self_certainty(np.zeros((1, 3)))
 
 
+class TextLength:
+    """A verifier that scores a whole text by its length, and refuses to score steps."""
+
+    name, uses_gold, backend = "text-length", False, None
+
+    def __init__(self):
+        self.read: list[str] = []
+
+    async def score(self, problem, solutions, meter):
+        self.read.extend(solutions)
+        return [float(len(s)) for s in solutions]
+
+    async def score_steps(self, problem, steps, meter):
+        raise AssertionError("borda-vote reads whole samples")
+
+    async def close(self):
+        pass
+
+
+async def test_borda_vote_ranks_the_verifiers_score_of_each_exact_sample():
+    problem = Problem(id="p", question="What is 2 + 3?", prompt=(ChatMessage(role="user", content="What is 2 + 3?"),))
+    answers = JsonlBenchmark.__new__(JsonlBenchmark)
+    verifier = TextLength()
+    ctx = SolveContext.for_problem(problem, backend=FakeBackend(answer_key={"2 + 3": "5"}, accuracy=0.5), answers=answers,
+                                   params=SampleParams(max_tokens=64), seed=1, verifier=verifier)
+    trace = await ctx.solve(BestOfN(n=6, selection="borda-vote"), problem)
+    assert verifier.read == [c.text for c in trace.candidates]  # the exact texts, not steps joined again
+    assert [c.score for c in trace.candidates] == [float(len(c.text)) for c in trace.candidates]
+    assert all(c.step_scores is None for c in trace.candidates) and trace.metadata["scorer"] == "verifier"
+    assert trace.answer == reference_borda([c.answer for c in trace.candidates], [c.score for c in trace.candidates], 0.5)
+    with pytest.raises(ValueError, match="aggregation 'min' does not apply"):
+        BestOfN(selection="borda-vote", aggregation="min")
+
+
 async def test_borda_vote_refuses_a_gold_reading_verifier():
     problem = Problem(id="p", question="What is 2 + 3?", prompt=(ChatMessage(role="user", content="What is 2 + 3?"),), answer="5")
     benchmark = JsonlBenchmark.__new__(JsonlBenchmark)

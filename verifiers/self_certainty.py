@@ -9,12 +9,13 @@ the generating model's own certainty. Each solution costs one prefill of the pro
 solution on a hidden-state pooling engine, metered as this verifier's cost, as the trained
 verifier's reads are. It reads no gold answer, and learned nothing: no problem is an upper bound.
 
-As step scores (`score_steps`: what best-of-N and the searches ask for), every step of a solution
+Best-of-N with `--selection borda-vote` asks `score`: each sample's exact text. As step scores
+(`score_steps`: what the other rules and the searches ask for), every step of a solution
 gets the self-certainty of the whole text so far, its steps joined by blank lines (as the oracle
 ORM scores steps), so last, min and mean give the solution's score. Steps are stripped
 (ttscale.steps.split_steps): a sample with whitespace around its blank lines, or at either end,
 is read without it (24 SmolLM2 samples of arithmetic: 5 texts changed, their scores by at most
-0.7%). `score` reads each solution's exact text.
+0.7%).
 
 Cost: the reference reads every sample again (a second forward pass), and so does this verifier;
 its prefill re-reads the prompt too (no prefix caching in hidden-state mode). A generation
