@@ -210,21 +210,22 @@ def test_a_chunked_50_mb_body_gets_413_once_the_limit_is_passed(server):
 
 def test_a_50_mb_body_sent_whole_gets_413_and_the_server_stays_small(server):
     """What an HTTP client does with 50 MB: sends all of it, then reads the 413."""
+    body = b'{"model": "fake", "x": "' + b"a" * (50 * 2**20) + b'"}'
     rss_before = server.rss_kib()
     with HealthWatch(server):
-        response = server.post(content=b'{"model": "fake", "x": "' + b"a" * (50 * 2**20) + b'"}',
-                               headers={"content-type": "application/json"})
+        response = server.post(content=body, headers={"content-type": "application/json"})
     assert_openai_error(response, 413, None, "max_body_bytes")
     assert server.rss_kib() - rss_before < 40 * 1024
 
 
 def test_a_2_mb_prompt_is_answered_while_health_stays_prompt(server):
     """Tokenizing and the cost model's prefix count of a 2 MB prompt run off the event loop."""
-    prompt = "word " * 400_000
+    # Encoded here, so that the test's own JSON encoding does not compete with the /health poller.
+    body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "word " * 400_000}], "seed": 1}).encode()
     result = {}
 
     def ask():
-        result["response"] = server.post(json={"model": "fake", "messages": [{"role": "user", "content": prompt}], "seed": 1})
+        result["response"] = server.post(content=body, headers={"content-type": "application/json"})
 
     with HealthWatch(server) as watch:
         asker = threading.Thread(target=ask)

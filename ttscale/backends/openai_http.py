@@ -219,7 +219,7 @@ class OpenAIBackend:
         if prompt_tokens is None:
             tokenizer = await self._get_tokenizer()
             if tokenizer is not None:  # no cache information: every prompt token counts as computed
-                prompt_tokens = _prompt_tokens(tokenizer, request)
+                prompt_tokens = await asyncio.to_thread(_prompt_tokens, tokenizer, request)  # a long prompt: off the loop
             else:
                 prompt_tokens, cost_known = 0, False
         if not cost_known:
@@ -405,7 +405,7 @@ class OpenAIBackend:
             if tokenizer is not None and tokens is None:
                 tokens = len(tokenizer.encode(text, add_special_tokens=False))
             if tokenizer is not None and prompt_tokens is None:  # no cache information: every prompt token computed
-                prompt_tokens = _prompt_tokens(tokenizer, request)
+                prompt_tokens = await asyncio.to_thread(_prompt_tokens, tokenizer, request)  # a long prompt: off the loop
         cost_known = tokens is not None and prompt_tokens is not None
         if not cost_known:
             self._say_once("uncounted", "%s reports neither token ids nor usage, and the tokenizer of %r is unknown: the "

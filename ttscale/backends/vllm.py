@@ -249,7 +249,9 @@ class VLLMBackend:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
-        prompt_ids = self.prompt_token_ids(request)
+        # Off the event loop: tokenizing a long prompt takes seconds, which would stall the
+        # server's other requests (vLLM gets token ids, so this is the only tokenizing).
+        prompt_ids = await asyncio.to_thread(self.prompt_token_ids, request)
         final = None
         try:
             async for output in self._engine.generate(
@@ -287,7 +289,7 @@ class VLLMBackend:
         if request.params.n != 1:
             raise ValueError(f"generate_streaming streams one sample; got n={request.params.n}")
         await self.start()
-        prompt_ids = self.prompt_token_ids(request)
+        prompt_ids = await asyncio.to_thread(self.prompt_token_ids, request)  # off the loop, as above
         texts: list[str] = []
         tokens = 0
         positions: list[dict[str, float]] = []
@@ -336,7 +338,7 @@ class VLLMBackend:
         if request.params.n != 1 or request.params.logprobs is None:
             raise ValueError("generate_until streams one sample with logprobs: n=1 and logprobs=K")
         await self.start()
-        prompt_ids = self.prompt_token_ids(request)
+        prompt_ids = await asyncio.to_thread(self.prompt_token_ids, request)  # off the loop, as above
         request_id = uuid.uuid4().hex
         token_ids: list[int] = []
         positions: list[dict[str, float]] = []
