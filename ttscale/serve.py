@@ -1259,33 +1259,49 @@ def _decode(raw: bytes, model: type[BaseModel]) -> Any:
         raise from_validation_error(error) from None
 
 
-def _check_json(data: Any) -> None:
+_END = object()
+
+
+def _check_json(data: dict[str, Any]) -> None:
     """400 for nesting deeper than MAX_JSON_DEPTH or a string that is not valid Unicode (a lone
     surrogate such as "\\ud800", which JSON allows and UTF-8 cannot encode), naming the field.
-    Walked with a stack, not recursion, so no depth can crash it."""
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    Walked with a stack of iterators, one per open container: no recursion, and memory in the
+    depth, not in the size of the body."""
+    path: list[str | int] = []  # the keys down to the container being walked (len(stack) - 1 of them)
+    stack = [iter(data.items())]
     while stack:
-        value, path, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise bad_request(f"{path}: the body nests deeper than this server's limit of {MAX_JSON_DEPTH} levels", path)
-        if isinstance(value, dict):
-            for key, item in value.items():
-                where = f"{path}.{key}" if path else str(key)
-                _check_text(key, where)
-                stack.append((item, where, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
-        elif isinstance(value, str):
-            _check_text(value, path)
+        entry = next(stack[-1], _END)
+        if entry is _END:
+            stack.pop()
+            if path:
+                path.pop()
+            continue
+        key, value = entry
+        if isinstance(key, str):
+            _check_text(key, path, key)
+        if isinstance(value, str):
+            _check_text(value, path, key)
+        elif isinstance(value, (dict, list)):
+            if len(stack) >= MAX_JSON_DEPTH:
+                where = _path_text([*path, key])
+                raise bad_request(f"{where}: the body nests deeper than this server's limit of {MAX_JSON_DEPTH} levels", where)
+            path.append(key)
+            stack.append(iter(value.items()) if isinstance(value, dict) else enumerate(value))
 
 
-def _check_text(text: str, path: str) -> None:
+def _check_text(text: str, path: list[str | int], key: str | int) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        where = path.encode("utf-8", "backslashreplace").decode()  # the path may hold the surrogate itself (a key)
+        where = _path_text([*path, key])
         raise bad_request(f"{where}: the string holds {text[error.start]!r} at {error.start}, a lone surrogate that is not "
-                          "valid Unicode; send valid UTF-8 text", where or None) from None
+                          "valid Unicode; send valid UTF-8 text", where) from None
+
+
+def _path_text(keys: list[str | int]) -> str:
+    """["messages", 0, "content"] as "messages[0].content" (a bad key's surrogate escaped)."""
+    text = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _response(body: _CommonBody, outcomes: list[Outcome], resolved: Resolved, choices: int, kind: str, equivalent: Any) -> dict[str, Any]:
