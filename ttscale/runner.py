@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ttscale import registry
 from ttscale.analysis.passk import k_values, pass_at_k
 from ttscale.analysis.summary import summarize
+from ttscale.benchmarks.humaneval import CodeBenchmark
 from ttscale.config import RunConfig
 from ttscale.context import SolveContext
 from ttscale.errors import ConfigError, describe_validation_error
@@ -35,6 +36,7 @@ from ttscale.protocols import (
 from ttscale.scaleout import gather_or_cancel, select_problems, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
+from ttscale.verifiers.sandbox import isolation_record
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -94,6 +96,12 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
         "engine_settings": engine_settings_of(backend),
         **({"speculative": speculative} if speculative else {}),
     }
+
+
+def _with_sandbox(info: dict[str, Any], benchmark: Benchmark) -> dict[str, Any]:
+    """backend.json's content, plus what the sandbox gives programs here (its layers and notes)
+    when the benchmark grades by running code."""
+    return {**info, "sandbox": isolation_record()} if isinstance(benchmark, CodeBenchmark) else info
 
 
 def _create(reg: registry.Registry, name: str, options: dict[str, Any], what: str) -> Any:
@@ -198,9 +206,9 @@ async def run_eval(
                 raise ConfigError("a started backend cannot be shared with Ray replicas; run without ray, or pass no backend")
             info = await solve_on_ray(
                 todo, config, append=_recorder(store, on_record),
-                on_placed=lambda placed: store.write_json("backend.json", placed),
+                on_placed=lambda placed: store.write_json("backend.json", _with_sandbox(placed, benchmark)),
             )
-            store.write_json("backend.json", info)
+            store.write_json("backend.json", _with_sandbox(info, benchmark))
         elif todo:
             owned = backend is None
             backend = backend or build_backend(config)
@@ -209,7 +217,7 @@ async def run_eval(
             size_for_workload(backend, sequences=in_flight, max_tokens=config.sampling.max_tokens)
             try:
                 await _solve_all(todo, strategy, backend, benchmark, config, store, on_record, verifier)
-                store.write_json("backend.json", describe_backend(backend))
+                store.write_json("backend.json", _with_sandbox(describe_backend(backend), benchmark))
             finally:
                 if verifier is not None:
                     await verifier.close()
