@@ -44,12 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ttscale.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
 from ttscale.errors import ConfigError
-from ttscale.selection import answer_classes, chosen_positions, first_answer, majority_vote, max_score, weighted_vote
+from ttscale.selection import (
+    BORDA_POWER, VERIFIER_RULES, answer_classes, chosen_positions, first_answer, majority_vote, max_score, weighted_vote,
+)
 from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
 from ttscale.steps import Aggregation, aggregate, split_steps
 
-VERIFIER_RULES = ("max-score", "weighted-vote", "borda-vote")
-BORDA_POWER = 0.5  # Kang et al.'s p: voting_from_list.py, `--power` default (line 85)
 Scorer = Literal[
     "verifier", "mean-logprob", "topk-certainty",
     "deepconf-lowest-group", "deepconf-bottom-10", "deepconf-tail", "deepconf-mean",
@@ -86,29 +86,15 @@ def confidence_score(candidate: Candidate, scorer: str, *, k: int, window: int =
     raise ValueError(f"unknown scorer {scorer!r}")
 
 
-def borda_weights(scores: Sequence[float | None], power: float = BORDA_POWER) -> list[float]:
-    """Each candidate's Borda vote: ranked by score, highest first, the candidate at rank r
-    (0-based) of N gets (N - r)^power. Ties keep draw order (a stable sort, as the reference's
-    `sorted(..., reverse=True)`); a candidate without a score ranks after every scored one.
-    backprop07/Self-Certainty, src/voting_from_list.py lines 38-45."""
-    n = len(scores)
-    order = sorted(range(n), key=lambda i: -math.inf if scores[i] is None else scores[i], reverse=True)
-    weights = [0.0] * n
-    for rank, i in enumerate(order):
-        weights[i] = float(n - rank) ** power
-    return weights
-
-
 def borda_vote(candidates: Sequence[Candidate], equivalent, power: float = BORDA_POWER) -> str | None:
-    """Kang et al.'s Borda vote (src/voting_from_list.py lines 37-71): sum the `borda_weights` of
-    the candidates per equivalent answer and pick the largest total. A candidate without an answer
-    keeps its rank but votes for nothing (lines 49-50); ties go to the answer seen first (lines
-    70-71: `index` of the maximum), as every ttscale rule breaks them."""
+    """Kang et al.'s Borda vote (src/voting_from_list.py lines 37-71): sum the Borda weights
+    (ttscale.selection.borda_weights) of the candidates per equivalent answer and pick the largest
+    total; ties go to the answer seen first (lines 70-71: `index` of the maximum)."""
     if not candidates:
         return None
     classes = answer_classes([c.answer for c in candidates], equivalent)
-    weights = np.asarray(borda_weights([c.score for c in candidates], power))
-    position = int(chosen_positions("weighted-vote", classes, weights, np.arange(len(candidates))[None, :])[0])
+    scores = np.asarray([np.nan if c.score is None else float(c.score) for c in candidates])
+    position = int(chosen_positions("borda-vote", classes, scores, np.arange(len(candidates))[None, :], borda_power=power)[0])
     return candidates[position].answer if position >= 0 else None
 
 
@@ -191,6 +177,6 @@ class BestOfN(BaseModel):
         if metadata:
             selections["max-score"] = max_score(candidates)
             selections["weighted-vote"] = weighted_vote(candidates, ctx.answers.equivalent)
-        if metadata and self.selection == "borda-vote":  # recorded only when asked for: the analysis layer has no Borda rule yet
+        if metadata and self.selection == "borda-vote":  # recorded only when asked for, so other runs' records keep their rules
             selections["borda-vote"] = borda_vote(candidates, ctx.answers.equivalent, self.borda_power)
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)

@@ -84,8 +84,8 @@ async def test_deepconf_online_replay_equals_a_live_run(tmp_path):
 async def test_replay_prices_only_the_drawn_samples(tmp_path):
     run = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
     problems = [problem_samples(run, r) for r in run.records]
-    everything = replay(run, problems, ScoredVoteReplay(8, "self-certainty"), orders=3)
-    one = replay(run, problems, ScoredVoteReplay(1, "self-certainty"), orders=1)
+    everything = replay(run, problems, ScoredVoteReplay(8, "topk-certainty"), orders=3)
+    one = replay(run, problems, ScoredVoteReplay(1, "topk-certainty"), orders=1)
     assert everything.samples.tolist() == [8.0] * len(problems)
     assert one.cost["generated_tokens"].tolist() == [float(p.tokens[0]) for p in problems]
     assert (everything.cost["flops"] > one.cost["flops"]).all()

@@ -23,7 +23,8 @@ from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
 from ttscale.models import prepare_model
 from ttscale.self_certainty import LMHead, position_self_certainty, sample_self_certainties
-from ttscale.strategies.best_of_n import BORDA_POWER, BestOfN, borda_vote, borda_weights, confidence_score
+from ttscale.selection import BORDA_POWER, borda_weights
+from ttscale.strategies.best_of_n import BestOfN, borda_vote, confidence_score
 from ttscale.types import Candidate, ChatMessage, PoolRequest, PoolResult, Problem, SampleParams
 from ttscale.verifiers.prm import OracleORM
 from ttscale.verifiers.self_certainty import SelfCertaintyVerifier
@@ -61,9 +62,9 @@ def reference_borda(answers: list[str | None], confidences: list[float], power: 
 def test_borda_weights_are_n_minus_rank_to_the_half():
     assert BORDA_POWER == 0.5
     # ranked by score: 0.9 (rank 0), 0.7 (1), 0.4 (2), 0.1 (3); N = 4
-    assert borda_weights([0.4, 0.9, 0.1, 0.7]) == pytest.approx([math.sqrt(2), 2.0, 1.0, math.sqrt(3)])
-    assert borda_weights([0.4, 0.9, 0.1, 0.7], power=1.0) == [2.0, 4.0, 1.0, 3.0]
-    assert borda_weights([0.5, 0.5, None]) == pytest.approx([math.sqrt(3), math.sqrt(2), 1.0])  # ties: draw order; no score: last
+    assert borda_weights([0.4, 0.9, 0.1, 0.7])[0] == pytest.approx([math.sqrt(2), 2.0, 1.0, math.sqrt(3)])
+    assert borda_weights([0.4, 0.9, 0.1, 0.7], power=1.0)[0].tolist() == [2.0, 4.0, 1.0, 3.0]
+    assert borda_weights([0.5, 0.5, np.nan])[0] == pytest.approx([math.sqrt(3), math.sqrt(2), 1.0])  # ties: draw order; no score: last
 
 
 def test_borda_vote_is_not_the_score_weighted_vote():

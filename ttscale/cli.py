@@ -54,7 +54,7 @@ def eval_command(
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark: arithmetic, gsm-symbolic, champ, humaneval (offline); gsm8k, math500, aime24, mbpp (hub, or --data-file); or a .jsonl file with question/answer fields."),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, e.g. best-of-n."),
     n: Optional[int] = typer.Option(None, "--n", help="N: samples per problem (the strategy's budget). Must be >= 1."),
-    selection: Optional[str] = typer.Option(None, "--selection", help="Best-of-N selection rule reported as the accuracy: majority, first or oracle (all three are always recorded)."),
+    selection: Optional[str] = typer.Option(None, "--selection", help="Best-of-N selection rule reported as the accuracy: majority, first or oracle (all three are always recorded); with a verifier or a scorer also max-score, weighted-vote or borda-vote."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first LIMIT problems."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedded model name (smollm2-135m), a local HF directory, or a hub id."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Backend: vllm (in-process engine), openai (any OpenAI-compatible server), replay (a recorded best-of-N run's samples again: --backend-option run=RUN_DIR) or fake (for tests)."),

@@ -66,9 +66,6 @@ def topk_certainty(confidences: Sequence[float], k: int) -> float:
     return sum(confidences) / len(confidences) - math.log(k)
 
 
-self_certainty = topk_certainty  # the proxy's old name, still imported by ttscale.analysis.adaptive; rename it there
-
-
 # --- DeepConf: group confidence, trace scores, the online stop ------------------------------------
 #
 # Group confidence is the mean of C_i over a sliding window of `window` tokens (Fu et al. 2025,

@@ -269,7 +269,7 @@ class TraceMetadata(TypedDict, total=False):
     scorer: str
     """What produced Candidate.score: "verifier" (the run's verifier), or the name of a
     verifier-free scorer read from the sample's own logprobs (strategies/best_of_n.py: mean-logprob,
-    self-certainty, deepconf-*). Such scores are no verifier's: no gold, no verifier model."""
+    topk-certainty, deepconf-*). Such scores are no verifier's: no gold, no verifier model."""
 
 
 PER_CANDIDATE_KEYS = ("subtree", "chain", "depth")

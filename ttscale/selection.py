@@ -23,10 +23,11 @@ import numpy as np
 from ttscale.types import ORACLE_RULE, Candidate
 
 # Rules that read verifier scores; whatever a gold-reading verifier scored is an upper bound.
-VERIFIER_RULES = frozenset({"max-score", "weighted-vote"})
+VERIFIER_RULES = frozenset({"max-score", "weighted-vote", "borda-vote"})
 # Rules that need gold answers to apply at all (the runner's "any candidate is correct").
 GOLD_RULES = frozenset({ORACLE_RULE})
-RULES = ("majority", "weighted-vote", "max-score", "first")  # the rules `chosen_positions` applies
+RULES = ("majority", "weighted-vote", "borda-vote", "max-score", "first")  # the rules `chosen_positions` applies
+BORDA_POWER = 0.5  # Kang et al.'s p: backprop07/Self-Certainty, src/voting_from_list.py, `--power` default (line 85)
 
 
 def answer_classes(answers: Sequence[str | None], equivalent: Callable[[str, str], bool]) -> np.ndarray:
@@ -45,12 +46,13 @@ def answer_classes(answers: Sequence[str | None], equivalent: Callable[[str, str
     return np.asarray(classes, dtype=np.int64)
 
 
-def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray,
+                     *, borda_power: float = BORDA_POWER) -> np.ndarray:
     """For each subset (a row of candidate indices, in draw order), the index of the candidate
     whose answer `rule` picks, or -1 when it picks none.
 
     classes: each candidate's answer class (-1: no answer); scores: its verifier score (nan: none).
-    majority and weighted-vote return the first candidate of the winning class.
+    majority, weighted-vote and borda-vote return the first candidate of the winning class.
     """
     subsets = np.asarray(subsets, dtype=np.int64)
     rows, k = subsets.shape
@@ -64,13 +66,29 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
         usable = (cls >= 0) & ~np.isnan(sc)
         best = np.where(usable, sc, -np.inf).argmax(axis=1)  # argmax keeps the first of equal maxima
         return np.where(usable.any(axis=1), subsets[np.arange(rows), best], -1)
-    if rule not in ("majority", "weighted-vote"):
+    if rule not in ("majority", "weighted-vote", "borda-vote"):
         raise ValueError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
     if rule == "majority":
         weights = np.ones(cls.shape)
+    elif rule == "borda-vote":
+        weights = borda_weights(scores[subsets], borda_power)
     else:  # a candidate without a score adds 0 to its answer's total
         weights = np.nan_to_num(scores[subsets], nan=0.0)
     return _vote(cls, weights, subsets, num_classes=max(int(classes.max(initial=-1)) + 1, 1))
+
+
+def borda_weights(scores: np.ndarray, power: float = BORDA_POWER) -> np.ndarray:
+    """Kang et al.'s Borda vote weights, per row of scores (rows, k): the candidate ranked r-th
+    (0-based, highest score first) gets (k - r)^power. Ties keep draw order (a stable sort, as the
+    reference's `sorted(..., reverse=True)`); a candidate without a score (nan) ranks after every
+    scored one. A candidate without an answer keeps its rank but votes for nothing (class -1).
+    backprop07/Self-Certainty, src/voting_from_list.py lines 37-71."""
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    rows, k = scores.shape
+    order = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[np.arange(rows)[:, None], order] = np.arange(k)[None, :]
+    return (k - ranks).astype(np.float64) ** power
 
 
 def _vote(cls: np.ndarray, weights: np.ndarray, subsets: np.ndarray, *, num_classes: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from ttscale.analysis.runs import Record, Run, subsample, unknown_as_nan
 from ttscale.analysis.scaling import Curve, CurvePoint
 from ttscale.cost import subsample_costs
 from ttscale.errors import ConfigError
-from ttscale.confidence import DEFAULT_WINDOW, online_replay, self_certainty, trace_score
+from ttscale.confidence import DEFAULT_WINDOW, online_replay, topk_certainty, trace_score
 from ttscale.selection import answer_classes, chosen_positions, filtered_positions
 from ttscale.stopping import StoppingRule, stop_index
 
@@ -116,7 +116,7 @@ class ScoredVoteReplay:
     filtered vote (keep the top eta%), or best-of-N's verifier-free weighted vote (eta None)."""
 
     k: int
-    score: str  # a ttscale.confidence trace score, or "self-certainty" / "mean-logprob"
+    score: str  # a ttscale.confidence trace score, or "topk-certainty" / "mean-logprob"
     eta: float | None = None
     window: int = DEFAULT_WINDOW
     label: str = ""
@@ -144,8 +144,8 @@ def _score(problem: ProblemSamples, index: int, score: str, window: int) -> floa
         value = problem.record.samples[index].mean_logprob
         return math.nan if value is None else math.exp(value)
     confidences = problem.confidences[index]
-    if score == "self-certainty":
-        return self_certainty(tuple(confidences), problem.k)
+    if score == "topk-certainty":
+        return topk_certainty(tuple(confidences), problem.k)
     return trace_score(confidences, score, window)
 
 
@@ -370,7 +370,7 @@ def default_families(run: Run) -> dict[str, list[Method]]:
             ScoredVoteReplay(k, "lowest-group", 10.0, label=f"k={k}") for k in ks]
         families["DeepConf offline (filtered vote, eta=90)"] = [
             ScoredVoteReplay(k, "lowest-group", 90.0, label=f"k={k}") for k in ks]
-        families["best-of-N weighted vote (self-certainty)"] = [ScoredVoteReplay(k, "self-certainty", label=f"k={k}") for k in ks]
+        families["best-of-N weighted vote (topk-certainty)"] = [ScoredVoteReplay(k, "topk-certainty", label=f"k={k}") for k in ks]
         families["best-of-N weighted vote (mean logprob)"] = [ScoredVoteReplay(k, "mean-logprob", label=f"k={k}") for k in ks]
     return families
 
