@@ -794,7 +794,7 @@ def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choice
     check_limits(state.settings, {**{key: getattr(strategy, key, None) for key in LIMITED}, "n": samples}, resolved.param)
     if options.get("selection") == ORACLE_RULE or getattr(strategy, "selection", None) == ORACLE_RULE:
         raise bad_request("selection 'oracle' needs gold answers, and a request has none; use majority, first, "
-                          "max-score or weighted-vote", resolved.param.get("selection", "ttscale.selection"))
+                          "max-score, weighted-vote or borda-vote", resolved.param.get("selection", "ttscale.selection"))
     if params.stop and name not in STOP_HONOURED:
         raise bad_request(f"stop cannot be honoured by {name!r}: it ends steps with its own stop strings; drop stop", "stop")
     verifier = state.verifier(resolved.verifier, resolved.param.get("verifier", "ttscale.verifier"))
