@@ -1,7 +1,11 @@
 """`ttscale serve`: no single request can stall it. Each hostile request of issue 24 goes to the
 real CLI server (`ttscale serve --backend fake`), while a thread polls /health and asserts every
 answer came within 1 s: a 50 MB body (declared and chunked), n=100000 by every route, JSON nested
-100,000 deep, a lone surrogate, a 2 MB prompt, and clients that disconnect mid-generation."""
+100,000 deep, a lone surrogate, a 2 MB prompt, and clients that disconnect mid-generation.
+
+Checked on 2 cores idle and with two busy loops beside it (load average 6-8): every /health
+within 1 s. Far beyond that (eight busy loops, load 10+) the scheduler alone can hold an idle
+server's /health for most of a second, and the bound measures the machine, not the server."""
 
 from __future__ import annotations
 
@@ -114,7 +118,8 @@ class HealthWatch:
         if exc[0] is None:
             assert not self.failures, self.failures
             assert self.latencies, "no /health poll finished"
-            assert max(self.latencies) < HEALTH_BOUND_S, f"/health took {max(self.latencies):.2f} s"
+            assert max(self.latencies) < HEALTH_BOUND_S, \
+                f"/health took {max(self.latencies):.2f} s (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
 
 
 def assert_openai_error(response: httpx.Response, status: int, param: str | None, *words: str) -> dict:
