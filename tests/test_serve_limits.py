@@ -408,3 +408,18 @@ async def test_a_lost_connection_stops_a_stream_at_once():
     gate = _Gate(StreamingResponse(events(), media_type="text/event-stream"), State(), api_key=None)
     await gate({"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}, receive, send)
     assert state["lost"] and state["writes_after_loss"] <= 1
+
+
+def test_sigterm_is_not_held_off_by_a_client_that_stops_sending_its_body():
+    server = Server("--backend", "fake", "--model", "fake")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000\r\n\r\n{\"model\": ")  # and then nothing more
+        wait_for(lambda: server.metrics()["ttscale_requests_in_flight"] == 1, "the request is in flight")
+        server.process.send_signal(signal.SIGTERM)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503") and b'"shutting_down"' in answer
+    # Waited for without a bound before: until the client sent the rest or went away.
+    assert server.process.wait(timeout=60) == 0

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Sequence
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -630,6 +631,7 @@ class ServerState:
         self.policy_answers = None
         self.metrics = Metrics()
         self.slots = asyncio.Semaphore(settings.concurrency)
+        self.stopping = asyncio.Event()  # set when shutdown begins: bodies still coming in are not waited for
         self._engine_verifiers: dict[str, Any] = {}  # verifiers with their own engine, built once
         self._strategies: dict[str, tuple[Any, bool, int]] = {}
         self.started = time.time()
@@ -1187,7 +1189,8 @@ MAX_JSON_DEPTH = 32  # OpenAI bodies nest a few levels; deeper is refused before
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
     """The body, read up to the server's limit, decoded and validated off the event loop."""
-    raw = await _read_body(request, request.app.state.ttscale.settings.max_body_bytes)
+    state = request.app.state.ttscale
+    raw = await _read_body(request, state.settings.max_body_bytes, state.stopping)
     return await asyncio.to_thread(_decode, raw, model)
 
 
@@ -1224,22 +1227,36 @@ def _too_large(limit: int) -> APIError:
                          "the server's --max-body-bytes raises it); send a smaller body", code="request_too_large")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, stopping: asyncio.Event) -> bytes:
     """The body, refused with 413 before it is read where Content-Length says it is too large,
-    and as soon as the bytes received pass the limit where it does not (chunked bodies)."""
+    and as soon as the bytes received pass the limit where it does not (chunked bodies). Once
+    the server is stopping, a body still coming in gets 503: a client that stops sending
+    mid-body would otherwise hold SIGTERM off for as long as it likes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
+    stream = request.stream()
+    stop = asyncio.ensure_future(stopping.wait())
     try:
-        async for chunk in request.stream():
+        while True:
+            read = asyncio.ensure_future(anext(stream, None))
+            await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                raise APIError(503, "the server is shutting down and the body was still coming in; send it again "
+                                    "(to this server once it is back, or another)", code="shutting_down")
+            chunk = read.result()
+            if chunk is None:
+                return b"".join(chunks)
             size += len(chunk)
             if size > limit:
                 raise _too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone() from None
-    return b"".join(chunks)
+    finally:
+        stop.cancel()
 
 
 def _decode(raw: bytes, model: type[BaseModel]) -> Any:
@@ -1528,12 +1545,22 @@ def _signals_end_serving():
             signal.signal(sig, handler)
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, telling the app when its shutdown begins (ServerState.stopping)."""
+
+    def __init__(self, config: uvicorn.Config, stopping: asyncio.Event):
+        super().__init__(config)
+        self.stopping = stopping
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.stopping.set()
+        await super().shutdown(sockets)
+
+
 async def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
                 announce: Any = None) -> None:
     """Start the backend, then answer requests until SIGTERM or SIGINT: uvicorn then stops
     taking new requests, finishes those in flight, and returns; the backend closes last."""
-    import uvicorn
-
     if not os.environ.get(settings.api_key_env) and host not in LOOPBACK:
         raise ConfigError(f"${settings.api_key_env} is unset, and --host {host} is reachable from other machines; "
                           f"export {settings.api_key_env}=KEY (clients send it as their API key), or serve on 127.0.0.1")
@@ -1546,7 +1573,7 @@ async def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int =
     try:
         app = create_app(state)
         config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=None)
-        server = uvicorn.Server(config)
+        server = _Uvicorn(config, state.stopping)
         if announce:
             announce(state)
         with _signals_end_serving():
