@@ -390,9 +390,23 @@ def test_a_dead_upstream_gives_503_and_the_proxy_serves_again_once_it_is_back():
         assert caught.value.status_code == 503
 
 
+def wait_until_in_flight(port: int, thread: threading.Thread, timeout_s: float = 60) -> None:
+    """Until the server's own gauge counts a request in flight (/metrics does not count itself)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert thread.is_alive(), "the request finished before it was seen in flight"
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if any(line.startswith("ttscale_requests_in_flight ") and float(line.split()[1]) >= 1 for line in metrics.splitlines()):
+            return
+        time.sleep(0.05)
+    pytest.fail("no request was ever in flight")
+
+
 def test_sigterm_finishes_the_request_in_flight_and_exits_0():
+    # The fake backend takes 10 s: a wide window, so that seeing the request in flight, signalling,
+    # and seeing new connections refused all happen while it runs, however loaded the machine.
     port = free_port()
-    server = start_serve("--backend", "fake", "--model", "fake", "--backend-option", "delay_s=3", port=port)
+    server = start_serve("--backend", "fake", "--model", "fake", "--backend-option", "delay_s=10", port=port)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
     result = {}
 
@@ -401,12 +415,20 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0():
 
     thread = threading.Thread(target=request)
     thread.start()
-    time.sleep(1.0)  # the request is in flight (the fake backend takes 3 s)
+    wait_until_in_flight(port, thread)
     server.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    with pytest.raises(openai.APIConnectionError):  # no new requests once it is stopping
-        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=5).models.list()
-    thread.join(timeout=30)
+    refused = None
+    while refused is None and thread.is_alive():  # no new requests once it is stopping
+        try:
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=5).models.list()
+            time.sleep(0.05)  # not stopped listening yet
+        except openai.APIConnectionError as error:
+            refused = error
+        except openai.APIStatusError as error:  # accepted while closing, and turned away
+            assert error.status_code == 503, error
+            refused = error
+    assert refused is not None, "new connections were still accepted while the last request finished"
+    thread.join(timeout=60)
     _, err = server.communicate(timeout=30)
     assert result["response"].usage.completion_tokens == 2 * COMPLETION_TOKENS
     assert server.returncode == 0, err

@@ -238,6 +238,18 @@ def wait_until_generating(port: int, thread: threading.Thread, timeout_s: float 
     pytest.fail("the upstream never started generating")
 
 
+def wait_until_in_flight(metrics_url: str, thread: threading.Thread, timeout_s: float = 120) -> None:
+    """Until ttscale serve's own gauge counts a request in flight (a fixed sleep raced the machine's load)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert thread.is_alive(), "the request finished before it was seen in flight"
+        lines = httpx.get(metrics_url, timeout=10).text.splitlines()
+        if any(line.startswith("ttscale_requests_in_flight ") and float(line.split()[1]) >= 1 for line in lines):
+            return
+        time.sleep(0.05)
+    pytest.fail("no request was ever in flight")
+
+
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL the server and its engine-core child (its own session)."""
     try:
@@ -295,9 +307,11 @@ def test_sigterm_stops_the_engine_server_with_exit_0(embedded_server):
     process, url = embedded_server
     client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=300)
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(response=ask(client, max_tokens=48, seed=6, extra_body={"ttscale": {"n": 2}})))
+    # ignore_eos: both samples run their 48 tokens, so the request is still in flight when seen there.
+    thread = threading.Thread(target=lambda: outcome.update(
+        response=ask(client, max_tokens=48, seed=6, extra_body={"ttscale": {"n": 2}, "ignore_eos": True})))
     thread.start()
-    time.sleep(1.0)
+    wait_until_in_flight(url.replace("/v1", "/metrics"), thread)
     assert stop(process) == 0
     thread.join(timeout=60)
     assert outcome["response"].usage.completion_tokens >= 1  # the request in flight finished
