@@ -5,10 +5,11 @@
     the server's RSS at start and end.
 (b) the embedded model (SmolLM2-135M): vLLM's own benchmark client (`vllm bench serve --backend
     openai-chat --dataset-name random`, streaming, ignore_eos) drives, round by round in
-    rotating order, a vLLM OpenAI server (the baseline) and `ttscale serve --backend vllm` (its
-    own in-process engine, same engine settings and KV cache; its default, best-of-n n=1, so
-    tokens stream as generated). Prints output tok/s, median time to first token and failed
-    requests of both side by side, and the median ratios serve / vllm. Only one server is
+    rotating order, a vLLM OpenAI server (the baseline), `ttscale serve --backend vllm` (its
+    own in-process engine, same engine settings and KV cache) and `ttscale serve --backend
+    openai` in front of that vLLM server (the proxy alone); both serve their default, best-of-n
+    n=1, so tokens stream as generated. Prints output tok/s, median time to first token and
+    failed requests side by side, and the median ratios to vLLM's server. Only one server is
     loaded at a time. Run (b) under the engine lock:
     flock /tmp/ttscale-engine.lock python perf/serve_load.py --part b
 
@@ -205,14 +206,15 @@ BENCH = ("import sys\n"
          "main(parser.parse_args(sys.argv[1:]))\n")
 
 
-def bench(port: int, model_path: str, args: argparse.Namespace, out: Path, log: Path) -> dict:
+def bench(port: int, model_path: str, args: argparse.Namespace, seed: int, out: Path, log: Path) -> dict:
     """`vllm bench serve --backend openai-chat --dataset-name random` against one server: its
     result (output_throughput, median_ttft_ms, completed, failed, errors)."""
     command = [sys.executable, "-c", BENCH, "--backend", "openai-chat", "--base-url", f"http://127.0.0.1:{port}",
                "--endpoint", "/v1/chat/completions", "--model", model_path, "--served-model-name", MODEL,
                "--tokenizer", model_path, "--dataset-name", "random", "--random-input-len", str(args.input_len),
                "--random-output-len", str(args.max_tokens), "--num-prompts", str(args.prompts),
-               "--max-concurrency", str(args.requests), "--temperature", "0", "--seed", "0", "--disable-tqdm",
+               "--max-concurrency", str(args.requests), "--temperature", "0", "--seed", str(seed), "--disable-tqdm",
+               "--num-warmups", str(args.requests),  # not measured: the first requests of a server run slower
                "--save-result", "--save-detailed", "--result-dir", str(out.parent), "--result-filename", out.name]
     with open(log, "a") as handle:
         subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=True,
@@ -230,7 +232,7 @@ def part_b(args: argparse.Namespace, workdir: Path) -> None:
     dtype = None if gpu else choose_cpu_dtype().dtype
     plan = plan_kv_cache(load_shape(model.path), dtype=dtype or "bfloat16", max_model_len=4096,
                          sequences=args.requests, max_tokens=args.max_tokens)
-    direct_port, serve_port = free_port(), free_port()
+    direct_port, serve_port, proxy_port = free_port(), free_port(), free_port()
     servers = []
     try:
         servers.append(start(vllm_server_command(direct_port, plan.cache_bytes, dtype, model.path), direct_port, workdir / "vllm.log"))
@@ -238,7 +240,11 @@ def part_b(args: argparse.Namespace, workdir: Path) -> None:
         servers.append(start(serve_command(serve_port, "--backend", "vllm", "--model", MODEL, "--concurrency", str(args.requests),
                                            "--max-tokens", str(args.max_tokens), "--max-tokens-limit", str(args.max_tokens), *kv),
                              serve_port, workdir / "serve-vllm.log"))
-        ports = {"vllm": direct_port, "serve": serve_port}  # serve runs its default: best-of-n, n=1
+        servers.append(start(serve_command(proxy_port, "--backend", "openai", "--base-url", f"http://127.0.0.1:{direct_port}/v1",
+                                           "--model", MODEL, "--concurrency", str(args.requests), "--max-tokens", str(args.max_tokens),
+                                           "--max-tokens-limit", str(args.max_tokens)), proxy_port, workdir / "serve-openai.log", timeout=180))
+        # serve and proxy run their default, best-of-n n=1: tokens stream as generated.
+        ports = {"vllm": direct_port, "serve": serve_port, "proxy": proxy_port}
         print(f"(b) {MODEL}, dtype {dtype or 'GPU default'}, KV cache {plan.cache_bytes / GiB:.2f} GiB each engine; "
               f"vLLM's bench client (openai-chat, random dataset, ignore_eos): {args.prompts} prompts of "
               f"{args.input_len} tokens, {args.max_tokens} output tokens, {args.requests} at once, greedy")
@@ -247,18 +253,22 @@ def part_b(args: argparse.Namespace, workdir: Path) -> None:
         for r in range(args.rounds):
             line = []
             for name in order[r % len(order):] + order[: r % len(order)]:  # rotating order; one path loaded at a time
-                result = bench(ports[name], model.path, args, workdir / f"{name}-{r}.json", workdir / "bench.log")
+                # Each round's prompts are new (seed r), the same for every server: no server finds them in its cache.
+                result = bench(ports[name], model.path, args, r, workdir / f"{name}-{r}.json", workdir / "bench.log")
                 results[name].append(result)
                 errors = sorted({e.strip().splitlines()[-1] for e in result.get("errors", []) if e.strip()})
                 line.append(f"{name} {result['output_throughput']:.1f} out tok/s, median TTFT {result['median_ttft_ms']:.0f} ms, "
                             f"{result['completed']} completed, {result['failed']} failed" + (f" ({'; '.join(errors)[:300]})" if errors else ""))
             print(f"  round {r + 1}: " + "; ".join(line))
-        tok = [s["output_throughput"] / v["output_throughput"] for s, v in zip(results["serve"], results["vllm"])]
-        ttft = [s["median_ttft_ms"] / v["median_ttft_ms"] for s, v in zip(results["serve"], results["vllm"])]
-        failed = {name: sum(x["failed"] for x in runs) for name, runs in results.items()}
-        print(f"  serve / vllm output tok/s: median {statistics.median(tok):.3f} (rounds: {', '.join(f'{x:.3f}' for x in tok)})")
-        print(f"  serve / vllm median TTFT: median {statistics.median(ttft):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ttft)})")
-        print(f"  failed requests: serve {failed['serve']}, vllm {failed['vllm']}")
+        for name in ("serve", "proxy"):
+            tok = [s["output_throughput"] / v["output_throughput"] for s, v in zip(results[name], results["vllm"])]
+            ttft = [s["median_ttft_ms"] / v["median_ttft_ms"] for s, v in zip(results[name], results["vllm"])]
+            print(f"  {name} / vllm output tok/s: median {statistics.median(tok):.3f} (rounds: {', '.join(f'{x:.3f}' for x in tok)}); "
+                  f"median TTFT: median {statistics.median(ttft):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ttft)})")
+        print("  failed requests: " + ", ".join(f"{name} {sum(x['failed'] for x in runs)}" for name, runs in results.items()))
+        for name, log in (("serve", "serve-vllm.log"), ("proxy", "serve-openai.log")):
+            if any(x["failed"] for x in results[name]):  # what the server said about them
+                print(f"  {name}'s log, last lines:\n" + "\n".join((workdir / log).read_text().splitlines()[-40:]))
     finally:
         for server in reversed(servers):
             stop(server)

@@ -104,6 +104,26 @@ def test_the_completions_streaming_loop_runs_against_the_cli_server(cli_client):
     assert text == whole.choices[0].text != ""
 
 
+def test_vllms_benchmark_client_reads_the_cli_servers_streams(cli_client):
+    """The request function of `vllm bench serve --backend openai-chat`, as it runs there."""
+    bench = pytest.importorskip("vllm.benchmarks.lib.endpoint_request_func")
+    import aiohttp
+
+    whole = cli_client.chat.completions.create(model="fake", messages=MESSAGES, seed=4)
+
+    async def run(extra_body):
+        request = bench.RequestFuncInput(prompt=QUESTION, api_url=f"{cli_client.base_url}chat/completions", prompt_len=10,
+                                         output_len=64, model="fake", extra_body={"seed": 4, **extra_body})
+        async with aiohttp.ClientSession() as session:
+            return await bench.async_request_openai_chat_completions(request, session)
+
+    for extra_body in ({}, {"ttscale": {"n": 4}}):
+        output = asyncio.run(run(extra_body))
+        assert output.success, output.error
+        assert output.ttft > 0 and output.output_tokens == (4 if extra_body else 1) * whole.usage.completion_tokens
+    assert asyncio.run(run({})).generated_text == whole.choices[0].message.content
+
+
 def test_vllm_sampling_extras_are_refused_by_name_by_the_fake_backend(cli_client):
     for name, value in {"ignore_eos": True, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "min_tokens": 3,
                         "frequency_penalty": 0.5}.items():
@@ -307,6 +327,24 @@ def test_a_single_sample_streams_its_tokens_while_it_is_generated():
         assert backend.released is True
         whole = client.chat.completions.create(model="fake", messages=MESSAGES, seed=5)
     assert streamed == whole.choices[0].message.content
+
+
+class SlowFirstToken(FakeBackend):
+    """The fake, taking a while before a streamed sample's first token (an engine's queue, a long prefill)."""
+
+    async def generate_streaming(self, request, on_text):
+        await asyncio.sleep(0.2)  # many keep-alive intervals of the test's 0.01 s
+        return await super().generate_streaming(request, on_text)
+
+
+def test_no_keep_alive_while_a_sample_streams_live(monkeypatch):
+    """The engine sets the pace of a live sample, as with vLLM's own server: no comment goes out,
+    so clients that mishandle comments (vLLM's benchmark client) are never fed one."""
+    monkeypatch.setattr(serve, "KEEPALIVE_S", 0.01)
+    _, http = in_process(SlowFirstToken("fake"))
+    with http:
+        raw = http.post("/v1/chat/completions", json={"model": "fake", "messages": MESSAGES, "stream": True}).text
+    assert ": keep-alive" not in raw and raw.endswith("data: [DONE]\n\n")
 
 
 def test_keep_alives_go_out_while_a_strategy_chooses(monkeypatch):

@@ -809,7 +809,7 @@ def prepare(state: ServerState, resolved: Resolved, params: SampleParams, choice
 
 
 async def run_strategy(state: ServerState, problem: Problem, resolved: Resolved, options: dict[str, Any], verifier: Any,
-                       params: SampleParams, seed: int, sink: "asyncio.Queue[str | None] | None" = None) -> Outcome:
+                       params: SampleParams, seed: int, sink: "AnswerText | None" = None) -> Outcome:
     """Solve with the named strategy through ttscale.solve (the CostMeters fill Trace.cost);
     a single-sample answer's text goes to `sink` as it is generated (see text_backend)."""
     from ttscale.solve import solve
@@ -839,7 +839,7 @@ def check_policy_sampling(state: ServerState, body: _CommonBody) -> None:
 
 
 async def run_policy(state: ServerState, prompt: str | Problem, resolved: Resolved, seed: int,
-                     sink: "asyncio.Queue[str | None] | None" = None) -> Outcome:
+                     sink: "AnswerText | None" = None) -> Outcome:
     """Allocate the budget for this prompt (the probe runs where it pays), then run the plan; where
     it chose a single sample, its text goes to `sink` as it is generated (see text_backend)."""
     policy = state.policy
@@ -1056,7 +1056,7 @@ def create_app(state: ServerState):
         resolved = resolve(layers)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         # Where one answer streams, its text goes out as generated (time to first token).
-        sink = asyncio.Queue() if body.stream and choices == 1 and len(problems) == 1 else None
+        sink = AnswerText() if body.stream and choices == 1 and len(problems) == 1 else None
         if resolved.policy:
             if state.policy is None:
                 param = resolved.param.get("budget_flops" if resolved.budget_flops is not None else "budget_samples", "model")
@@ -1378,16 +1378,26 @@ class TextTee:
         return await self._backend.generate(requests)
 
 
-def text_backend(state: "ServerState", strategy: Any, sink: "asyncio.Queue[str | None] | None") -> Any:
+@dataclass
+class AnswerText:
+    """A streamed request's answer text as it is generated: the pieces (None ends them), and
+    whether a sample is streaming live (then its tokens set the pace, and no keep-alive is sent)."""
+
+    pieces: "asyncio.Queue[str | None]" = field(default_factory=asyncio.Queue)
+    live: bool = False
+
+
+def text_backend(state: "ServerState", strategy: Any, sink: AnswerText | None) -> Any:
     """The backend to solve on: a TextTee into `sink` where the request streams and the answer is
     one sample the backend can stream; else the server's backend."""
     if sink is None or not one_sample_answers(strategy) or not streams_text(state.backend):
         return state.backend
-    return TextTee(state.backend, sink.put_nowait)
+    sink.live = True
+    return TextTee(state.backend, sink.pieces.put_nowait)
 
 
 async def stream_response(request: Request, state: "ServerState", body: _CommonBody, jobs: list[Any],
-                          sink: "asyncio.Queue[str | None] | None", resolved: Resolved, choices: int, kind: str,
+                          sink: AnswerText | None, resolved: Resolved, choices: int, kind: str,
                           equivalent: Any) -> StreamingResponse:
     """The Server-Sent Events answer to `stream: true`. Its first event (the first token, a
     keep-alive, or the whole answer) is awaited before the response starts, so an error before
@@ -1412,12 +1422,15 @@ async def stream_response(request: Request, state: "ServerState", body: _CommonB
     return StreamingResponse(rest(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _events(state: "ServerState", body: _CommonBody, jobs: list[Any], sink: "asyncio.Queue[str | None] | None",
+async def _events(state: "ServerState", body: _CommonBody, jobs: list[Any], sink: AnswerText | None,
                   resolved: Resolved, choices: int, kind: str, equivalent: Any, include_usage: bool) -> AsyncIterator[str]:
     """Run the jobs; meanwhile send the answer's text as it is generated (where `sink` gets it),
     else a keep-alive comment every KEEPALIVE_S; then the chosen answer (or the rest of it), usage
-    and the ttscale block, in OpenAI's chunk format."""
-    pieces: asyncio.Queue[str | None] = sink if sink is not None else asyncio.Queue()
+    and the ttscale block, in OpenAI's chunk format. No keep-alive once a sample streams live: the
+    engine's pace is a client's to wait for, as with vLLM's own server, and a comment alone in a
+    read breaks vLLM's benchmark client (it strips each read, gluing the comment to the next event)."""
+    sink = sink if sink is not None else AnswerText()
+    pieces = sink.pieces
     ident, created = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12), int(time.time())
     task = asyncio.ensure_future(asyncio.gather(*jobs))
 
@@ -1435,8 +1448,9 @@ async def _events(state: "ServerState", body: _CommonBody, jobs: list[Any], sink
                 async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: on 3.11 it can drop a got item
                     piece = await pieces.get()
             except TimeoutError:
-                sent = True
-                yield ": keep-alive\n\n"
+                if not sink.live:
+                    sent = True
+                    yield ": keep-alive\n\n"
                 continue
             if piece is None:
                 break
@@ -1450,7 +1464,9 @@ async def _events(state: "ServerState", body: _CommonBody, jobs: list[Any], sink
         except Exception as error:  # noqa: BLE001
             if not sent:
                 raise
-            yield "data: " + json.dumps(engine_error(error).body()) + "\n\n"
+            failure = engine_error(error)  # the status is sent: the error goes in the stream, and to the log
+            log.warning("a streamed answer failed after its first event (%s): %s", failure.status, failure.message)
+            yield "data: " + json.dumps(failure.body()) + "\n\n"
             yield "data: [DONE]\n\n"
             return
         for outcome in outcomes:
