@@ -11,6 +11,7 @@ import pytest
 from ttscale.analysis.adaptive import (
     AdaptiveConsistencyReplay,
     DeepConfOnlineReplay,
+    HeldOutResult,
     ScoredVoteReplay,
     bon_cost_at,
     default_families,
@@ -19,6 +20,7 @@ from ttscale.analysis.adaptive import (
     replay,
 )
 from ttscale.analysis.runs import load_run
+from ttscale.cli_adaptive import _saving
 from ttscale.config import build_config
 from ttscale.runner import run_eval
 from ttscale.stopping import StoppingRule
@@ -93,7 +95,10 @@ async def test_replay_prices_only_the_drawn_samples(tmp_path):
 
 def test_best_of_n_cost_at_an_accuracy_interpolates_in_log_cost():
     costs, accuracy = [1.0, 4.0, 16.0], [0.2, 0.4, 0.5]
-    assert bon_cost_at(costs, accuracy, 0.1) == 1.0  # best-of-1 already reaches it
+    assert bon_cost_at(costs, accuracy, accuracy[0]) == 1.0  # best-of-1 reaches it exactly
+    # Below best-of-1: no cost of best-of-N to compare with. Priced at best-of-1's cost, a method
+    # at half that cost would have been credited 2x (the issue's case): it is "below best-of-1".
+    assert math.isnan(bon_cost_at(costs, accuracy, accuracy[0] - 0.05))
     assert bon_cost_at(costs, accuracy, 0.3) == pytest.approx(2.0)  # halfway in log between 1 and 4
     assert bon_cost_at(costs, accuracy, 0.5) == pytest.approx(16.0)
     assert math.isinf(bon_cost_at(costs, accuracy, 0.6))
@@ -142,3 +147,10 @@ async def test_adaptive_refuses_a_run_that_is_not_best_of_n_and_says_what_to_rec
     assert result.exit_code == 0, result.output
     printed = " ".join(result.output.split())  # rich wraps lines at the terminal's width
     assert "DeepConf and the verifier-free votes are left out" in printed and "ESC" in printed
+
+
+def test_a_method_below_best_of_1_is_shown_as_such_not_credited():
+    axes = ("flops", "eflops", "generated_tokens")
+    below = HeldOutResult("m", "s", 0.1, (0.0, 0.2), 0.5, 1.0, dict.fromkeys(axes, 0.5), dict.fromkeys(axes, math.nan),
+                          dict.fromkeys(axes, 16.0), dict.fromkeys(axes, math.nan), dict.fromkeys(axes, (0.0, 0.0)))
+    assert _saving(below, "flops") == "below best-of-1 [0.00, 0.00]"

@@ -44,7 +44,8 @@ def adaptive_command(
                       f"{r.samples:.2f}", f"{r.cost['flops']:.3g}", f"{r.cost['generated_tokens']:.0f}",
                       _cost(r.bon_cost["flops"]), _saving(r, "flops"), _saving(r, "generated_tokens"))
     console.print(table)
-    console.print(">x: best-of-N majority never reaches that accuracy, even at full N; inf in an interval: in some resamples it does not.")
+    console.print(">x: best-of-N majority never reaches that accuracy, even at full N; inf in an interval: in some resamples it does not. "
+                  "below best-of-1: less accurate than one sample, so no saving is credited (0 in an interval's resamples).")
     if curves:
         for r in results:
             detail = Table(title=f"{r.family}: every setting on half b")
@@ -57,7 +58,7 @@ def adaptive_command(
 
 
 def _cost(value: float) -> str:
-    return "never" if math.isinf(value) else f"{value:.3g}"
+    return "never" if math.isinf(value) else "below best-of-1" if math.isnan(value) else f"{value:.3g}"
 
 
 def _saving(result, axis: str) -> str:
@@ -65,7 +66,8 @@ def _saving(result, axis: str) -> str:
     saving is at least its full-N cost over the method's ("> x")."""
     low, high = result.saving_ci[axis]
     at_least = result.bon_full_cost[axis] / result.cost[axis]
-    value = f">{at_least:.2f}x" if math.isinf(result.saving[axis]) else f"{result.saving[axis]:.2f}x"
+    saving = result.saving[axis]
+    value = "below best-of-1" if math.isnan(saving) else f">{at_least:.2f}x" if math.isinf(saving) else f"{saving:.2f}x"
     return f"{value} [{low:.2f}, {'inf' if math.isinf(high) else f'{high:.2f}'}]"
 
 

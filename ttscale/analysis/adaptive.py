@@ -231,11 +231,19 @@ def baseline(run: Run, problem_ids: Sequence[str], *, subsets: int = 200, seed: 
                     {axis: table.cost[axis] for axis in AXES})
 
 
+BELOW_BEST_OF_1 = math.nan  # bon_cost_at's answer for a target below best-of-1's accuracy
+
+
 def bon_cost_at(costs: Sequence[float], accuracy: Sequence[float], target: float) -> float:
     """What best-of-N majority spends to reach `target` accuracy, linear in log cost between its
-    points; inf when even its full N does not reach it."""
-    if target <= accuracy[0]:
-        return float(costs[0])  # best-of-1 already reaches it: nothing cheaper to compare with
+    points; inf when even its full N does not reach it; BELOW_BEST_OF_1 (nan) when the target is
+    below best-of-1's accuracy. Best-of-N has no cheaper point than best-of-1, so pricing such a
+    target at best-of-1's cost would credit a method worse than one sample with a saving (at half
+    best-of-1's cost, 2x): there is no saving to report, only "below best-of-1"."""
+    if target < accuracy[0]:
+        return BELOW_BEST_OF_1
+    if target == accuracy[0]:
+        return float(costs[0])  # best-of-1 reaches it exactly: nothing cheaper to compare with
     for (c0, a0), (c1, a1) in zip(zip(costs, accuracy), zip(costs[1:], accuracy[1:])):
         if a1 >= target:
             t = (target - a0) / (a1 - a0) if a1 > a0 else 1.0
@@ -259,7 +267,7 @@ class HeldOutResult:
     cost: dict[str, float]
     bon_cost: dict[str, float]  # best-of-N's cost at the method's accuracy (inf: unreached)
     bon_full_cost: dict[str, float]  # best-of-N's cost at full N (the saving is above full/cost when unreached)
-    saving: dict[str, float]  # bon_cost / cost
+    saving: dict[str, float]  # bon_cost / cost (nan: the method is below best-of-1)
     saving_ci: dict[str, tuple[float, float]]
     curve: list[Replayed] = field(default_factory=list)  # every setting, on half b
 
@@ -315,7 +323,8 @@ def _measure(family: str, setting: str, chosen: Replayed, base: Baseline, resamp
         for rows in resamples:
             b_costs, b_acc = base.curve(axis, rows)
             draws.append(bon_cost_at(b_costs, b_acc, chosen.correct[rows].mean()) / chosen.cost[axis][rows].mean())
-        saving_ci[axis] = _interval(draws)
+        # A resample where the method falls below best-of-1 earns no saving: 0, never a credit.
+        saving_ci[axis] = _interval(np.nan_to_num(np.asarray(draws, dtype=np.float64), nan=0.0, posinf=np.inf))
     acc_draws = [chosen.correct[rows].mean() for rows in resamples]
     return HeldOutResult(family, setting, accuracy, _interval(acc_draws), float(base.correct[-1].mean()),
                          chosen.mean("samples"), cost, bon_cost, bon_full_cost, saving, saving_ci, curve)
