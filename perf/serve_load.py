@@ -253,8 +253,10 @@ def part_b(args: argparse.Namespace, workdir: Path) -> None:
         for r in range(args.rounds):
             line = []
             for name in order[r % len(order):] + order[: r % len(order)]:  # rotating order; one path loaded at a time
-                # Each round's prompts are new (seed r), the same for every server: no server finds them in its cache.
-                result = bench(ports[name], model.path, args, r, workdir / f"{name}-{r}.json", workdir / "bench.log")
+                # Fresh random prompts for every run (their own seed): none is in a prefix cache, not even in
+                # the vLLM server's after the proxy's run through it (same lengths, so the same work).
+                seed = r * len(ports) + order.index(name)
+                result = bench(ports[name], model.path, args, seed, workdir / f"{name}-{r}.json", workdir / "bench.log")
                 results[name].append(result)
                 errors = sorted({e.strip().splitlines()[-1] for e in result.get("errors", []) if e.strip()})
                 line.append(f"{name} {result['output_throughput']:.1f} out tok/s, median TTFT {result['median_ttft_ms']:.0f} ms, "
