@@ -488,7 +488,7 @@ def test_records_the_interpreter_that_ran():
 def test_runs_the_harness_interpreter():
     # The sandbox uid could not enter /root (pyenv) and silently ran the system's libpython.
     result = run_python("import sys\nprint(sys.version)\nprint(sys.executable)")
-    assert result.stdout.splitlines() == [sys.version, sys.executable]
+    assert result.stdout.splitlines() == [sys.version, os.path.realpath(sys.executable)]  # the binary, not a venv's link to it
 
 
 def test_an_uncapped_tmpfs_is_refused():
@@ -813,3 +813,32 @@ def test_a_checkout_inside_an_allowed_directory_is_masked(monkeypatch):
     )
     assert result.status == "pass" and result.stdout.splitlines() == ["[]", "True"], (result.stdout, result.stderr)
     host_is_fine(result)
+
+
+def test_as_root_with_mount_namespaces_the_full_sandbox_is_what_runs():
+    # The tests above that need a mount namespace skip where a machine has none; a root that can
+    # make one must get it, or those skips would hide a sandbox that silently fell back.
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        assert not ISOLATION.private_tmp or os.geteuid() == 0
+        assert ISOLATION.notes  # what is missing is said
+        return
+    assert ISOLATION.private_tmp and ISOLATION.dedicated_uid, ISOLATION.notes
+
+
+@needs_private_tmp
+def test_a_harness_in_a_venv_under_tmp_still_gets_the_full_sandbox(tmp_path):
+    # A checkout (and its .venv) under /tmp, as a CI runner may clone it: the run's private /tmp
+    # hides the venv's bin/python link, so the sandbox runs the resolved interpreter binary.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    [site_packages] = (venv / "lib").glob("python*/site-packages")
+    harness_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "ttscale").exists() or
+                        p.endswith("site-packages") and any(Path(p).glob("__editable__*ttscale*")))
+    (site_packages / "harness.pth").write_text(f"import site; site.addsitedir({harness_site!r})\n")
+    probe = (
+        "from ttscale.verifiers.sandbox import probe_isolation, run_python\n"
+        "isolation = probe_isolation()\n"
+        "print(isolation.private_tmp, run_python('print(1)').status)\n"
+    )
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["True", "pass"], done.stderr[-2000:]

@@ -1,6 +1,8 @@
 """Run untrusted Python code (model-written programs and their tests) in a locked-down subprocess.
 
-Each run gets a fresh interpreter (the harness's own, `sys.executable -I`) in its own working
+Each run gets a fresh interpreter (the harness's own binary, `INTERPRETER -I`: sys.executable with
+its links resolved, so a virtual environment's link, which may lie anywhere, even under the /tmp
+that a run replaces, is not needed; the program has none of its packages either way) in its own working
 directory, with a minimal environment (PATH, LANG, HOME and TMPDIR = that directory; nothing of
 the parent's environment), stdin from /dev/null, and its own session.
 
@@ -11,8 +13,8 @@ process, and recorded in a run's backend.json by `isolation_record`):
 * Filesystem (root): the run lives in its own mount namespace (`unshare -m`, private
   propagation), whose root is a new tmpfs holding an allow-list, not the host: /usr and the
   /bin, /sbin, /lib* links or directories beside it, the interpreter's prefix (sys.base_prefix:
-  its standard library and libpython), the chain of links from sys.executable to the interpreter
-  (with the venv's pyvenv.cfg, so `sys.executable` starts), /etc/ld.so.cache and /etc/localtime,
+  its standard library and libpython), the interpreter binary itself (INTERPRETER, where it lies
+  outside that prefix), /etc/ld.so.cache and /etc/localtime,
   all bind-mounted read-only (where the harness's working directory or checkout lies inside one
   of them, as a checkout in /usr/src/app does, an empty directory covers it); a /etc/passwd and
   /etc/group that name only root and the run's uid; a read-only /dev with null, zero, full,
@@ -149,6 +151,10 @@ INODES_PER_MB = 256  # inodes of a private tmpfs per MB of its size: ~1 KB of ke
 MIN_INODES = 1024
 ROOT_TMPFS = "size=4m,nr_inodes=4096,mode=755"  # the new root: directories, links and two small files, then read-only
 DEV_TMPFS = "size=64k,nr_inodes=64,mode=755"
+# The harness's interpreter binary, links resolved: what runs the programs, and what they see as
+# sys.executable. A venv's bin/python is a link to it; the venv itself may sit in a checkout under
+# /tmp, which the run's private /tmp hides, and its packages are not the program's to import.
+INTERPRETER = os.path.realpath(sys.executable)
 STAGING = "/tmp"  # where the bootstrap builds the new root before pivoting into it (a mount point in the namespace only)
 # pivot_root has no libc wrapper in glibc: its syscall number, by machine (elsewhere: move + chroot).
 PIVOT_ROOT_SYSCALL = {"x86_64": 155, "amd64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "loongarch64": 41,
@@ -498,7 +504,7 @@ def _run(code: str, isolation: Isolation, *, limits: Limits, output_limit: int) 
                 "cgroups": [os.path.join(path, "cgroup.procs") for path, _, _ in groups],
                 "report_fd": report_w,
             }
-        interpreter = [sys.executable, "-I", "-c", BOOTSTRAP, json.dumps(config)]
+        interpreter = [INTERPRETER, "-I", "-c", BOOTSTRAP, json.dumps(config)]
         if supervised:
             stdin = _memory_file(code)
             command = [
@@ -657,9 +663,9 @@ def _pivot_root_syscall() -> int | None:
 
 
 def _allow_list() -> tuple[tuple[str, ...], ...]:
-    """The host paths a run's root holds read-only: SYSTEM_PATHS, the interpreter's prefix, and
-    the links from sys.executable to the interpreter (with a venv's pyvenv.cfg, so that the
-    program can start `sys.executable` itself), as ("bind", path) and ("symlink", path, target);
+    """The host paths a run's root holds read-only: SYSTEM_PATHS, the interpreter's prefix and
+    binary (INTERPRETER; the program can start `sys.executable` itself), as ("bind", path) and
+    ("symlink", path, target);
     and ("mask", path) for the harness's working directory and checkout where they lie inside
     a bound directory.
 
@@ -687,9 +693,7 @@ def _allow_list() -> tuple[tuple[str, ...], ...]:
     for path in SYSTEM_PATHS:
         expose(path)
     expose(sys.base_prefix)
-    expose(sys.executable)
-    if sys.prefix != sys.base_prefix:
-        expose(os.path.join(sys.prefix, "pyvenv.cfg"))
+    expose(INTERPRETER)
 
     def inside(path: str, others: Iterable[str]) -> bool:
         return any(path == other or path.startswith(other.rstrip(os.sep) + os.sep) for other in others)
@@ -703,7 +707,7 @@ def _allow_list() -> tuple[tuple[str, ...], ...]:
     # The harness's working directory and checkout (where runs/ goes by default) may lie inside
     # an allowed directory (a checkout in /usr/src/app): an empty read-only tmpfs covers them,
     # unless the interpreter itself lives there.
-    needed = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.executable)]
+    needed = [os.path.realpath(sys.base_prefix), INTERPRETER]
     for path in sorted({os.path.realpath(os.getcwd()), *_checkout()}):
         if inside(path, kept) and path not in kept and not any(inside(n, [path]) for n in needed):
             steps.append(("mask", path))
