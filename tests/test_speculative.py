@@ -230,7 +230,9 @@ async def test_ngram_speculation_on_the_embedded_model(vllm_backend):
     speculation changed the greedy text here (measured: identical alone, twice; diverging
     mid-sentence when batched with an n=2 sampled request, while the plain engine gave the same
     text alone and batched). That is vLLM's behaviour, reported in the README, not ttscale's."""
-    backend = VLLMBackend("smollm2-135m", sequences=4, max_tokens=64, speculative={"method": "ngram"})
+    # The same dtype as the plain engine it is compared with (conftest pins the tests' engines).
+    dtype = vllm_backend.engine_settings.get("dtype", "auto")
+    backend = VLLMBackend("smollm2-135m", dtype=dtype, sequences=4, max_tokens=64, speculative={"method": "ngram"})
     try:
         prompt = (ChatMessage(role="user", content="Repeat exactly, three times: red, green, blue, yellow, red, green, blue."),)
         greedy = GenRequest(prompt=prompt, params=SampleParams(n=1, max_tokens=64, temperature=0.0))
