@@ -362,6 +362,8 @@ def _exception_types(name: str) -> tuple[type[BaseException], ...]:
 # Typer 0.29 raises the exceptions of its private click copy, which are not click's: catch both.
 CLICK_ERRORS = _exception_types("ClickException")
 ABORTS = tuple({typer.Abort, *_exception_types("Abort")})
+
+
 class RunInterrupted(Exception):
     """Ctrl-C or SIGTERM during a run; the message says where the finished work is and how to resume."""
 
