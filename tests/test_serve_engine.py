@@ -225,11 +225,11 @@ def start_upstream(port: int, log: Path) -> subprocess.Popen:
     return process
 
 
-def wait_until_generating(port: int, thread: threading.Thread, timeout_s: float = 300) -> None:
+def wait_until_generating(port: int, thread: threading.Thread, outcome: dict, timeout_s: float = 300) -> None:
     """Until vLLM's server reports a running request (its Prometheus gauge), while `thread` waits on it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert thread.is_alive(), "the request finished before the upstream could be killed"
+        assert thread.is_alive(), f"the request finished before the upstream could be killed: {outcome}"
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running")]
         if any(float(line.rsplit(" ", 1)[1]) > 0 for line in running):
@@ -275,7 +275,7 @@ def test_upstream_killed_mid_request_gives_503_and_the_proxy_serves_again(tmp_pa
             try:
                 outcome["response"] = client.chat.completions.create(
                     model=MODEL, messages=[{"role": "user", "content": LONG}], max_tokens=256, temperature=1.0, seed=5,
-                    extra_body={"ttscale": {"n": 4}})
+                    extra_body={"ttscale": {"n": 4}, "ignore_eos": True})  # 4 x 256 tokens: still running when seen
             except openai.APIStatusError as error:
                 outcome["error"] = error
 
@@ -283,7 +283,7 @@ def test_upstream_killed_mid_request_gives_503_and_the_proxy_serves_again(tmp_pa
         thread.start()
         # Kill as soon as the upstream says it is generating: a fixed sleep was a race with the
         # machine's speed (on an idle fast machine four short samples could be done by then).
-        wait_until_generating(port, thread)
+        wait_until_generating(port, thread, outcome)
         kill_group(upstream)
         thread.join(timeout=120)
         assert "error" in outcome, "the request in flight did not fail when its upstream died"
