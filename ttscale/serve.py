@@ -148,8 +148,11 @@ class CompletionObject(BaseModel):
     ttscale: dict[str, Any]
 
 
+# One Server-Sent Event of a stream (a chunk as JSON in `data`, or "[DONE]"), as an event's fields.
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}
 API_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": CompletionObject, "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    200: {"model": CompletionObject, "content": {"text/event-stream": {"schema": SSE_EVENT}},
           "description": "the completion; Server-Sent Events with stream: true"},
     **{status: {"model": ErrorBody, "description": what} for status, what in [
         (400, "a bad field, named by param"), (401, "a missing or wrong API key"), (404, "an unknown model"),
