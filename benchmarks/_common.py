@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ttscale.errors import ConfigError
 from ttscale.types import ChatMessage, Grade, Problem
-from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+from ttscale.grading.math_answer import DEFAULT_VERIFIER
 
 DEFAULT_MATH_TEMPLATE = (
     "Solve the following problem step by step. Put your final answer in \\boxed{}.\n\n{question}"

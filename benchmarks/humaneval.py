@@ -18,8 +18,8 @@ from pydantic import Field
 from ttscale.benchmarks._common import TemplatedBenchmark, read_text_lines, take
 from ttscale.errors import ConfigError
 from ttscale.types import Grade, Problem
-from ttscale.verifiers.code_exec import extract_code, humaneval_program, same_code
-from ttscale.verifiers.sandbox import SandboxResult, run_python
+from ttscale.grading.code_answer import extract_code, humaneval_program, same_code
+from ttscale.grading.sandbox import SandboxResult, run_python
 
 DEFAULT_CODE_TEMPLATE = (
     "Complete the following Python function. Return the complete function, including its "

@@ -18,7 +18,7 @@ from ttscale.benchmarks.hub import load_rows, problems_from_rows, required_field
 from ttscale.benchmarks.humaneval import CodeBenchmark
 from ttscale.errors import ConfigError
 from ttscale.types import Grade, Problem
-from ttscale.verifiers.code_exec import assert_program
+from ttscale.grading.code_answer import assert_program
 
 DEFAULT_MBPP_TEMPLATE = (
     "You are an expert Python programmer. Write a Python function for this task:\n\n{question}\n\n"

@@ -11,7 +11,7 @@ from ttscale.benchmarks.humaneval import HumanEvalBenchmark
 from ttscale.benchmarks.mbpp import MbppBenchmark
 from ttscale.errors import ConfigError
 from ttscale.protocols import Benchmark
-from ttscale.verifiers.code_exec import extract_code, humaneval_program, same_code
+from ttscale.grading.code_answer import extract_code, humaneval_program, same_code
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mbpp_sanitized.jsonl"
 # HumanEval problems whose tests pass with the function body replaced by `pass` (returning

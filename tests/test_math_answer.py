@@ -4,7 +4,7 @@ import pytest
 
 from ttscale.errors import ConfigError
 from ttscale.types import ChatMessage, Problem
-from ttscale.verifiers.math_answer import DEFAULT_VERIFIER, MathAnswerVerifier
+from ttscale.grading.math_answer import DEFAULT_VERIFIER, MathAnswerVerifier
 
 verifier = MathAnswerVerifier()
 

@@ -255,7 +255,7 @@ def test_champ_gold_answers_grade_correct_against_themselves():
 )
 def test_champ_answer_phrases_become_gradable_gold(raw, gold, model_answer):
     assert champ_gold(raw) == (gold, "math")
-    from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+    from ttscale.grading.math_answer import DEFAULT_VERIFIER
 
     assert DEFAULT_VERIFIER.equivalent(gold, model_answer)
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ttscale.types import ChatMessage, Problem
-from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+from ttscale.grading.math_answer import DEFAULT_VERIFIER
 
 PAIRS = [
     # fractions and decimals

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from ttscale.verifiers import sandbox
-from ttscale.verifiers.sandbox import (
+from ttscale.grading import sandbox
+from ttscale.grading.sandbox import (
     Isolation,
     Limits,
     SandboxResult,
@@ -294,7 +294,7 @@ def test_isolation_report():
 
 def test_fallback_without_namespaces_still_blocks_sockets(monkeypatch):
     # Where unshare and the uid drop are unavailable, a Python-level prelude blocks sockets.
-    from ttscale.verifiers import sandbox
+    from ttscale.grading import sandbox
 
     monkeypatch.setattr(sandbox, "probe_isolation", lambda: sandbox.Isolation())
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
@@ -836,7 +836,7 @@ def test_a_harness_in_a_venv_under_tmp_still_gets_the_full_sandbox(tmp_path):
                         p.endswith("site-packages") and any(Path(p).glob("__editable__*ttscale*")))
     (site_packages / "harness.pth").write_text(f"import site; site.addsitedir({harness_site!r})\n")
     probe = (
-        "from ttscale.verifiers.sandbox import probe_isolation, run_python\n"
+        "from ttscale.grading.sandbox import probe_isolation, run_python\n"
         "isolation = probe_isolation()\n"
         "print(isolation.private_tmp, run_python('print(1)').status)\n"
     )

@@ -461,7 +461,7 @@ def test_cli_refuses_user_mistakes_in_one_line(tmp_path):
 def test_verifier_tokens_are_in_usage_and_the_block(fake):
     """A judge verifier on the same backend: its tokens are counted apart and in total_tokens."""
     from ttscale.registry import verifiers
-    from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+    from ttscale.grading.math_answer import DEFAULT_VERIFIER
 
     client, _, _ = fake
     response = ask(client, seed=11, extra_body={"ttscale": {"n": 2, "selection": "max-score", "verifier": "llm-judge-prm"}})

@@ -624,7 +624,7 @@ class ServerState:
     """The one backend, the answer tools, the policy, verifiers with their own engines, metrics."""
 
     def __init__(self, settings: ServeSettings, backend: Any, policy: Any = None, probe_backend: Any = None):
-        from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+        from ttscale.grading.math_answer import DEFAULT_VERIFIER
 
         self.settings = settings
         self.backend = backend

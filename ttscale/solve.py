@@ -45,7 +45,7 @@ async def solve(
 
     `answers` extracts and compares answers (default: math answers, \\boxed{} or a final number).
     """
-    from ttscale.verifiers.math_answer import DEFAULT_VERIFIER
+    from ttscale.grading.math_answer import DEFAULT_VERIFIER
 
     problem = as_problem(prompt)
     solver = registry.strategies.factory(strategy)(**(options or {}))

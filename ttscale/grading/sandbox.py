@@ -716,7 +716,7 @@ def _allow_list() -> tuple[tuple[str, ...], ...]:
 
 def _checkout() -> list[str]:
     """The source checkout this module runs from, if it is one (a pyproject.toml or .git beside the package)."""
-    top = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # <top>/ttscale/grading/sandbox.py
     found = any(os.path.exists(os.path.join(top, name)) for name in ("pyproject.toml", ".git"))
     return [top] if found else []
 

@@ -1,6 +1,6 @@
 """Code answers: extract the program a model wrote, and build the test programs that grade it.
 
-The programs run only in `ttscale.verifiers.sandbox`; nothing here executes code.
+The programs run only in `ttscale.grading.sandbox`; nothing here executes code.
 """
 
 from __future__ import annotations
