@@ -30,7 +30,7 @@ from ttscale.analysis.speculative import compare_speedup
 from ttscale.backends.vllm import VLLMBackend
 from ttscale.config import RunConfig
 from ttscale.errors import TtscaleError
-from ttscale.runner import build_benchmark
+from ttscale.build import build_benchmark
 from ttscale.strategies.revision import Revision
 from ttscale.types import GenRequest, Generation, SampleParams
 

@@ -26,7 +26,8 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 from ttscale.backends.vllm import VLLMBackend, to_sampling_params
 from ttscale.config import RunConfig
-from ttscale.runner import build_benchmark, run_eval
+from ttscale.build import build_benchmark
+from ttscale.runner import run_eval
 from ttscale.types import GenRequest
 
 

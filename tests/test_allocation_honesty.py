@@ -222,7 +222,7 @@ def test_probe_verifier_runs_end_to_end_on_the_fake_backend(tmp_path):
     from typer.testing import CliRunner
 
     from ttscale.cli import app
-    from ttscale.runner import build_benchmark, build_verifier
+    from ttscale.build import build_benchmark, build_verifier
 
     problems = tmp_path / "sevens.jsonl"
     problems.write_text("".join(json.dumps({"id": f"s{i}", "question": q, "answer": "7"}) + "\n" for i, q in enumerate(SEVENS)))

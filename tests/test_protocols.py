@@ -25,7 +25,8 @@ from ttscale.protocols import (
     prompt_template_of,
     speculative_metrics_of,
 )
-from ttscale.runner import build_benchmark, run_eval
+from ttscale.build import build_benchmark
+from ttscale.runner import run_eval
 from ttscale.strategies.best_of_n import BestOfN
 from ttscale.types import Candidate, ChatMessage, Completion, Generation, GenRequest, Problem, SampleParams, Trace
 

@@ -227,7 +227,7 @@ async def test_the_self_certainty_verifier(tmp_path):
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps({"tie_word_embeddings": True, "vocab_size": 4}))
     save_file({"model.embed_tokens.weight": torch.eye(4)}, str(model_dir / "model.safetensors"))
-    with pytest.raises(ValueError, match="-V model="):
+    with pytest.raises(ConfigError, match="-V model="):  # Registry.create: the factory's ValueError, as one line
         registry.verifiers.create("self-certainty", benchmark=None)
     verifier = registry.verifiers.create("self-certainty", model=str(model_dir), benchmark=None)
     assert isinstance(verifier, SelfCertaintyVerifier) and not verifier.uses_gold

@@ -24,7 +24,7 @@ from ttscale.cli import speculative_section
 from ttscale.config import RunConfig, build_config
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
-from ttscale.runner import build_backend
+from ttscale.build import build_backend
 from ttscale.speculative import SpeculativeConfig
 from ttscale.types import ChatMessage, Completion, Generation, GenRequest, SampleParams
 

@@ -19,7 +19,8 @@ from ttscale.allocation.policy import split_of
 from ttscale.analysis.report import build_comparison
 from ttscale.cli import app
 from ttscale.config import CONNECTION_OPTIONS, NOT_HASHED, RunConfig
-from ttscale.runner import build_benchmark, run_eval
+from ttscale.build import build_benchmark
+from ttscale.runner import run_eval
 from ttscale.scaleout import merge_runs, shard_index
 from ttscale.types import SAMPLING_EXTRAS
 

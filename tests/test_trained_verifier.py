@@ -18,7 +18,8 @@ from ttscale.config import RunConfig
 from ttscale.context import SolveContext
 from ttscale.errors import ConfigError
 from ttscale.reward_heads import RewardHead, solution_text
-from ttscale.runner import build_benchmark, run_eval
+from ttscale.build import build_benchmark
+from ttscale.runner import run_eval
 from ttscale.steps import split_steps, step_prefixes
 from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifier_training import (

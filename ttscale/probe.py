@@ -144,7 +144,7 @@ def run_prompts(run: "Run", *, every: bool = False) -> dict[str, Problem]:
     """The recorded problems of a run (every=True: every problem of its benchmark, recorded or
     not) with the prompts its generation read: the benchmark rebuilt from config.json; only ids
     and prompts are used, never gold answers."""
-    from ttscale.runner import build_benchmark
+    from ttscale.build import build_benchmark
 
     problems = {p.id: p for p in build_benchmark(run.config).load()}
     missing = [r.problem_id for r in run.records if r.problem_id not in problems]

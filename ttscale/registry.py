@@ -6,7 +6,9 @@ import difflib
 import importlib
 from typing import Any, Callable, Generic, TypeVar
 
-from ttscale.errors import UnknownNameError
+from pydantic import ValidationError
+
+from ttscale.errors import ConfigError, UnknownNameError, describe_validation_error
 
 T = TypeVar("T")
 
@@ -52,9 +54,37 @@ class Registry(Generic[T]):
             self._entries[name] = entry
         return entry
 
-    def create(self, name: str, **params: Any) -> T:
-        """Build the plugin registered as `name` with keyword params."""
-        return self.factory(name)(**params)
+    def create(self, name: str, what: str | None = None, /, **options: Any) -> T:
+        """Build the plugin registered as `name` with keyword options; every mistake is a ConfigError.
+
+        `what` names where the options came from (e.g. "strategy options", "--backend-option"), for
+        the message. An unknown name says "did you mean"; a registered plugin whose module cannot be
+        imported here, a bad option (PluginOptionError, naming the first bad option) or a factory's
+        TypeError/ValueError is one line naming the plugin. (`name` and `what` are positional-only,
+        so an option may be called anything.)
+        """
+        try:
+            factory = self.factory(name)
+        except ImportError as error:  # registered, but its module (or a dependency) is missing from this install
+            raise ConfigError(f"{self.kind} {name!r} cannot be loaded here ({error}); use another {self.kind}") from None
+        where = f"{self.kind} {name!r}" + (f", {what}" if what else "")
+        try:
+            return factory(**options)
+        except ValidationError as error:
+            first = error.errors()[0]["loc"] if error.errors() else ()
+            option = str(first[0]) if first else None
+            raise PluginOptionError(describe_validation_error(error, where), option) from None
+        except (TypeError, ValueError) as error:
+            hint = f"; check the {what} you passed" if what else ""
+            raise PluginOptionError(f"{self.kind} {name!r}: {error}{hint}", None) from None
+
+
+class PluginOptionError(ConfigError):
+    """A plugin's factory refused its options; `option` is the first bad one, when known."""
+
+    def __init__(self, message: str, option: str | None):
+        super().__init__(message)
+        self.option = option
 
 
 backends: Registry[Any] = Registry("backend")

@@ -12,31 +12,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import ValidationError
-
-from ttscale import registry
 from ttscale.analysis.passk import k_values, pass_at_k
 from ttscale.analysis.summary import summarize
 from ttscale.benchmarks.humaneval import CodeBenchmark
+from ttscale.build import build_backend, build_benchmark, build_strategy, build_verifier, describe_backend
 from ttscale.config import RunConfig
 from ttscale.context import SolveContext
-from ttscale.errors import ConfigError, describe_validation_error
+from ttscale.errors import ConfigError
 from ttscale.protocols import (
     Backend,
     Benchmark,
     Strategy,
     Verifier,
-    engine_settings_of,
     needs_verifier,
     samples_per_problem,
     size_for_workload,
-    speculative_metrics_of,
     verifier_saw_gold,
 )
 from ttscale.scaleout import gather_or_cancel, select_problems, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
-from ttscale.grading.sandbox import isolation_record
+from ttscale.verifiers.sandbox import isolation_record
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -52,66 +48,10 @@ class RunResult:
     elapsed_s: float
 
 
-def build_benchmark(config: RunConfig) -> Benchmark:
-    """The benchmark named in the config; a path to a .jsonl file means custom problems."""
-    name, options = config.benchmark, dict(config.benchmark_options)
-    if name.endswith(".jsonl") or Path(name).is_file():
-        name, options = "jsonl", {"path": config.benchmark, **options}
-    return _create(registry.benchmarks, name, options, "benchmark option")
-
-
-def build_strategy(config: RunConfig) -> Strategy:
-    """The strategy named in the config, with its options validated."""
-    return _create(registry.strategies, config.strategy, config.strategy_options, "strategy option")
-
-
-def build_backend(config: RunConfig) -> Backend:
-    """The backend named in the config, for the config's model."""
-    options = {"model": config.model, **config.backend_options}
-    if config.speculative is not None:
-        options["speculative"] = config.speculative
-    return _create(registry.backends, config.backend, options, "backend option")
-
-
-def build_verifier(config: RunConfig, benchmark: Benchmark) -> Verifier | None:
-    """The verifier named in the config (None when the run uses none).
-
-    Every verifier factory receives the benchmark as `benchmark`, for answer extraction;
-    only oracle verifiers (marked `uses_gold`) may call its grader.
-    """
-    if config.verifier is None:
-        return None
-    options = {"benchmark": benchmark, **config.verifier_options}
-    return _create(registry.verifiers, config.verifier, options, "verifier option")
-
-
-def describe_backend(backend: Backend) -> dict[str, Any]:
-    """What served the run: model, parameter count, and the engine settings actually chosen."""
-    # Speculative decoding: the engine's drafted/accepted/emitted counters for this run.
-    speculative = speculative_metrics_of(backend)
-    return {
-        "backend": type(backend).__name__,
-        "model": backend.model.name,
-        "num_params": backend.model.num_params,
-        "engine_settings": engine_settings_of(backend),
-        **({"speculative": speculative} if speculative else {}),
-    }
-
-
 def _with_sandbox(info: dict[str, Any], benchmark: Benchmark) -> dict[str, Any]:
     """backend.json's content, plus what the sandbox gives programs here (its layers and notes)
     when the benchmark grades by running code."""
     return {**info, "sandbox": isolation_record()} if isinstance(benchmark, CodeBenchmark) else info
-
-
-def _create(reg: registry.Registry, name: str, options: dict[str, Any], what: str) -> Any:
-    factory = reg.factory(name)
-    try:
-        return factory(**options)
-    except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, f"{reg.kind} {name!r}, {what}")) from None
-    except TypeError as error:
-        raise ConfigError(f"{reg.kind} {name!r}: {error}; check the {what}s you passed") from None
 
 
 def grade_trace(problem: Problem, trace: Trace, benchmark: Benchmark) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class Replica:
 
     def __init__(self, config_json: str, index: int):
         from ttscale.protocols import samples_per_problem, size_for_workload
-        from ttscale.runner import build_backend, build_benchmark, build_strategy, build_verifier
+        from ttscale.build import build_backend, build_benchmark, build_strategy, build_verifier
 
         self.index = index
         self.error: str | None = None
@@ -159,7 +159,7 @@ class Replica:
 
     async def describe(self) -> dict[str, Any]:
         """What served the run on this replica (the runner's backend description) and where."""
-        from ttscale.runner import describe_backend
+        from ttscale.build import describe_backend
 
         return {**describe_backend(self.backend), **(await self.placement())}
 

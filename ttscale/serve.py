@@ -640,7 +640,7 @@ class ServerState:
         self.started = time.time()
         if policy is not None:
             from ttscale.config import RunConfig
-            from ttscale.runner import build_benchmark
+            from ttscale.build import build_benchmark
 
             policy.check_model(backend.model.name)
             self.policy_answers = build_benchmark(RunConfig(benchmark=policy.benchmark, benchmark_options=policy.benchmark_options))

@@ -376,7 +376,7 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
     if kind == "prm":
         store = RolloutStore(out_dir / ROLLOUTS_FILE)
         before = len(store.done)
-        from ttscale.runner import build_backend, build_benchmark
+        from ttscale.build import build_backend, build_benchmark
 
         benchmark = build_benchmark(run.config)
         if any(store.row(s, i) is None for s in chosen for i in range(len(s.steps) - 1)):

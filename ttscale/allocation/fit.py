@@ -310,7 +310,7 @@ def fit_policy(run_dirs: Sequence[Path | str], *, split: Split = "all", num_bins
         probe = Probe(k0=k0, statistic=statistic, verifier=config.verifier if statistic == "verifier" else None,
                       edges=probe_edges, mean_flops=float(np.mean([data.probe_flops[p] for p in ids])))
     bins = bins_of(data, oracle_edges, probe)
-    from ttscale.runner import build_benchmark
+    from ttscale.build import build_benchmark
 
     benchmark = build_benchmark(config)
     deployable = sorted({s.verifier for s, _ in data.outcomes.values() if s.verifier and not s.uses_gold})

@@ -429,7 +429,7 @@ class AllocationPolicy(BaseModel):
     def _answers(self):
         """The fitting runs' benchmark (a .jsonl path included), for answer extraction and equivalence."""
         from ttscale.config import RunConfig
-        from ttscale.runner import build_benchmark
+        from ttscale.build import build_benchmark
 
         return build_benchmark(RunConfig(benchmark=self.benchmark, benchmark_options=self.benchmark_options))
 

@@ -212,7 +212,7 @@ def load_run(run_dir: str | Path, *, intensity: float = KINETICS_INTENSITY) -> R
 def _cost_model(config: RunConfig, backend_info: dict[str, Any], intensity: float) -> CostModel:
     """The cost model of the run's backend: the backend is built (never started) for its model
     info, so the shape is the one its meters used; else config.json's model, else backend.json."""
-    from ttscale.runner import build_backend
+    from ttscale.build import build_backend
 
     try:
         backend = build_backend(config)
@@ -243,7 +243,7 @@ def _close_quietly(backend: Any) -> None:
 
 
 def _equivalence(config: RunConfig) -> Callable[[str, str], bool]:
-    from ttscale.runner import build_benchmark
+    from ttscale.build import build_benchmark
 
     try:
         return build_benchmark(config).equivalent
