@@ -32,7 +32,7 @@ from ttscale.protocols import (
 from ttscale.scaleout import gather_or_cancel, select_problems, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
-from ttscale.verifiers.sandbox import isolation_record
+from ttscale.grading.sandbox import isolation_record
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
