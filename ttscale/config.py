@@ -22,20 +22,27 @@ SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
 CONNECTION_OPTIONS = {"base_url", "max_concurrency", "timeout_s", "max_retries", "backoff_s"}
 
 
-class RunConfig(Frozen):
-    """Everything that determines a run's results."""
+class PluginSpec(Frozen):
+    """The plugins to build, each with its options (the backend and its model, the strategy, the
+    verifier), and the sampling they run with: what RunConfig and `ttscale serve`'s ServeSettings
+    share. A RunConfig's run id hashes these fields by name, so their names and shapes stay."""
+
+    strategy: str = Field("best-of-n", description="a registered strategy, e.g. best-of-n, beam-search")
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="the strategy's options, e.g. n")
+    backend: str = Field("vllm", description="vllm (in-process engine), openai (an upstream OpenAI-compatible server) or fake")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="backend options, e.g. base_url")
+    verifier: str | None = Field(None, description="a registered verifier, e.g. llm-judge-prm; None: no verifier")
+    verifier_options: dict[str, Any] = Field(default_factory=dict, description="the verifier's options")
+    model: str = Field("smollm2-135m", description="the model the backend serves: an embedded name, a local directory or a hub id")
+    sampling: SampleParams = Field(SampleParams(max_tokens=256, temperature=0.8), description="sampling settings")
+
+
+class RunConfig(PluginSpec):
+    """Everything that determines a run's results (the plugins and sampling: PluginSpec's fields)."""
 
     benchmark: str = Field(min_length=1)
     benchmark_options: dict[str, Any] = Field(default_factory=dict)
-    strategy: str = "best-of-n"
-    strategy_options: dict[str, Any] = Field(default_factory=dict)
-    backend: str = "vllm"
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    verifier: str | None = None
-    verifier_options: dict[str, Any] = Field(default_factory=dict)
     speculative: SpeculativeConfig | None = None  # speculative decoding (vllm backend only)
-    model: str = "smollm2-135m"
-    sampling: SampleParams = SampleParams(max_tokens=256, temperature=0.8)
     limit: int | None = Field(default=None, ge=1)
     seed: int = 0
     concurrency: int = Field(default=16, ge=1, description="Problems in flight at once (per replica with ray).")
