@@ -2,6 +2,14 @@
 
 Required: Backend (with its ModelInfo), Verifier, Strategy, Benchmark (with AnswerTools).
 
+What plugins are handed (implemented by the core; a plugin only calls them):
+    StrategyContext   a Strategy's `ctx` for one problem (ttscale.context.SolveContext)
+    Meter             `ctx.backend`, and the `meter` a Verifier is handed (ttscale.cost.CostMeter)
+    BoundVerifier     `ctx.verifier`: the run's verifier bound to the problem (context.VerifierView)
+A plugin needs nothing else from the core; ttscale.plugins gathers these with the value types,
+the public base classes and the entry-point groups that make an installed package's plugins
+known by name (docs/plugins.md).
+
 Optional capabilities are small Protocols as well. The core asks `isinstance(x, Capability)`
 (through the `*_of` helpers below) and uses the stated default when a plugin lacks one, so a
 new plugin implements only what it has:
@@ -27,6 +35,8 @@ new plugin implements only what it has:
     TrainedOnProblems.trained_on    verifier     False                 runner (verifier_uses_gold
                                                                        per problem)
     SampleBudget.n                  strategy     1                     runner (engine sizing)
+    Startable.start()               backend      the engine starts     serve (at startup, so the
+                                                 on first use          first request does not wait)
     PromptTemplated                 benchmark    None                  allocator (bare prompts)
     TraceMetadata keys              Trace.metadata  absent             analysis (subsampling,
                                                                        revision depths)
@@ -38,13 +48,12 @@ runner's record and `ttscale.solve` both take it from there.
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypedDict, runtime_checkable
 
-from ttscale.types import Generation, GenRequest, Grade, PoolRequest, PoolResult, Problem, Trace
+from ttscale.types import Cost, Generation, GenRequest, Grade, PoolRequest, PoolResult, Problem, SampleParams, Trace
 
 if TYPE_CHECKING:
-    from ttscale.context import SolveContext
-    from ttscale.cost import CostMeter
     from ttscale.modelshape import ModelShape
 
 
@@ -103,10 +112,10 @@ class Verifier(Protocol):
     uses_gold: bool
     backend: Backend | None
 
-    async def score(self, problem: Problem, solutions: Sequence[str], meter: "CostMeter") -> list[float]: ...
+    async def score(self, problem: Problem, solutions: Sequence[str], meter: "Meter") -> list[float]: ...
 
     async def score_steps(
-        self, problem: Problem, steps: Sequence[Sequence[str]], meter: "CostMeter"
+        self, problem: Problem, steps: Sequence[Sequence[str]], meter: "Meter"
     ) -> list[list[float]]: ...
 
     async def close(self) -> None: ...
@@ -118,7 +127,97 @@ class Strategy(Protocol):
 
     name: str
 
-    async def solve(self, problem: Problem, ctx: "SolveContext") -> Trace: ...
+    async def solve(self, problem: Problem, ctx: "StrategyContext") -> Trace: ...
+
+
+# --- what plugins are handed: implemented by the core, called by plugins -----------------------
+
+
+@runtime_checkable
+class Meter(Protocol):
+    """A backend seen through the cost meter (ttscale.cost.CostMeter): every call is priced and
+    booked to the problem. A strategy's `ctx.backend` is one (the generator's); a verifier is
+    handed one as `meter` (a verifier-role meter, so its tokens count as verifier cost).
+
+    To measure a part of the work (one revision round, say), wrap the meter in another
+    `CostMeter(ctx.backend)`: the inner one's `cost` is that part, the problem's meter still
+    counts everything.
+    """
+
+    model: ModelInfo
+
+    @property
+    def cost(self) -> Cost:
+        """Everything spent through this meter so far."""
+        ...
+
+    @property
+    def streams(self) -> bool:
+        """Whether `generate_until` works here (the backend is a StreamingBackend)."""
+        ...
+
+    async def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        """One Generation per request, in order (the Backend's `generate`, priced)."""
+        ...
+
+    async def generate_until(self, request: GenRequest, stop: "TokenStop") -> Generation:
+        """One streamed sample cut where `stop` says (StreamingBackend); a ConfigError without streaming."""
+        ...
+
+    async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
+        """A pooling model's rows (PoolingBackend), priced as prefill; a TypeError without pooling."""
+        ...
+
+
+@runtime_checkable
+class BoundVerifier(Protocol):
+    """The run's verifier bound to one problem and its verifier meter: what `ctx.verifier` is.
+
+    A strategy passes only solutions; an oracle verifier (uses_gold) gets the gold answer behind
+    the strategy's back, and the strategy still sees only scores.
+    """
+
+    name: str
+    uses_gold: bool
+
+    @property
+    def meter(self) -> Meter:
+        """The verifier-role meter that books this verifier's cost for this problem."""
+        ...
+
+    async def score(self, solutions: Sequence[str]) -> list[float]:
+        """One outcome score per full solution, higher is better."""
+        ...
+
+    async def score_steps(self, steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """One score per step, for each (partial or full) solution given as its list of steps."""
+        ...
+
+
+@runtime_checkable
+class StrategyContext(Protocol):
+    """Everything a strategy may use for one problem (ttscale.context.SolveContext), and nothing
+    it may not: no gold answer, no grader, no backend except through the meter.
+
+    `params` are the run's sampling defaults with `seed` already specific to this problem, and
+    `rng` is seeded the same way, so a strategy's draws are reproducible whatever order problems
+    finish in. `answers` extracts and compares answers (AnswerTools, never `grade`).
+    """
+
+    backend: Meter
+    answers: AnswerTools
+    params: SampleParams
+    rng: random.Random
+    verifier: BoundVerifier | None
+
+    @property
+    def cost(self) -> Cost:
+        """Everything spent for this problem so far: generation plus the verifier's meter."""
+        ...
+
+    def require_verifier(self, strategy: str) -> BoundVerifier:
+        """The verifier, or a ConfigError naming `strategy` and the verifiers to pass."""
+        ...
 
 
 # --- optional capabilities ------------------------------------------------------------------
@@ -206,6 +305,15 @@ class WorkloadSized(Protocol):
         """Plan for `sequences` running at once (problems in flight x samples each), each of up to
         a prompt plus `max_tokens` generated tokens."""
         ...
+
+
+@runtime_checkable
+class Startable(Protocol):
+    """A backend whose engine can be started ahead of the first request (vLLM: about a minute on
+    CPU). `ttscale serve` starts it at startup; later calls return at once. Default: the backend
+    needs no start, or starts on first use."""
+
+    async def start(self) -> None: ...
 
 
 @runtime_checkable
@@ -325,6 +433,12 @@ def size_for_workload(backend: object, *, sequences: int, max_tokens: int) -> No
     """Tell a backend that sizes its engine what the run will hold at once (others ignore it)."""
     if isinstance(backend, WorkloadSized):
         backend.size_for(sequences=sequences, max_tokens=max_tokens)
+
+
+async def start_now(backend: object) -> None:
+    """Start a backend's engine now if it can be started ahead of use (Startable); else nothing."""
+    if isinstance(backend, Startable):
+        await backend.start()
 
 
 def samples_per_problem(strategy: object) -> int:

@@ -18,41 +18,19 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from ttscale import registry
 from ttscale.cost import CostMeter
 from ttscale.protocols import Backend, Benchmark
 from ttscale.types import ChatMessage, GenRequest, PoolRequest, Problem, SampleParams
-from ttscale.steps import split_steps
+from ttscale.verifiers.base import VerifierBase
 
 JUDGE_SYSTEM = "You are a careful teacher. You check one step of a student's solution at a time."
 JUDGE_TEMPLATE = (
     "Problem:\n{question}\n\nSolution so far:\n{previous}\n\nNext step:\n{step}\n\n"
     "Is the next step correct? Answer Yes or No."
 )
-
-
-class _VerifierBase(BaseModel):
-    """Options are validated like every other plugin's; unknown options are errors."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    benchmark: Any = Field(default=None, exclude=True, repr=False)  # answer tools (and grader, for oracles)
-    uses_gold: bool = Field(default=False, exclude=True)
-
-    @property
-    def backend(self) -> Backend | None:
-        """None: run on the generation backend."""
-        return None
-
-    async def score(self, problem: Problem, solutions: Sequence[str], meter: CostMeter) -> list[float]:
-        """Outcome score of a full solution: the score of its last step."""
-        step_scores = await self.score_steps(problem, [split_steps(s) or [s] for s in solutions], meter)
-        return [scores[-1] if scores else 0.0 for scores in step_scores]
-
-    async def close(self) -> None:
-        """Nothing to release unless the verifier started its own engine."""
 
 
 def yes_probability(top_logprobs: dict[str, float]) -> float:
@@ -66,7 +44,7 @@ def yes_probability(top_logprobs: dict[str, float]) -> float:
     return yes / (yes + no) if yes + no > 0 else 0.5
 
 
-class LLMJudgePRM(_VerifierBase):
+class LLMJudgePRM(VerifierBase):
     """A judge model's P("Yes") that each step is correct, from its first answer token."""
 
     name: str = Field(default="llm-judge-prm", exclude=True)
@@ -117,7 +95,7 @@ class LLMJudgePRM(_VerifierBase):
 PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-class VLLMPRM(_VerifierBase):
+class VLLMPRM(VerifierBase):
     """A process reward model served by vLLM's pooling runner (task "token_classify").
 
     Qwen2.5-Math-PRM convention: the assistant turn is the steps joined by `<extra_0>` and
@@ -174,7 +152,7 @@ class VLLMPRM(_VerifierBase):
             await self._backend.close()
 
 
-class OracleORM(_VerifierBase):
+class OracleORM(VerifierBase):
     """Final-answer correctness against the gold answer: 1 or 0. An upper bound, not a verifier
     one can deploy; it needs gold answers, and runs that use it say so (`verifier_uses_gold`).
 
@@ -203,7 +181,7 @@ class OracleORM(_VerifierBase):
         return float(self.benchmark.grade(problem, answer).correct)
 
 
-class ScriptedPRM(_VerifierBase):
+class ScriptedPRM(VerifierBase):
     """Scores a step by the first keyword rule it matches (else `default`). For tests and demos."""
 
     name: str = Field(default="scripted-prm", exclude=True)

@@ -30,15 +30,15 @@ from typing import Any, Sequence
 from pydantic import Field, PrivateAttr, model_validator
 
 from ttscale.cost import CostMeter
+from ttscale.hidden_states import hidden_state_backend
 from ttscale.models import prepare_model
-from ttscale.reward_heads import hidden_state_backend
 from ttscale.self_certainty import LMHead, sample_self_certainties
 from ttscale.steps import STEP_SEPARATOR
 from ttscale.types import Problem
-from ttscale.verifiers.prm import _VerifierBase
+from ttscale.verifiers.base import VerifierBase
 
 
-class SelfCertaintyVerifier(_VerifierBase):
+class SelfCertaintyVerifier(VerifierBase):
     """The mean KL(U || p) over a solution's tokens, p the policy model's full next-token distribution."""
 
     name: str = Field(default="self-certainty", exclude=True)

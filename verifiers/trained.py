@@ -18,15 +18,16 @@ from typing import Any, Sequence
 from pydantic import Field, PrivateAttr
 
 from ttscale.cost import CostMeter
+from ttscale.hidden_states import CachedHiddenStates, hidden_state_backend, step_features
 from ttscale.protocols import Backend
-from ttscale.reward_heads import CachedHiddenStates, RewardHead, hidden_state_backend, step_features
+from ttscale.reward_heads import RewardHead
 from ttscale.types import Problem
-from ttscale.verifiers.prm import _VerifierBase
+from ttscale.verifiers.base import VerifierBase
 
 MEMO_LIMIT = 200_000  # step-prefix scores kept (a long-running server forgets the oldest)
 
 
-class TrainedVerifier(_VerifierBase):
+class TrainedVerifier(VerifierBase):
     """An ORM or PRM head on the policy model's hidden states, loaded from `path` (a directory or head.json)."""
 
     name: str = Field(default="trained", exclude=True)
