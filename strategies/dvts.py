@@ -17,7 +17,7 @@ scaling curves for smaller N can subsample whole subtrees from one run.
 
 This follows search-and-learn's diverse_verifier_tree_search.py: 40 steps by default, and a
 subtree ends at \\boxed (`stop_at_boxed`, default True). One difference is kept as an option
-(see strategies/_search.py): `max_tokens_per` "solution" (default) makes --max-tokens bound a
+(see strategies/tree_search.py): `max_tokens_per` "solution" (default) makes --max-tokens bound a
 whole solution; "step" gives every step the full --max-tokens, as search-and-learn does.
 """
 
@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from ttscale.context import SolveContext
 from ttscale.protocols import TraceMetadata
-from ttscale.strategies._search import Beam, TreeSearchOptions, expand, score, verifier_selections
+from ttscale.strategies.tree_search import Beam, TreeSearchOptions, expand, score, verifier_selections
 from ttscale.types import Problem, Trace
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttscale.context import SolveContext
-from ttscale.strategies._search import Beam, expand, score, verifier_selections
+from ttscale.strategies.tree_search import Beam, expand, score, verifier_selections
 from ttscale.types import Problem, Trace
 from ttscale.steps import Aggregation
 
