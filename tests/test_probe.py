@@ -25,7 +25,8 @@ from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app
 from ttscale.errors import ConfigError
 from ttscale.analysis.runs import load_run
-from ttscale.probe import BASELINE, FeatureCache, PromptReader, features_of, prompt_key, read_prompt, run_prompts
+from ttscale.hidden_states import HiddenStateCache, features_of, prompt_key, read_prompt
+from ttscale.probe import BASELINE, PromptReader, run_prompts
 from ttscale.types import ChatMessage, PoolRequest, PoolResult, Problem
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -200,7 +201,7 @@ def test_features_are_read_once_and_cached(run_dir, cache, readers, policy):
     started = []
     fit_policy([run_dir], split="a", statistic="prefill", prompts=reader_for(cache, started))
     assert started == []  # all from the cache
-    assert len(FeatureCache(cache)) == len(readers[0].requests) == 120  # both splits' prompts, read once each
+    assert len(HiddenStateCache(cache)) == len(readers[0].requests) == 120  # both splits' prompts, read once each
     with pytest.raises(ConfigError, match="lacks the features of 120 prompts"):
         PromptReader(cache.with_name("empty.npz"), backend_factory=None).features_for(load_run(run_dir))
 

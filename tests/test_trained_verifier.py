@@ -17,7 +17,8 @@ from ttscale.cli import app
 from ttscale.config import RunConfig
 from ttscale.context import SolveContext
 from ttscale.errors import ConfigError
-from ttscale.reward_heads import RewardHead, solution_text
+from ttscale.hidden_states import solution_text
+from ttscale.reward_heads import RewardHead
 from ttscale.build import build_benchmark
 from ttscale.runner import run_eval
 from ttscale.steps import split_steps, step_prefixes
@@ -230,7 +231,7 @@ def test_vllm_hidden_states_at_step_ends_are_the_full_reads_rows_there():
     prefix alone (a step's hidden state depends only on the text up to it: the verifier's memo)."""
     from ttscale.backends.vllm_pooling import VLLMPoolingBackend
     from ttscale.cost import CostMeter
-    from ttscale.reward_heads import step_features, step_request
+    from ttscale.hidden_states import step_features, step_request
 
     prompt = (ChatMessage(role="user", content="What is 12 + 30?"),)
     steps = ["First, add the tens: 10 + 30 = 40.", "Then add the ones: 40 + 2 = 42.", "The answer is \\boxed{42}."]

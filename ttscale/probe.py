@@ -12,132 +12,34 @@ k0 samples of the sampling probe. Gold: the features read the prompt only. The r
 trained on the fitting split's graded samples (that is its training data) and saved as plain
 numbers in the policy JSON, so a server predicts with numpy and never unpickles anything.
 
-Features of the recorded problems are cached in an .npz file (keyed by model and prompt), so
-fitting and evaluating start the engine once, and only for prompts not read before.
+Features of the recorded problems are cached in an .npz file (ttscale.hidden_states.HiddenStateCache,
+keyed by model and prompt), so fitting and evaluating start the engine once, and only for prompts
+not read before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import os
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ttscale.errors import ConfigError
-from ttscale.types import ChatMessage, Cost, PoolRequest, PoolResult, Problem
+from ttscale.hidden_states import (
+    POOLINGS, PROMPT_FEATURES, RIDGE_ALPHAS, HiddenStateCache, LinearModel, Pooling, PromptFeatures, hidden_state_backend,
+    prompt_key, read_prompt,
+)
+from ttscale.types import Problem
 
 if TYPE_CHECKING:
     from ttscale.analysis.runs import Run
     from ttscale.protocols import PoolingBackend
 
-Pooling = Literal["last", "mean", "last+mean"]
-POOLINGS: tuple[Pooling, ...] = ("last", "mean", "last+mean")
-FEATURES = "final-hidden-v1"  # what a cached vector is: the final hidden states (after the last norm), unnormalized
-ALPHAS = tuple(float(a) for a in np.logspace(-3, 6, 37))  # RidgeCV's grid: strong shrinkage for ~100 problems x d_model features
 FOLDS = 5
 BASELINE = "prompt length (baseline)"  # reported beside the poolings: what hidden states must beat
-
-
-@dataclass(frozen=True)
-class PromptFeatures:
-    """One prompt as the model read it: its last token's hidden state, the mean over its tokens,
-    and how many tokens it had (what the probe's prefill costs)."""
-
-    last: np.ndarray
-    mean: np.ndarray
-    prompt_tokens: int
-
-    def vector(self, pooling: Pooling) -> np.ndarray:
-        """The feature vector for a pooling: "last", "mean", or both side by side."""
-        if pooling == "last":
-            return self.last
-        if pooling == "mean":
-            return self.mean
-        return np.concatenate([self.last, self.mean])
-
-
-def features_of(result: PoolResult) -> PromptFeatures:
-    """A hidden-mode pooling result (one row per prompt token) as PromptFeatures."""
-    rows = np.asarray(result.data, dtype=np.float64)
-    if rows.ndim != 2 or not len(rows):
-        raise ConfigError(f"the pooling backend returned {rows.shape} for a prompt; the prefill probe needs one "
-                          "hidden-state row per prompt token (VLLMPoolingBackend(model, mode='hidden'))")
-    return PromptFeatures(last=rows[-1], mean=rows.mean(axis=0), prompt_tokens=int(result.prompt_tokens))
-
-
-def prompt_key(model: str, prompt: Any) -> str:
-    """The cache key of a prompt's features: sha256 over the model, the feature kind and the prompt."""
-    if not isinstance(prompt, str):
-        prompt = [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in prompt]
-    blob = json.dumps({"model": model, "features": FEATURES, "prompt": prompt}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-async def read_prompt(backend: "PoolingBackend", prompt: Any) -> tuple[PromptFeatures, Cost]:
-    """One prefill of `prompt` on a hidden-state pooling backend, metered: its features and cost."""
-    from ttscale.cost import CostMeter
-
-    meter = CostMeter(backend)  # the policy model reading a prompt: generator-side compute
-    [result] = await meter.pool([PoolRequest(prompt=prompt)])
-    return features_of(result), meter.cost
-
-
-class FeatureCache:
-    """Prompt features on disk (.npz, read with allow_pickle=False), keyed by `prompt_key`."""
-
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self._items: dict[str, PromptFeatures] = {}
-        if self.path.is_file():
-            try:
-                with np.load(self.path, allow_pickle=False) as data:
-                    keys, last, mean, tokens = data["keys"], data["last"], data["mean"], data["prompt_tokens"]
-            except (OSError, ValueError, KeyError) as error:
-                raise ConfigError(f"{self.path}: not a prompt-feature cache ({error}); delete it to recompute") from None
-            for i, key in enumerate(keys):
-                self._items[str(key)] = PromptFeatures(last[i].astype(np.float64), mean[i].astype(np.float64), int(tokens[i]))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: str) -> PromptFeatures:
-        """The features stored under `key`."""
-        return self._items[key]
-
-    def put(self, key: str, features: PromptFeatures) -> None:
-        """Store features (call `save` to write them)."""
-        self._items[key] = features
-
-    def save(self) -> None:
-        """Write every entry, atomically (a temporary file renamed over the old one)."""
-        keys = sorted(self._items)
-        if not keys:
-            return
-        dims = {self._items[k].last.shape for k in keys}
-        if len(dims) > 1:
-            raise ConfigError(f"{self.path}: features of different sizes {sorted(dims)}; use one cache file per model")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, keys=np.asarray(keys), last=np.stack([self._items[k].last for k in keys]).astype(np.float32),
-                 mean=np.stack([self._items[k].mean for k in keys]).astype(np.float32),
-                 prompt_tokens=np.asarray([self._items[k].prompt_tokens for k in keys], dtype=np.int64))
-        os.replace(tmp, self.path)
-
-
-def default_backend_factory(model: str) -> "PoolingBackend":
-    """The vLLM pooling engine reading the policy model's hidden states."""
-    from ttscale.backends.vllm_pooling import VLLMPoolingBackend
-
-    return VLLMPoolingBackend(model, mode="hidden")
 
 
 def run_prompts(run: "Run", *, every: bool = False) -> dict[str, Problem]:
@@ -163,9 +65,10 @@ class PromptReader:
     None means the cache must already hold every prompt (no engine is started).
     """
 
-    def __init__(self, cache: Path | str, backend_factory: Callable[[str], "PoolingBackend"] | None = default_backend_factory,
+    def __init__(self, cache: Path | str,
+                 backend_factory: Callable[[str], "PoolingBackend"] | None = partial(hidden_state_backend, "vllm"),
                  concurrency: int = 16):
-        self.cache = FeatureCache(cache)
+        self.cache = HiddenStateCache(cache)
         self.backend_factory = backend_factory
         self.concurrency = concurrency
         self.computed = 0  # prompts read by the engine in this process (the rest came from the cache)
@@ -200,10 +103,10 @@ class PromptReader:
                                   "pass the feature cache written when the policy was fitted (--features)")
             read = asyncio.run(self._read(runs[0].config.model, model_name, unread))
             for key, features in read.items():
-                self.cache.put(key, features)
+                self.cache.put(key, features.rows(), features.prompt_tokens)
             self.cache.save()
             self.computed += len(read)
-        return {pid: self.cache.get(key) for pid, key in keys.items()}
+        return {pid: PromptFeatures.from_rows(*self.cache.get(key)) for pid, key in keys.items()}
 
     async def _read(self, model: str, model_name: str, prompts: Mapping[str, Any]) -> dict[str, PromptFeatures]:
         """Read `prompts` (any keys) on one backend started for them, then closed; features by the same keys."""
@@ -223,22 +126,16 @@ class PromptReader:
             await backend.close()
 
 
-class PrefillRegressor(BaseModel):
+class PrefillRegressor(LinearModel):
     """A ridge regression from a prompt's pooled hidden states to its pass@1, as plain numbers.
 
     prediction = ((x - feature_mean) / feature_scale) · coef + intercept; higher = easier.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     model: str = Field(description="the model whose hidden states it reads (features differ between models)")
-    features: str = Field(FEATURES, description="what a feature vector is")
+    features: str = Field(PROMPT_FEATURES, description="what a feature vector is")
     pooling: Pooling = Field(description="last token, mean over the prompt's tokens, or both side by side")
     target: Literal["pass@1"] = "pass@1"
-    feature_mean: list[float]
-    feature_scale: list[float]
-    coef: list[float]
-    intercept: float
     alpha: float = Field(description="the ridge penalty RidgeCV chose")
     problems: int = Field(description="fitting problems it was trained on")
     cv_spearman: dict[str, float] = Field(default_factory=dict, description="out-of-fold Spearman with pass@1, per pooling tried, "
@@ -246,12 +143,10 @@ class PrefillRegressor(BaseModel):
 
     def predict(self, features: PromptFeatures) -> float:
         """The predicted pass@1 of a prompt (not clipped: only its rank among others matters for bins)."""
-        x = np.asarray(features.vector(self.pooling), dtype=np.float64)
-        if x.shape != (len(self.coef),):
-            raise ConfigError(f"the prefill probe expects {len(self.coef)} features ({self.pooling} pooling of "
-                              f"{self.model}), got {x.shape[0]}; read prompts with the model the policy was fitted on")
-        z = (x - np.asarray(self.feature_mean)) / np.asarray(self.feature_scale)
-        return float(z @ np.asarray(self.coef) + self.intercept)
+        return float(self.linear(features.vector(self.pooling))[0])
+
+    def _reads(self) -> str:
+        return f"the prefill probe ({self.pooling} pooling of {self.model})"
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -298,7 +193,7 @@ def fit_regressor(model: str, features: Sequence[PromptFeatures], targets: Seque
     folds = KFold(FOLDS, shuffle=True, random_state=seed)
 
     def pipeline():
-        return make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
 
     scores, predictions = {}, {}
     for name in candidates:

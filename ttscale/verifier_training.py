@@ -36,9 +36,8 @@ import numpy as np
 
 from ttscale.allocation.policy import split_of
 from ttscale.errors import ConfigError
-from ttscale.reward_heads import (
-    CachedHiddenStates, Kind, Label, LinearHead, Provenance, RewardHead, data_hash, hidden_state_backend, step_features,
-)
+from ttscale.hidden_states import RIDGE_ALPHAS, CachedHiddenStates, hidden_state_backend, step_features
+from ttscale.reward_heads import Kind, Label, LinearHead, Provenance, RewardHead, data_hash
 from ttscale.steps import STEP_SEPARATOR, split_steps, step_prefixes
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
 
@@ -50,7 +49,6 @@ ROLLOUTS_FILE = "rollouts.jsonl"
 FEATURES_FILE = "features.npz"
 FOLDS = 5
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
-RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 SPLIT_RULE = "ttscale.allocation.policy.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
 Estimation = Literal["soft", "hard"]  # Math-Shepherd's two step labels (Wang et al. 2024)
 

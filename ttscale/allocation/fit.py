@@ -36,7 +36,8 @@ from ttscale.protocols import prompt_template_of
 from ttscale.selection import VERIFIER_RULES
 
 if TYPE_CHECKING:
-    from ttscale.probe import PromptFeatures, PromptReader
+    from ttscale.hidden_states import PromptFeatures
+    from ttscale.probe import PromptReader
 
 SUBSETS = 200  # random ordered draws per problem and n (compare's default too)
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ttscale.analysis import difficulty as diff
 from ttscale.errors import ConfigError, TtscaleError
+from ttscale.hidden_states import read_prompt
 from ttscale.probe import PrefillRegressor
 from ttscale.selection import first_answer, majority_vote
 from ttscale.types import Problem, SampleParams, Trace
@@ -411,7 +412,6 @@ class AllocationPolicy(BaseModel):
                             budgets: dict[str, Any]) -> "Plan":
         """The prefill probe: the model reads the prompt once (metered), the regressor predicts
         its pass@1, the edges bin it. The Plan's probe is a Trace with no candidates and that cost."""
-        from ttscale.probe import read_prompt
         from ttscale.protocols import PoolingBackend
 
         reader = probe_backend if probe_backend is not None else backend
