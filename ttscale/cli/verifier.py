@@ -6,14 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ttscale.cli.common import ENGINE_LOG, console, errors
 from ttscale.quiet import output_to_log
 
-console = Console()
-errors = Console(stderr=True)
-ENGINE_LOG = "engine.log"
 verifier_app = typer.Typer(help="Train a verifier (ORM or PRM head on the policy model's hidden states) from your own runs, and measure it held out.",
                            no_args_is_help=True)
 RUNS = typer.Argument(..., help="Run directories (runs/<id>) of graded best-of-N runs of one model.")
@@ -46,6 +43,12 @@ def _estimation(value: str) -> str:
     return value
 
 
+def _prover(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("best-of-k", "policy"):
+        raise typer.BadParameter(f"--prover must be best-of-k or policy, got {value!r}")
+    return value
+
+
 def _label(value: Optional[str]) -> Optional[str]:
     if value is not None and value not in ("math-shepherd", "pav"):
         raise typer.BadParameter(f"--label must be math-shepherd or pav, got {value!r}")
@@ -57,11 +60,13 @@ def train_command(
     run_dirs: list[Path] = RUNS,
     kind: str = typer.Option(..., "--kind", help="orm: learn each solution's grade; prm: learn each step's value from rollouts.", callback=_kind),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for head.json (and the PRM's rollouts.jsonl, which makes a rerun resume)."),
-    label: Optional[str] = typer.Option(None, "--label", help="PRM labels: math-shepherd (default: the fraction of rollouts reaching gold) or pav (that value plus its change across the step).", callback=_label),
+    label: Optional[str] = typer.Option(None, "--label", help="PRM labels: math-shepherd (default: the fraction of rollouts reaching gold) or pav (Setlur et al.: that value plus alpha times the step's progress under a prover, --prover).", callback=_label),
     rollouts: int = typer.Option(4, "--rollouts", min=1, help="PRM: rollouts from each step prefix (k)."),
     estimation: str = typer.Option("soft", "--estimation", help="Math-Shepherd's step label: soft (the fraction of rollouts reaching gold) or hard (1 if any does).", callback=_estimation),
     samples_per_problem: Optional[int] = typer.Option(None, "--samples-per-problem", min=1, help="Recorded samples per problem trained on, correct and incorrect alternately (default: 2 for a PRM, whose are rolled out; every one for an ORM)."),
-    alpha: float = typer.Option(1.0, "--alpha", help="PAV: weight of the advantage in a step's score (Q + alpha·A)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="PAV: weight of the prover's advantage in a step's score, Q + alpha·A (default 1; the paper's value was not found, see ttscale/verifier_training.py)."),
+    prover: Optional[str] = typer.Option(None, "--prover", help="PAV's prover: best-of-k (default; the paper's: Best-of-K of the policy, each of its rollouts K of the policy's, correct if any is) or policy (the policy itself: the Q-difference, which ranks the children of one step exactly as Q does).", callback=_prover),
+    prover_k: Optional[int] = typer.Option(None, "--prover-k", min=2, help="PAV: K of the Best-of-K prover (default 4, the paper's best: Bo4); each step prefix gets --rollouts x K rollouts of the policy, all metered."),
     concurrency: int = typer.Option(16, "--concurrency", min=1, help="Requests in flight at once."),
     features: Optional[Path] = FEATURES,
 ) -> None:
@@ -77,25 +82,25 @@ def train_command(
 
     with engine_output(runs, out / ENGINE_LOG):
         result = train(runs, out, kind=kind, label=label, rollouts=rollouts, samples_per_problem=samples_per_problem,
-                       alpha=alpha, estimation=estimation, concurrency=concurrency, features_cache=features, progress=progress)
+                       estimation=estimation, prover=prover, prover_k=prover_k, concurrency=concurrency, features_cache=features,
+                       progress=progress, **({"alpha": alpha} if alpha is not None else {}))
     head, p = result.head, result.head.provenance
-    console.print(f"Trained a {head.kind.upper()} ({head.label}) on {len(p.fit_problems)} problems of half a, {p.examples} examples "
+    console.print(f"Trained a {head.description} on {len(p.fit_problems)} problems of half a, {p.examples} examples "
                   f"(labels sum {p.positives:g}); features: {head.model}'s final hidden state at each step's end.")
     console.print(f"Cross-validated on half a (problem folds): " + ", ".join(f"{k} {v:g}" for k, v in p.cv.items()))
     if head.kind == "prm":
         r = p.rollouts
-        console.print(f"Step labels: {'hard' if r.get('hard_estimation') else 'soft'} estimation (Math-Shepherd), "
-                      "from each step's literal prefix.")
+        if head.label == "pav":
+            console.print(f"Step labels: Q^pi from all {r['rollouts_per_prefix']} rollouts of each step's literal prefix, plus alpha {head.alpha:g} "
+                          f"x the step's progress A^mu under the prover ({head.description}: groups of {head.prover_k}, a group correct if any of it is).")
+        else:
+            console.print(f"Step labels: {'hard' if r.get('hard_estimation') else 'soft'} estimation (Math-Shepherd), "
+                          "from each step's literal prefix.")
         console.print(f"Training cost, rollouts (apart from inference): {r['prefixes']} prefixes x {r['rollouts_per_prefix']} rollouts, "
                       f"{result.rollout_cost.generated_tokens:,} generated tokens, {result.rollout_cost.flops:.3g} FLOPs "
                       f"({result.rollouts_run} prefixes rolled out now, the rest read from {out / 'rollouts.jsonl'}).")
     console.print(f"Training cost, reading the solutions: {result.feature_tokens:,} prompt tokens, {result.feature_flops:.3g} FLOPs.")
     console.print(f"Wrote {out / 'head.json'} (training data sha256 {p.data_sha256[:16]}…). Use it with -v trained -V path={out}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `verifier` group to the main app."""
-    app.add_typer(verifier_app, name="verifier")
 
 
 @verifier_app.command("eval")

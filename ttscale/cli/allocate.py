@@ -8,12 +8,11 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ttscale.cli.common import console
 from ttscale.store import writable_file
 
-console = Console()
 allocate_app = typer.Typer(help="Fit a compute-optimal allocation policy from runs, and evaluate it on held-out problems.", no_args_is_help=True)
 
 SPLIT_HELP = "Problems to use: all, or half a / half b by a stable hash of the problem id (fit on one, evaluate on the other)."
@@ -41,7 +40,7 @@ def fit_command(
     split: str = typer.Option("all", "--split", help=SPLIT_HELP, callback=_split),
 ) -> None:
     """Fit coverage c(k) = exp(a·k^b) to pass@k, overall and per difficulty bin; plot it over the data."""
-    from ttscale.allocation.policy import in_split
+    from ttscale.problems import in_split
     from ttscale.analysis import coverage, difficulty
     from ttscale.analysis.runs import load_run
     from ttscale.errors import ConfigError
@@ -222,8 +221,3 @@ def allocate_eval(
         json_out.write_text(json.dumps(report, indent=2))
         console.print(f"Report: {json_out}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add `fit` and the `allocate` group to the main app."""
-    app.command("fit")(fit_command)
-    app.add_typer(allocate_app, name="allocate")

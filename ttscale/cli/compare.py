@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ttscale.analysis.model_vs_search import SNELL_RATIOS
+from ttscale.cli.common import console
 from ttscale.cost import KINETICS_INTENSITY
 from ttscale.store import writable_dir, writable_file
-
-console = Console()
 
 RUNS = typer.Argument(..., help="Run directories written by `ttscale eval` (e.g. runs/arithmetic-best-of-n-1a2b3c4d5e6f).")
 
@@ -143,8 +141,3 @@ def print_comparison(comparison) -> None:
                           m.small_strategy or "—", "—" if m.reaches_at is None else f"{m.reaches_at:.3g}", m.verdict)
         console.print(snell)
 
-
-def register(app: typer.Typer) -> None:
-    """Add `compare` and `report` to the ttscale app."""
-    app.command("compare")(compare_command)
-    app.command("report")(report_command)

@@ -6,10 +6,9 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from ttscale.cli.common import console
 
 
 def adaptive_command(
@@ -70,7 +69,3 @@ def _saving(result, axis: str) -> str:
     value = "below best-of-1" if math.isnan(saving) else f">{at_least:.2f}x" if math.isinf(saving) else f"{saving:.2f}x"
     return f"{value} [{low:.2f}, {'inf' if math.isinf(high) else f'{high:.2f}'}]"
 
-
-def register(app: typer.Typer) -> None:
-    """Add `adaptive` to the ttscale app."""
-    app.command("adaptive")(adaptive_command)

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ttscale.cli.common import parse_options
+
 
 def serve_command(
     policy: Optional[Path] = typer.Option(None, "--policy", help="A fitted allocation policy (ttscale allocate fit): a request's budget (X-TTS-Budget-Flops, X-TTS-Budget-Samples, or extra_body ttscale.budget_*) then picks the setting per prompt, probe included."),
@@ -45,9 +47,9 @@ def serve_command(
 
     from rich.console import Console
 
-    from ttscale.cli import parse_options
     from ttscale.errors import ConfigError, describe_validation_error
-    from ttscale.serve import ServeSettings, serve
+    from ttscale.serve.app import serve
+    from ttscale.serve.settings import ServeSettings
     from ttscale.types import SampleParams
 
     from pydantic import ValidationError
@@ -95,7 +97,7 @@ def _check_default(settings) -> None:
     from ttscale import registry
     from ttscale.errors import ConfigError, describe_validation_error
     from ttscale.protocols import needs_verifier, samples_per_problem
-    from ttscale.serve import LIMITED
+    from ttscale.serve.settings import LIMITED
     from ttscale.types import ORACLE_RULE
 
     factory = registry.strategies.factory(settings.strategy)  # unknown: "did you mean"
@@ -117,7 +119,3 @@ def _check_default(settings) -> None:
         raise ConfigError(f"the default strategy {settings.strategy!r} with {settings.strategy_options} needs a verifier; "
                           "pass --verifier llm-judge-prm")
 
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the ttscale app."""
-    app.command("serve")(serve_command)

@@ -1,55 +1,22 @@
-"""The `ttscale` command line: eval, models."""
+"""`ttscale eval`: run a strategy on a benchmark and print accuracy, pass@k and compute."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-# vLLM logs engine internals at INFO and WARNING. `eval` sends them, and everything else the
-# engine and the libraries print, to the run directory's engine.log (--verbose: the terminal), so
-# the log keeps vLLM's INFO lines for diagnosing a failure.
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
-
 import typer
-import yaml
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ttscale import lifecycle, registry
+from ttscale.cli.common import ENGINE_LOG, RunInterrupted, console, errors, parse_options
 from ttscale.config import RunConfig, build_config, load_config_file
-from ttscale.errors import ConfigError, TtscaleError
-
-app = typer.Typer(
-    help="Test-time compute scaling for LLMs: run strategies, count their compute, compare them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-models_app = typer.Typer(help="List and prepare models (the embedded default needs no model hub).", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-console = Console()
-errors = Console(stderr=True)
-ENGINE_LOG = "engine.log"  # in the run directory: what vLLM and the libraries print
+from ttscale.errors import ConfigError
 
 
-def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
-    """KEY=VALUE pairs into a dict; values are parsed as YAML scalars (so 3 is an int)."""
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} terms=3")
-        options[key.strip()] = yaml.safe_load(value) if value else ""
-    return options
-
-
-@app.command("eval")
 def eval_command(
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark: arithmetic, gsm-symbolic, champ, humaneval (offline); gsm8k, math500, aime24, mbpp (hub, or --data-file); or a .jsonl file with question/answer fields."),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy name, e.g. best-of-n."),
@@ -302,124 +269,3 @@ def print_optional_sections(summary: dict[str, Any]) -> None:
             f"mean acceptance length {spec['mean_acceptance_length']:.2f}; draft FLOPs "
             + ("unknown" if spec["draft_flops"] is None else f"{spec['draft_flops']:.3e}")
         )
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """List the embedded models and whether each is prepared."""
-    from ttscale.models import EMBEDDED_MODELS, cache_dir
-
-    for name in EMBEDDED_MODELS:
-        prepared = (cache_dir() / "models" / name / "config.json").exists()
-        console.print(f"{name}\t{'prepared' if prepared else 'not prepared'}")
-
-
-@models_app.command("prepare")
-def models_prepare(name: str = typer.Argument("smollm2-135m", help="Embedded model name.")) -> None:
-    """Convert an embedded model into an HF directory vLLM can load (done once, cached)."""
-    from ttscale.models import prepare_model
-
-    resolved = prepare_model(name, progress=console.print)
-    console.print(f"{resolved.name}: {resolved.path} ({resolved.num_params:,} parameters)")
-
-
-from ttscale.cli_allocate import register as _register_allocate  # noqa: E402  (fit, allocate fit|eval)
-
-_register_allocate(app)
-
-from ttscale.cli_compare import register as _register_compare  # noqa: E402  (compare, report)
-
-_register_compare(app)
-
-from ttscale.cli_adaptive import register as _register_adaptive  # noqa: E402  (adaptive)
-
-_register_adaptive(app)
-
-from ttscale.cli_serve import register as _register_serve  # noqa: E402  (serve)
-
-_register_serve(app)
-
-from ttscale.cli_scaleout import register as _register_scaleout  # noqa: E402  (merge)
-
-_register_scaleout(app)
-
-from ttscale.cli_verifier import register as _register_verifier  # noqa: E402  (verifier train|eval)
-
-_register_verifier(app)
-
-
-def _exception_types(name: str) -> tuple[type[BaseException], ...]:
-    """`name` from typer's own copy of click (typer >= 0.2x) and from click, wherever each exists."""
-    found: list[type[BaseException]] = []
-    for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
-# Typer 0.29 raises the exceptions of its private click copy, which are not click's: catch both.
-CLICK_ERRORS = _exception_types("ClickException")
-ABORTS = tuple({typer.Abort, *_exception_types("Abort")})
-
-
-class RunInterrupted(Exception):
-    """Ctrl-C or SIGTERM during a run; the message says where the finished work is and how to resume."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def usage_error_line(error: BaseException) -> str:
-    """A click usage error as one line: what was wrong, and the --help that shows the usage."""
-    message = " ".join(error.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
-    ctx = getattr(error, "ctx", None)
-    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return f"{message}{hint}"
-
-
-def main() -> None:
-    """Entry point: run the app, printing user errors as one line instead of a traceback.
-
-    Whatever ends the command, no process it started outlives it (ttscale.lifecycle).
-    """
-    lifecycle.raise_on_sigterm()
-    try:
-        _run_app()
-    finally:
-        lifecycle.end_children()
-
-
-def _run_app() -> None:
-    try:
-        code = app(standalone_mode=False)
-    except CLICK_ERRORS as error:  # usage errors (bad flags, values, commands): exit 2
-        if type(error).__name__ == "NoArgsIsHelpError":
-            error.show()  # a bare `ttscale` or `ttscale models`: the help is the message
-        else:
-            errors.print(f"[red]error:[/red] {escape(usage_error_line(error))}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    except RunInterrupted as error:
-        errors.print(escape(str(error)), highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    except lifecycle.Terminated:
-        errors.print("terminated")
-        sys.exit(lifecycle.TERMINATED_EXIT)
-    except ABORTS:
-        errors.print("aborted")
-        sys.exit(1)
-    except TtscaleError as error:
-        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        errors.print("interrupted")
-        sys.exit(lifecycle.INTERRUPTED_EXIT)
-    if code == lifecycle.INTERRUPTED_EXIT:  # typer turns Ctrl-C outside a run into Exit(130), silently
-        errors.print("interrupted")
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
