@@ -237,16 +237,65 @@ def subsample_costs(model: CostModel, record_cost: Mapping[str, Any], candidate_
     flops, eflops = model.generation(prompt, cached, lengths)
     kept = subsets.shape[-1] / max(len(tokens), 1)
     token_share = lengths.sum(axis=-1) / tokens.sum() if tokens.sum() else np.full(subsets.shape[:-1], kept)
-    verifier = float(record_cost.get("verifier_flops", 0.0)) * kept
-    rejected = float(record_cost.get("draft_tokens", 0)) - float(record_cost.get("accepted_draft_tokens", 0))
-    speculation = float(record_cost.get("draft_flops", 0.0)) + forward_flops(model.num_params, rejected)
-    draft = speculation * token_share
+    verifier, draft, wall_s = _pro_rated(model, record_cost, kept, token_share)
     return {
         "flops": flops + verifier + draft,
         "eflops": eflops + verifier + draft,
         "generated_tokens": lengths.sum(axis=-1),
         "prompt_tokens": np.full(subsets.shape[:-1], float(prompt)),
-        "wall_s": float(record_cost.get("wall_s", 0.0)) * token_share,
+        "wall_s": wall_s,
+    }
+
+
+def _pro_rated(model: CostModel, record_cost: Mapping[str, Any], kept, token_share):
+    """The parts of a (cache-independent) record held only as totals, for a share of it:
+    (verifier FLOPs by the share of candidates `kept`; speculation FLOPs and wall time by
+    the share of generated tokens `token_share`)."""
+    verifier = float(record_cost.get("verifier_flops", 0.0)) * kept
+    rejected = float(record_cost.get("draft_tokens", 0)) - float(record_cost.get("accepted_draft_tokens", 0))
+    speculation = float(record_cost.get("draft_flops", 0.0)) + forward_flops(model.num_params, rejected)
+    return verifier, speculation * token_share, float(record_cost.get("wall_s", 0.0)) * token_share
+
+
+def request_costs(model: CostModel, record_cost: Mapping[str, Any], candidate_tokens: Sequence[int],
+                  requests: Sequence[Sequence[int]]) -> dict[str, float]:
+    """What a one-request best-of-N problem would have cost had some of its samples been drawn
+    in several requests of the same prompt, as adaptive strategies draw them (adaptive-
+    consistency: a request per batch; DeepConf online: the warm-up, then a request per trace).
+
+    `requests` holds, in the order sent, each request's samples' generated lengths (a sample
+    stopped early: up to its stop); `candidate_tokens` are the record's full lengths. Priced
+    as the meter prices those requests, cache-independently (`cache_independent_cost`): the
+    first pays the prompt as the record did; each later one re-sends a prompt the problem
+    already sent, which PromptStructure counts as cached in full (no prefill), but decodes
+    on its own, so its decoding reads the prompt's KV again (the eFLOPs memory term, once per
+    request, for as long as its longest sample runs). FLOPs and tokens are those of one
+    request holding every sample; only eFLOPs see the split. Verifier, speculation and wall
+    time are pro-rated as in `subsample_costs`. Returns floats: flops, eflops,
+    generated_tokens, prompt_tokens, wall_s.
+    """
+    record_cost = cache_independent_cost(record_cost)
+    recorded = np.asarray(candidate_tokens, dtype=np.float64)
+    prompt, cached = int(record_cost.get("prompt_tokens", 0)), int(record_cost.get("cached_prompt_tokens", 0))
+    first, later = (list(requests[0]), list(requests[1:])) if len(requests) else ([], [])
+    flops, eflops = model.generation(prompt, cached, first)
+    if later:  # one row per request, padded with samples of no tokens (which cost nothing)
+        rows = np.zeros((len(later), max(len(r) for r in later)))
+        for row, lengths in zip(rows, later):
+            row[: len(lengths)] = lengths
+        more_flops, more_eflops = model.generation(prompt, prompt, rows)
+        flops, eflops = flops + np.sum(more_flops), eflops + np.sum(more_eflops)
+    generated = float(sum(sum(r) for r in requests))
+    samples = sum(len(r) for r in requests)
+    kept = samples / max(len(recorded), 1)
+    token_share = generated / recorded.sum() if recorded.sum() else kept
+    verifier, draft, wall_s = _pro_rated(model, record_cost, kept, token_share)
+    return {
+        "flops": float(flops) + verifier + draft,
+        "eflops": float(eflops) + verifier + draft,
+        "generated_tokens": generated,
+        "prompt_tokens": float(prompt * len(requests)),
+        "wall_s": wall_s,
     }
 
 
