@@ -1,6 +1,7 @@
 """The replay of adaptive methods from a recorded best-of-N run (ttscale.analysis.adaptive) equals
-live runs of the strategies with the same seeds, on the fake backend; the held-out protocol
-keeps its halves apart."""
+live runs of the strategies with the same seeds, on the fake backend, in answers and in cost
+(tokens, FLOPs and eFLOPs, each request priced as the live strategy sends it); the held-out
+protocol keeps its halves apart."""
 
 import json
 import math
@@ -16,16 +17,22 @@ from ttscale.analysis.adaptive import (
     bon_cost_at,
     default_families,
     held_out,
+    outcome_cost,
     problem_samples,
     replay,
 )
 from ttscale.analysis.runs import load_run
-from ttscale.cli_adaptive import _saving
+from ttscale.cli.adaptive import _saving
 from ttscale.config import build_config
+from ttscale.cost import subsample_costs
 from ttscale.runner import run_eval
 from ttscale.stopping import StoppingRule
 
-BENCHMARK = {"benchmark": "arithmetic", "benchmark_options": {"size": 40}, "backend": "fake", "seed": 3}
+# A model shape on the fake: eFLOPs (Kinetics' KV memory traffic) differ from FLOPs, so a request's
+# reading of the prompt's KV is priced and a replay that merged requests would show it.
+SHAPE = {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
+BENCHMARK = {"benchmark": "arithmetic", "benchmark_options": {"size": 40}, "backend": "fake", "seed": 3,
+             "backend_options": {"shape": SHAPE}}
 
 
 async def _run(tmp_path, strategy: str, options: dict) -> load_run:
@@ -39,18 +46,36 @@ def _records(run_dir) -> dict[str, dict]:
     return {record["problem_id"]: record for record in map(json.loads, lines)}
 
 
-@pytest.mark.parametrize("stopping", [
-    {"rule": "beta", "threshold": 0.8},
-    {"rule": "beta", "threshold": 0.9, "give_up": 3},
-    {"rule": "esc", "window": 2},
-    {"rule": "beta", "threshold": 0.8, "unanswered": "class"},
+def _assert_priced_as_live(run, problem, outcome, live_cost: dict) -> bool:
+    """The replay's cost equals the live run's cache-independent cost (what compare reads) in
+    tokens, FLOPs and eFLOPs; returns whether pricing the drawn samples as one request (the old
+    replay) would have understated eFLOPs, i.e. whether this problem tests the request shape."""
+    priced = outcome_cost(run, problem, outcome)
+    assert priced["generated_tokens"] == live_cost["generated_tokens"]
+    assert priced["prompt_tokens"] == live_cost["prompt_tokens"]
+    assert len(outcome.requests) == live_cost["calls"]
+    assert priced["flops"] == pytest.approx(live_cost["structural_flops"], rel=1e-12)
+    assert priced["eflops"] == pytest.approx(live_cost["structural_eflops"], rel=1e-12)
+    tokens = problem.tokens.copy()
+    tokens[outcome.drawn] = outcome.tokens
+    one_request = subsample_costs(run.cost_model, problem.record.cost, tokens, outcome.drawn[None, :])
+    assert float(one_request["flops"][0]) == pytest.approx(priced["flops"], rel=1e-12)  # FLOPs never saw the split
+    return float(one_request["eflops"][0]) < priced["eflops"] * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("stopping, batch", [
+    ({"rule": "beta", "threshold": 0.8}, 1),
+    ({"rule": "beta", "threshold": 0.8}, 3),
+    ({"rule": "beta", "threshold": 0.9, "give_up": 3}, 1),
+    ({"rule": "dirichlet", "threshold": 0.8}, 1),
+    ({"rule": "esc", "window": 2}, 2),
+    ({"rule": "beta", "threshold": 0.8, "unanswered": "class"}, 1),
 ])
-async def test_adaptive_consistency_replay_equals_a_live_run(tmp_path, stopping):
+async def test_adaptive_consistency_replay_equals_a_live_run(tmp_path, stopping, batch):
     best_of_n = load_run(await _run(tmp_path, "best-of-n", {"n": 8}))
-    batch = stopping.get("window", 1)
     live = _records(await _run(tmp_path, "adaptive-consistency", {"n": 8, "batch": batch, **stopping}))
     method = AdaptiveConsistencyReplay(StoppingRule(**stopping), batch)
-    drawn_counts = set()
+    drawn_counts, split_matters = set(), False
     for record in best_of_n.records:
         problem = problem_samples(best_of_n, record)
         outcome = method.replay(problem, np.arange(problem.n))  # the recorded order: the live run's seeds
@@ -61,7 +86,9 @@ async def test_adaptive_consistency_replay_equals_a_live_run(tmp_path, stopping)
         assert int(outcome.tokens.sum()) == ran["cost"]["generated_tokens"]
         chosen = record.samples[outcome.chosen].answer if outcome.chosen >= 0 else None
         assert chosen == ran["selections"]["adaptive"]["answer"]
+        split_matters |= _assert_priced_as_live(best_of_n, problem, outcome, ran["cost"])
     assert len(drawn_counts) > 1  # the rule stopped at different points on different problems
+    assert split_matters  # some problem took several requests, each reading the prompt's KV
 
 
 async def test_deepconf_online_replay_equals_a_live_run(tmp_path):
@@ -69,7 +96,7 @@ async def test_deepconf_online_replay_equals_a_live_run(tmp_path):
     options = {"n": 8, "mode": "online", "warmup": 2, "eta": 90.0, "window": 4, "consensus": 0.8, "logprobs": 5}
     live = _records(await _run(tmp_path, "deepconf", options))
     method = DeepConfOnlineReplay(8, 2, 90.0, 0.8, window=4)
-    stopped_any = False
+    stopped_any = split_matters = False
     for record in recorded.records:
         problem = problem_samples(recorded, record)
         outcome = method.replay(problem, np.arange(problem.n))
@@ -80,7 +107,34 @@ async def test_deepconf_online_replay_equals_a_live_run(tmp_path):
         stopped_any |= bool((outcome.tokens < problem.tokens[outcome.drawn]).any())
         chosen = record.samples[outcome.chosen].answer if outcome.chosen >= 0 else None
         assert chosen == ran["selections"]["deepconf"]["answer"]
+        split_matters |= _assert_priced_as_live(recorded, problem, outcome, ran["cost"])
     assert stopped_any  # some trace was cut short, and its tokens still counted
+    assert split_matters  # the warm-up, then a request per streamed trace
+
+
+@pytest.mark.parametrize("eta", [10.0, 90.0])
+async def test_deepconf_offline_replay_equals_a_live_run_at_k(tmp_path, eta):
+    recorded = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
+    live = _records(await _run(tmp_path, "deepconf", {"n": 5, "mode": "offline", "eta": eta, "logprobs": 5}))
+    method = ScoredVoteReplay(5, "lowest-group", eta)
+    for record in recorded.records:
+        problem = problem_samples(recorded, record)
+        outcome = method.replay(problem, np.arange(problem.n))
+        ran = live[record.problem_id]
+        assert outcome.requests == (5,)  # the k traces in one request
+        chosen = record.samples[outcome.chosen].answer if outcome.chosen >= 0 else None
+        assert chosen == ran["selections"]["filtered-vote"]["answer"]
+        assert not _assert_priced_as_live(recorded, problem, outcome, ran["cost"])
+
+
+@pytest.mark.parametrize("score", ["topk-certainty", "mean-logprob"])
+async def test_weighted_vote_replay_at_k_costs_what_best_of_k_costs(tmp_path, score):
+    recorded = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
+    live = _records(await _run(tmp_path, "best-of-n", {"n": 3, "logprobs": 5}))
+    for record in recorded.records:
+        problem = problem_samples(recorded, record)
+        outcome = ScoredVoteReplay(3, score).replay(problem, np.arange(problem.n))
+        assert not _assert_priced_as_live(recorded, problem, outcome, live[record.problem_id]["cost"])
 
 
 async def test_replay_prices_only_the_drawn_samples(tmp_path):

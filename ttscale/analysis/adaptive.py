@@ -7,9 +7,13 @@ recorded run (tests/test_adaptive.py and tests/test_deepconf.py check both equal
 fake backend). The samples are exchangeable, so each method is replayed over the recorded order
 and over random permutations of it, and the outcome averaged: less noise than one order.
 
-Every replay is priced by the one cost model (`ttscale.cost.subsample_costs`, cache-independent):
-the prompt once (repeated prompts of later batches are prefix-cache hits), each drawn sample's
-tokens, a stopped trace's tokens up to where it stopped.
+Every replay is priced by the one cost model (`ttscale.cost.request_costs`, cache-independent)
+as the live strategy sends its requests (`Outcome.requests`): adaptive-consistency a request per
+batch, DeepConf online its warm-up then a request per streamed trace, a vote at k one request of
+k. Each drawn sample's tokens count (a stopped trace's up to where it stopped), the prompt's
+prefill once (later requests repeat it: structurally cached), and every request its own reading
+of the prompt's KV cache (eFLOPs). tests/test_adaptive_replay.py checks tokens, FLOPs and eFLOPs
+against live runs of every method.
 
 Held-out protocol (`held_out`): the problems are split in halves by a stable hash of their id
 (`ttscale.allocation.policy.split_of`). On half a, each method picks its cheapest setting that
@@ -30,7 +34,7 @@ import numpy as np
 
 from ttscale.analysis.runs import Record, Run, subsample, unknown_as_nan
 from ttscale.analysis.scaling import Curve, CurvePoint
-from ttscale.cost import subsample_costs
+from ttscale.cost import request_costs
 from ttscale.errors import ConfigError
 from ttscale.confidence import DEFAULT_WINDOW, online_replay, topk_certainty, trace_score
 from ttscale.selection import answer_classes, chosen_positions, filtered_positions
@@ -65,6 +69,7 @@ class Outcome:
     drawn: np.ndarray
     tokens: np.ndarray
     chosen: int  # the index of the sample whose answer it gives, -1 for none
+    requests: tuple[int, ...]  # how many of the drawn samples each request held, as the live strategy sends them
 
 
 class Method(Protocol):
@@ -87,14 +92,16 @@ class AdaptiveConsistencyReplay:
     def replay(self, problem: ProblemSamples, order: np.ndarray) -> Outcome:
         drawn = order[: stop_index(problem.classes[order], self.rule, self.batch)]
         position = self.rule.answer_position(problem.classes[drawn].tolist())
-        return Outcome(drawn, problem.tokens[drawn], int(drawn[position]) if position >= 0 else -1)
+        requests = tuple(min(self.batch, len(drawn) - start) for start in range(0, len(drawn), self.batch))
+        return Outcome(drawn, problem.tokens[drawn], int(drawn[position]) if position >= 0 else -1, requests)
 
 
 @dataclass(frozen=True)
 class DeepConfOnlineReplay:
     """DeepConf online: warm-up traces set the threshold, later traces stop when their group
     confidence falls below it, sampling stops at consensus (ttscale.confidence.online_replay,
-    the function the strategy's test checks against a live online run)."""
+    the function the strategy's test checks against a live online run). The warm-up is one
+    request; every later trace is streamed as a request of its own."""
 
     n: int
     warmup: int
@@ -107,13 +114,17 @@ class DeepConfOnlineReplay:
         result = online_replay([problem.confidences[i] for i in order], problem.classes[order], n=self.n,
                                warmup=self.warmup, eta=self.eta, window=self.window, consensus=self.consensus)
         drawn = order[: result.drawn]
-        return Outcome(drawn, np.asarray(result.tokens, dtype=np.int64), int(order[result.winner]) if result.winner >= 0 else -1)
+        warmup = min(self.warmup, result.drawn)
+        requests = (warmup,) * bool(warmup) + (1,) * (result.drawn - warmup)
+        return Outcome(drawn, np.asarray(result.tokens, dtype=np.int64), int(order[result.winner]) if result.winner >= 0 else -1,
+                       requests)
 
 
 @dataclass(frozen=True)
 class ScoredVoteReplay:
     """k full traces, then a vote weighted by each trace's own confidence: DeepConf offline's
-    filtered vote (keep the top eta%), or best-of-N's verifier-free weighted vote (eta None)."""
+    filtered vote (keep the top eta%), or best-of-N's verifier-free weighted vote (eta None).
+    The k traces are one request, as DeepConf offline and best-of-N draw them."""
 
     k: int
     score: str  # a ttscale.confidence trace score, or "topk-certainty" / "mean-logprob"
@@ -128,7 +139,7 @@ class ScoredVoteReplay:
             chosen = chosen_positions("weighted-vote", problem.classes, scores, drawn[None, :])[0]
         else:
             chosen = filtered_positions(problem.classes, scores, drawn[None, :], self.eta)[0]
-        return Outcome(drawn, problem.tokens[drawn], int(chosen))
+        return Outcome(drawn, problem.tokens[drawn], int(chosen), (len(drawn),))
 
 
 
@@ -193,15 +204,23 @@ def replay(run: Run, problems: Sequence[ProblemSamples], method: Method, *, orde
     for j, problem in enumerate(problems):
         for order in sample_orders(problem.n, orders, seed + j):
             outcome = method.replay(problem, order)
-            tokens = problem.tokens.copy()
-            tokens[outcome.drawn] = outcome.tokens
-            priced = subsample_costs(run.cost_model, problem.record.cost, tokens, outcome.drawn[None, :])
+            priced = outcome_cost(run, problem, outcome)
             correct[j] += outcome.chosen >= 0 and bool(problem.correct[outcome.chosen])
             samples[j] += len(outcome.drawn)
             for axis in AXES:
-                cost[axis][j] += float(priced[axis][0])
+                cost[axis][j] += priced[axis]
     return Replayed(method.label, [p.record.problem_id for p in problems], correct / orders, samples / orders,
                     unknown_as_nan(run, {axis: values / orders for axis, values in cost.items()}))
+
+
+def outcome_cost(run: Run, problem: ProblemSamples, outcome: Outcome) -> dict[str, float]:
+    """What a live run spends to reach `outcome`: its drawn samples' tokens, in its requests
+    (cache-independent, as compare prices recorded runs)."""
+    ends = np.cumsum(outcome.requests)
+    if not len(ends) or ends[-1] != len(outcome.drawn):
+        raise ValueError(f"requests {outcome.requests} do not hold the {len(outcome.drawn)} samples drawn")
+    requests = [lengths.tolist() for lengths in np.split(outcome.tokens, ends[:-1])]
+    return request_costs(run.cost_model, problem.record.cost, problem.tokens, requests)
 
 
 # -- best-of-N, the baseline -----------------------------------------------------------------------
