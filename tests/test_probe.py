@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 
 from ttscale.allocation.evaluate import evaluate_policy
 from ttscale.allocation.fit import fit_policy, fit_prefill_probe, load_fit_data
-from ttscale.allocation.policy import AllocationError, AllocationPolicy
-from ttscale.problems import split_of
+from ttscale.allocation.policy import AllocationError, AllocationPolicy, split_of
 from ttscale.analysis import difficulty as diff
 from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app
@@ -345,7 +344,9 @@ def test_serve_runs_a_prefill_policy_with_its_pooling_engine(tmp_path, policy):
     import openai
     from fastapi.testclient import TestClient
 
-    from ttscale.serve import ServeSettings, ServerState, create_app
+    from ttscale.serve.app import create_app
+    from ttscale.serve.settings import ServeSettings
+    from ttscale.serve.state import ServerState
 
     path = policy.save(tmp_path / "prefill.json")
     reader = FakeHiddenStates()

@@ -21,7 +21,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ttscale.backends.fake import FakeBackend
-from ttscale.serve import ServeSettings, ServerState, create_app
+from ttscale.serve.app import create_app
+from ttscale.serve.settings import ServeSettings
+from ttscale.serve.state import ServerState
 from ttscale.solve import solve
 from ttscale.types import ChatMessage, SampleParams
 
@@ -50,7 +52,7 @@ def fake():
 
 def direct_trace(strategy="best-of-n", options=None, seed=1, params=None, question=QUESTION):
     """The same solve, straight through ttscale.solve on a fresh fake backend."""
-    from ttscale.serve import chat_problem
+    from ttscale.serve.protocol import chat_problem
 
     problem = chat_problem((ChatMessage(role="user", content=question),))
     return asyncio.run(solve(problem, backend=FakeBackend("fake"), strategy=strategy, options=options or {"n": 1},
@@ -467,7 +469,7 @@ def test_verifier_tokens_are_in_usage_and_the_block(fake):
     response = ask(client, seed=11, extra_body={"ttscale": {"n": 2, "selection": "max-score", "verifier": "llm-judge-prm"}})
     problem_backend = FakeBackend("fake")
     judge = verifiers.create("llm-judge-prm", benchmark=DEFAULT_VERIFIER)
-    from ttscale.serve import chat_problem
+    from ttscale.serve.protocol import chat_problem
 
     problem = chat_problem((ChatMessage(role="user", content=QUESTION),))
     trace = asyncio.run(solve(problem, backend=problem_backend, options={"n": 2, "selection": "max-score"}, verifier=judge,

@@ -20,11 +20,14 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from ttscale import serve
 from ttscale.backends.fake import FakeBackend
 from ttscale.backends.openai_http import OpenAIBackend
 from ttscale.errors import TtscaleError
-from ttscale.serve import ServeSettings, ServerState, create_app, sample_params
+from ttscale.serve import streaming
+from ttscale.serve.app import create_app
+from ttscale.serve.protocol import APIError, ChatBody
+from ttscale.serve.settings import ServeSettings
+from ttscale.serve.state import ServerState
 from ttscale.types import SAMPLING_EXTRAS, ChatMessage, GenRequest, SampleParams
 
 QUESTION = "What is 2+2?"
@@ -179,10 +182,10 @@ def test_vllm_sampling_extras_reach_a_backend_that_honours_them():
 
 def test_sample_params_only_take_extras_the_backend_honours():
     settings = ServeSettings(backend="openai", model="fake")
-    body = serve.ChatBody(model="fake", messages=MESSAGES, top_k=4, presence_penalty=0.3)
-    assert sample_params(settings, body, frozenset(SAMPLING_EXTRAS)).extras() == {"top_k": 4, "presence_penalty": 0.3}
-    with pytest.raises(serve.APIError) as caught:
-        sample_params(settings, body, frozenset({"presence_penalty"}))
+    body = ChatBody(model="fake", messages=MESSAGES, top_k=4, presence_penalty=0.3)
+    assert body.to_sample_params(settings, frozenset(SAMPLING_EXTRAS)).extras() == {"top_k": 4, "presence_penalty": 0.3}
+    with pytest.raises(APIError) as caught:
+        body.to_sample_params(settings, frozenset({"presence_penalty"}))
     assert (caught.value.status, caught.value.param) == (400, "top_k")
 
 
@@ -340,7 +343,7 @@ class SlowFirstToken(FakeBackend):
 def test_no_keep_alive_while_a_sample_streams_live(monkeypatch):
     """The engine sets the pace of a live sample, as with vLLM's own server: no comment goes out,
     so clients that mishandle comments (vLLM's benchmark client) are never fed one."""
-    monkeypatch.setattr(serve, "KEEPALIVE_S", 0.01)
+    monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.01)
     _, http = in_process(SlowFirstToken("fake"))
     with http:
         raw = http.post("/v1/chat/completions", json={"model": "fake", "messages": MESSAGES, "stream": True}).text
@@ -348,7 +351,7 @@ def test_no_keep_alive_while_a_sample_streams_live(monkeypatch):
 
 
 def test_keep_alives_go_out_while_a_strategy_chooses(monkeypatch):
-    monkeypatch.setattr(serve, "KEEPALIVE_S", 0.01)
+    monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.01)
     backend = HeldFake()
     client, http = in_process(backend, app_wrapper=releasing_on(b": keep-alive", backend))
     with http:

@@ -376,7 +376,8 @@ async def test_a_lost_connection_stops_a_stream_at_once():
 
     from fastapi.responses import StreamingResponse
 
-    from ttscale.serve import Metrics, _Gate
+    from ttscale.serve.app import _Gate
+    from ttscale.serve.metrics import Metrics
 
     loop = asyncio.get_running_loop()
     state = {"chunks": 0, "lost": False, "disconnected": False, "writes_after_loss": 0}
