@@ -159,7 +159,7 @@ def test_best_of_n_cost_at_an_accuracy_interpolates_in_log_cost():
 
 
 async def test_held_out_chooses_on_one_half_and_measures_on_the_other(tmp_path):
-    from ttscale.allocation.policy import split_of
+    from ttscale.problems import split_of
 
     run = load_run(await _run(tmp_path, "best-of-n", {"n": 8, "logprobs": 5}))
     base, results = held_out(run, default_families(run), orders=2, bootstrap=50)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from ttscale.allocation.evaluate import evaluate_policy
 from ttscale.allocation.fit import fit_policy
-from ttscale.allocation.policy import AllocationError, AllocationPolicy, greedy_allocation, split_of, upper_hull
+from ttscale.allocation.policy import AllocationError, AllocationPolicy, greedy_allocation, upper_hull
+from ttscale.problems import split_of
 from ttscale.analysis.runs import load_run, subsample
 from ttscale.analysis.coverage import coverage_model
 from ttscale.backends.fake import FakeBackend

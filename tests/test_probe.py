@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from ttscale.allocation.evaluate import evaluate_policy
 from ttscale.allocation.fit import fit_policy, fit_prefill_probe, load_fit_data
-from ttscale.allocation.policy import AllocationError, AllocationPolicy, split_of
+from ttscale.allocation.policy import AllocationError, AllocationPolicy
+from ttscale.problems import split_of
 from ttscale.analysis import difficulty as diff
 from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app

@@ -20,7 +20,8 @@ import pytest
 
 from ttscale.analysis.runs import load_run
 from ttscale.config import RunConfig
-from ttscale.scaleout import merge_runs, shard_index
+from ttscale.problems import shard_index
+from ttscale.scaleout import merge_runs
 from ttscale.types import Problem
 
 ray = pytest.importorskip("ray", reason="scale-out tests need Ray: pip install 'ttscale[ray]'")

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ttscale.allocation.policy import split_of
+from ttscale.problems import shard_index, split_of
 from ttscale.analysis.report import build_comparison
 from ttscale.cli import app
 from ttscale.config import CONNECTION_OPTIONS, NOT_HASHED, RunConfig
 from ttscale.build import build_benchmark
 from ttscale.runner import run_eval
-from ttscale.scaleout import merge_runs, shard_index
+from ttscale.scaleout import merge_runs
 from ttscale.types import SAMPLING_EXTRAS
 
 LIMIT = 24

@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ttscale.errors import ConfigError, describe_validation_error
+from ttscale.problems import derive_seed
 from ttscale.speculative import SpeculativeConfig
 from ttscale.types import SAMPLING_EXTRAS, Frozen, SampleParams
 
@@ -55,7 +56,7 @@ class RunConfig(PluginSpec):
     split: Literal["a", "b"] | None = Field(
         default=None,
         description="Evaluate only one half of the problems: a (where policies and verifiers are fitted) or "
-        "b (held out), by a stable hash of each problem id (ttscale.allocation.policy.split_of); after limit.",
+        "b (held out), by a stable hash of each problem id (ttscale.problems.split_of); after limit.",
     )
     ray: str | None = Field(
         default=None,
@@ -115,8 +116,7 @@ class RunConfig(PluginSpec):
 
     def problem_seed(self, problem_id: str) -> int:
         """A per-problem request seed: stable across resumes, concurrency and problem order."""
-        digest = hashlib.sha256(f"{self.seed}|{problem_id}".encode()).digest()
-        return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+        return derive_seed(self.seed, problem_id)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

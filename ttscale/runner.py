@@ -29,7 +29,8 @@ from ttscale.protocols import (
     size_for_workload,
     verifier_saw_gold,
 )
-from ttscale.scaleout import gather_or_cancel, select_problems, solve_on_ray
+from ttscale.problems import select_problems
+from ttscale.scaleout import gather_or_cancel, solve_on_ray
 from ttscale.store import RunStore
 from ttscale.types import ORACLE_RULE, Problem, Trace
 from ttscale.grading.sandbox import isolation_record
@@ -134,7 +135,7 @@ async def run_eval(
             "pass --verifier llm-judge-prm (runs on CPU), vllm-prm (GPU) or oracle-orm (an upper bound)"
         )
     # Every problem of the first `limit` unless --split (one half) or --shard (one part) narrows them.
-    problems = select_problems(benchmark.load(limit=config.limit), config)
+    problems = select_problems(benchmark.load(limit=config.limit), split=config.split, shard=config.shard_of())
     wanted = {p.id for p in problems}
     with RunStore(config) as store:
         done = store.done_ids() & wanted

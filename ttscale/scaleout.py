@@ -11,14 +11,13 @@ go back on the driver's queue and a live replica takes them: the dead one's solv
 retried by Ray (`max_task_retries=0`), so a problem never waits for an engine to restart. A
 problem is recorded once, when a replica returns its record.
 
-Without Ray (`--shard I/K`): a run takes the problems whose sha256(id) mod K is I, into a run
-directory of its own; `merge` joins the K shard runs into the run one process would have written.
+Without Ray (`--shard I/K`): a run takes the problems whose sha256(id) mod K is I (ttscale.problems),
+into a run directory of its own; `merge` joins the K shard runs into the run one process would have written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ttscale.config import NOT_HASHED, RunConfig, build_config
 from ttscale.errors import ConfigError, TtscaleError
+from ttscale.problems import shard_index, split_of
 from ttscale.types import Problem
 
 RAY_INSTALL = "pip install 'ttscale[ray]'"
@@ -41,41 +41,6 @@ MAX_ATTEMPTS = 3  # per problem: one that was in flight on 3 dying replicas like
 REPLICA_CPUS = 1.0  # what a replica reserves for scheduling: its engine's driver thread and tokenizer
 LOCAL_OBJECT_STORE = 256 * 2**20  # records are kilobytes; Ray's default takes 30% of RAM
 log = logging.getLogger(__name__)
-
-
-# --- shards ------------------------------------------------------------------------------------
-
-
-def shard_index(problem_id: str, count: int) -> int:
-    """The shard of a problem: sha256 of its id mod `count` (stable across processes and machines,
-    unlike Python's salted hash())."""
-    digest = hashlib.sha256(problem_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-def select_shard(problems: Sequence[Problem], config: RunConfig) -> list[Problem]:
-    """The problems of the config's shard (all of them when the run is not a shard)."""
-    shard = config.shard_of()
-    if shard is None:
-        return list(problems)
-    index, count = shard
-    return [problem for problem in problems if shard_index(problem.id, count) == index]
-
-
-def select_split(problems: Sequence[Problem], config: RunConfig) -> list[Problem]:
-    """The problems of the config's half, a or b (ttscale.allocation.policy.split_of; all of them
-    when the run names no split)."""
-    if config.split is None:
-        return list(problems)
-    from ttscale.allocation.policy import split_of
-
-    return [problem for problem in problems if split_of(problem.id) == config.split]
-
-
-def select_problems(problems: Sequence[Problem], config: RunConfig) -> list[Problem]:
-    """What a run evaluates of the (already limited) problems: its split's half, then its shard's
-    part of that (both are filters on a stable hash of the id, so the order does not matter)."""
-    return select_shard(select_split(problems, config), config)
 
 
 # --- where a backend runs ----------------------------------------------------------------------
@@ -606,7 +571,6 @@ def merge_runs(run_dirs: Sequence[Path], output: Path) -> MergeResult:
     shard twice, records outside their shard or split, problems in two shards, and a target run that
     already has records.
     """
-    from ttscale.allocation.policy import split_of
     from ttscale.analysis.summary import summarize
     from ttscale.store import RunStore
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ttscale import registry
 from ttscale.context import SolveContext
+from ttscale.problems import derive_seed
 from ttscale.types import ChatMessage, Problem, SampleParams, Trace
 
 if TYPE_CHECKING:
@@ -22,12 +23,6 @@ def as_problem(prompt: str | Problem, template: str | None = None) -> Problem:
     content = template.replace("{question}", prompt) if template else prompt
     problem_id = "prompt-" + hashlib.sha256(content.encode()).hexdigest()[:12]
     return Problem(id=problem_id, question=prompt, prompt=(ChatMessage(role="user", content=content),))
-
-
-def problem_seed(problem: Problem, seed: int) -> int:
-    """A per-problem request seed derived from `seed` and the problem id (as the runner does)."""
-    digest = hashlib.sha256(f"{seed}|{problem.id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 async def solve(
@@ -54,7 +49,7 @@ async def solve(
         backend=backend,
         answers=answers or DEFAULT_VERIFIER,
         params=params or SampleParams(),
-        seed=problem_seed(problem, seed),
+        seed=derive_seed(seed, problem.id),  # as the runner seeds each problem
         verifier=verifier,
     )
     return await ctx.solve(solver, problem)

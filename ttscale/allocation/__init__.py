@@ -10,7 +10,7 @@ modules on first use.
 
 from ttscale.allocation.policy import (  # noqa: F401
     AllocationError, AllocationPolicy, BinTable, Entry, Plan, Probe, Setting, describe_setting, greedy_allocation,
-    in_split, split_of, upper_hull,
+    upper_hull,
 )
 
 

@@ -20,10 +20,11 @@ import numpy as np
 
 from ttscale.allocation.fit import FitData, bins_of, load_fit_data, predict_prefill
 from ttscale.allocation.policy import (
-    AllocationError, AllocationPolicy, BinSource, Entry, Split, check_budget, describe_setting,
+    AllocationError, AllocationPolicy, BinSource, Entry, check_budget, describe_setting,
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import accuracy_at, cost_for
+from ttscale.problems import Split
 
 if TYPE_CHECKING:
     from ttscale.probe import PromptReader

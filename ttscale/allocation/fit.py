@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from ttscale.allocation.policy import (
-    POLICY_VERSION, PREFILL_POLICY_VERSION, AllocationPolicy, BinSource, BinTable, Entry, Probe, Setting, Split, drawn_samples,
-    in_split,
+    POLICY_VERSION, PREFILL_POLICY_VERSION, AllocationPolicy, BinSource, BinTable, Entry, Probe, Setting, drawn_samples,
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import Run, load_run, probe_price, subsample
 from ttscale.errors import ConfigError
+from ttscale.problems import Split, in_split
 from ttscale.protocols import prompt_template_of
 from ttscale.selection import VERIFIER_RULES
 

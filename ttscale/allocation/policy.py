@@ -25,7 +25,6 @@ than run a probe they do not know). Both load here.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ttscale.analysis import difficulty as diff
 from ttscale.errors import ConfigError, TtscaleError
 from ttscale.hidden_states import read_prompt
 from ttscale.probe import PrefillRegressor
+from ttscale.problems import Split
 from ttscale.selection import first_answer, majority_vote
 from ttscale.types import Problem, SampleParams, Trace
 
@@ -49,22 +49,11 @@ POLICY_VERSION = 2  # 2: problem ids fitted on, gold taint per setting, the prob
 PREFILL_POLICY_VERSION = 3  # 3: a prefill probe (hidden states and its regressor); otherwise as 2
 READABLE_VERSIONS = (POLICY_VERSION, PREFILL_POLICY_VERSION)
 BinSource = Literal["oracle", "predicted"]
-Split = Literal["all", "a", "b"]
 UPPER_BOUND = "(upper bound: uses gold)"
 
 
 class AllocationError(TtscaleError):
     """A policy cannot serve this request: budget too small, wrong model, unknown bin."""
-
-
-def split_of(problem_id: str) -> str:
-    """A problem's half, "a" or "b", from a stable hash of its id (the same on every machine)."""
-    return "ab"[hashlib.sha256(problem_id.encode()).digest()[0] & 1]
-
-
-def in_split(problem_id: str, split: Split) -> bool:
-    """Whether a problem belongs to the split ("all" holds every problem)."""
-    return split == "all" or split_of(problem_id) == split
 
 
 def check_budget(value: float | None, name: str) -> None:

@@ -16,7 +16,7 @@ of the prompt's KV cache (eFLOPs). tests/test_adaptive_replay.py checks tokens, 
 against live runs of every method.
 
 Held-out protocol (`held_out`): the problems are split in halves by a stable hash of their id
-(`ttscale.allocation.policy.split_of`). On half a, each method picks its cheapest setting that
+(`ttscale.problems.split_of`). On half a, each method picks its cheapest setting that
 reaches best-of-N majority's accuracy at the run's full N; on half b that setting is measured and
 set against the best-of-N majority curve of half b: the compute best-of-N needs for the same
 accuracy, over the compute the method spent. Bootstrap resampling of half b's problems gives the
@@ -36,6 +36,7 @@ from ttscale.analysis.runs import Record, Run, subsample, unknown_as_nan
 from ttscale.analysis.scaling import Curve, CurvePoint
 from ttscale.cost import request_costs
 from ttscale.errors import ConfigError
+from ttscale.problems import split_of
 from ttscale.confidence import DEFAULT_WINDOW, online_replay, topk_certainty, trace_score
 from ttscale.selection import answer_classes, chosen_positions, filtered_positions
 from ttscale.stopping import StoppingRule, stop_index
@@ -293,8 +294,6 @@ class HeldOutResult:
 
 def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int = 20, bootstrap: int = 1000, seed: int = 0, splits: tuple[str, str] = ("a", "b")) -> tuple[Baseline, list[HeldOutResult]]:
     """Each family's setting chosen on split a, measured on split b against best-of-N majority."""
-    from ttscale.allocation.policy import split_of
-
     if run.kind != "best-of-n":
         raise ConfigError(f"{run.dir} is a {run.config.strategy} run; adaptive methods replay a best-of-N run's samples: "
                           "record one with `ttscale eval -s best-of-n --n 16 -S logprobs=10`")

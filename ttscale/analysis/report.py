@@ -19,6 +19,7 @@ from ttscale.analysis.runs import Run, load_run
 from ttscale.analysis.scaling import UPPER_BOUND, Curve, bin_ranges, coverage_curve, scaling_curves
 from ttscale.cost import KINETICS_INTENSITY
 from ttscale.errors import ConfigError
+from ttscale.problems import split_of
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,8 @@ def describe_split(split: str | None) -> str:
 
 
 def restrict_to_split(run: Run, split: str) -> Run:
-    """The run with only its problems of one half (ttscale.allocation.policy.split_of), or a
+    """The run with only its problems of one half (ttscale.problems.split_of), or a
     ConfigError naming the run when it has none there."""
-    from ttscale.allocation.policy import split_of
-
     records = [r for r in run.records if split_of(r.problem_id) == split]
     if not records:
         raise ConfigError(
@@ -125,7 +124,7 @@ def build_comparison(
 
     `adaptive`: add the adaptive methods replayed from each best-of-N run (ttscale.analysis.adaptive),
     a curve per method whose points are its thresholds. `split` ("a" or "b"): restrict every run to
-    the problems of that half (ttscale.allocation.policy.split_of) before anything is built;
+    the problems of that half (ttscale.problems.split_of) before anything is built;
     `common`: then to the problems every run recorded."""
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split must be a (where policies and verifiers are fitted) or b (held out), got {split!r}")
