@@ -1,17 +1,17 @@
 """Plugins from other installed packages, and the contract they are written against.
 
-A tiny plugin package (a pyproject with entry points, a strategy and a verifier module) is
-built and installed with pip into a temporary directory, with its dist-info, offline; `ttscale
-eval` then runs it through the CLI with that directory on PYTHONPATH, as it would run for a
-user who pip-installed the package.
+The example package of docs/plugins.md (its pyproject with entry points, and one strategy,
+verifier, backend and benchmark module, read from the page's code blocks) is built and installed
+with pip into a temporary directory, with its dist-info, offline; `ttscale eval` then runs its
+plugins through the CLI with that directory on PYTHONPATH, as for a user who pip-installed it.
 """
 
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,45 +27,16 @@ from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifiers.base import VerifierBase
 
 ROOT = Path(__file__).resolve().parent.parent
-
-DEMO_STRATEGY = '''
-"""One sample, its answer taken as it is: a strategy written against ttscale.plugins only."""
-
-from ttscale.plugins import Candidate, GenRequest, Problem, StrategyContext, Trace
+# A code block of the page whose first line names its file: "# pyproject.toml", "# example_plugins/x.py".
+FILE_BLOCK = re.compile(r"```(?:python|toml)\n# (\S+)\n(.*?)```", re.DOTALL)
 
 
-class FirstSample:
-    name = "first-sample"
-
-    def __init__(self, tag: str = "untagged"):
-        self.tag = tag
-
-    async def solve(self, problem: Problem, ctx: StrategyContext) -> Trace:
-        params = ctx.params.model_copy(update={"n": 1})
-        [generation] = await ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
-        [completion] = generation.completions
-        answer = ctx.answers.extract_answer(completion.text)
-        candidate = Candidate(text=completion.text, answer=answer, num_tokens=completion.num_tokens,
-                              finish_reason=completion.finish_reason)
-        return Trace(candidates=(candidate,), selections={"first": answer}, chosen_rule="first",
-                     metadata={"plugin": "ttscale-demo-plugin", "tag": self.tag, "seed": ctx.params.seed})
-'''
-
-DEMO_VERIFIER = '''
-"""Scores a step by its length: a verifier on the public base class."""
-
-from pydantic import Field
-
-from ttscale.plugins import VerifierBase
-
-
-class StepLength(VerifierBase):
-    name: str = Field(default="step-length", exclude=True)
-    per: float = 1000.0
-
-    async def score_steps(self, problem, steps, meter):
-        return [[len(step) / self.per for step in solution] for solution in steps]
-'''
+def docs_example_files() -> dict[str, str]:
+    """The files of docs/plugins.md's example package, as the page shows them."""
+    files = {path: f"# {path}\n{body}" for path, body in FILE_BLOCK.findall((ROOT / "docs" / "plugins.md").read_text())}
+    assert {"pyproject.toml", "example_plugins/strategy.py", "example_plugins/verifier.py",
+            "example_plugins/backend.py", "example_plugins/benchmark.py"} <= set(files)
+    return files
 
 
 def write_package(root: Path, name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> Path:
@@ -84,7 +55,7 @@ def write_package(root: Path, name: str, entry_points: dict[str, dict[str, str]]
         (root / package).mkdir()
         (root / package / "__init__.py").write_text("")
     for path, source in modules.items():
-        (root / path).write_text(textwrap.dedent(source))
+        (root / path).write_text(source)
     return root
 
 
@@ -100,27 +71,26 @@ def pip_install(package: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_site(tmp_path_factory) -> Path:
-    """ttscale-demo-plugin installed: strategy my-strategy, verifier step-length."""
-    root = tmp_path_factory.mktemp("demo")
-    package = write_package(
-        root / "src", "ttscale-demo-plugin",
-        {"ttscale.strategies": {"my-strategy": "demo_plugin.strategy:FirstSample"},
-         "ttscale.verifiers": {"step-length": "demo_plugin.verifier:StepLength"}},
-        {"demo_plugin/strategy.py": DEMO_STRATEGY, "demo_plugin/verifier.py": DEMO_VERIFIER},
-    )
+def example_site(tmp_path_factory) -> Path:
+    """docs/plugins.md's ttscale-example-plugins installed: strategy shortest-of-n, verifier
+    step-length, backend canned, benchmark doubles."""
+    root = tmp_path_factory.mktemp("example")
+    package = root / "src"
+    for path, text in {**docs_example_files(), "example_plugins/__init__.py": ""}.items():
+        (package / path).parent.mkdir(parents=True, exist_ok=True)
+        (package / path).write_text(text)
     return pip_install(package, root / "site")
 
 
 @pytest.fixture(scope="module")
 def bad_site(tmp_path_factory) -> Path:
-    """ttscale-bad-plugin installed: it claims the built-in best-of-n and the demo's my-strategy,
+    """ttscale-bad-plugin installed: it claims the built-in best-of-n and the example's shortest-of-n,
     one entry point's module fails to import, another names something that is not a factory."""
     root = tmp_path_factory.mktemp("bad")
     package = write_package(
         root / "src", "ttscale-bad-plugin",
         {"ttscale.strategies": {"best-of-n": "bad_plugin.strategies:Impostor",
-                                "my-strategy": "bad_plugin.strategies:Impostor",
+                                "shortest-of-n": "bad_plugin.strategies:Impostor",
                                 "broken": "bad_plugin.broken:Strategy",
                                 "not-a-factory": "bad_plugin.strategies:VERSION"}},
         {"bad_plugin/strategies.py": "VERSION = '0.1'\n\nclass Impostor:\n    name = 'impostor'\n",
@@ -151,30 +121,43 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 # --- through the CLI ----------------------------------------------------------------------------
 
 
-def test_a_strategy_from_an_installed_package_runs_through_ttscale_eval(demo_site, tmp_path):
-    result = ttscale("eval", "-s", "my-strategy", "-S", "tag=from-the-cli", "--backend", "fake",
-                     "-b", "arithmetic", "--limit", "3", "-o", "runs", sites=[demo_site], cwd=tmp_path)
+def test_a_strategy_from_an_installed_package_runs_through_ttscale_eval(example_site, tmp_path):
+    result = ttscale("eval", "-s", "shortest-of-n", "--n", "3", "--backend", "fake", "-b", "arithmetic",
+                     "--limit", "3", "-o", "runs", sites=[example_site], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = records(tmp_path / "runs")
     assert len(rows) == 3
     for row in rows:
-        assert row["strategy"] == "my-strategy" and row["chosen_rule"] == "first"
-        # The plugin's own trace metadata, its option from -S, and the per-problem seed its context carried.
-        assert row["trace_metadata"] == {"plugin": "ttscale-demo-plugin", "tag": "from-the-cli", "seed": row["seed"]}
-        [candidate] = row["candidates"]
-        assert row["selections"]["first"]["answer"] == candidate["answer"]
-        # It spent through the meter: one call, its sample's tokens.
-        assert row["cost"]["calls"] == 1 and row["cost"]["generated_tokens"] == candidate["num_tokens"] > 0
+        assert row["strategy"] == "shortest-of-n" and row["chosen_rule"] == "shortest"
+        candidates = row["candidates"]
+        assert len(candidates) == 3  # its --n
+        finished = [c for c in candidates if c["finish_reason"] == "stop"] or candidates
+        shortest = min(finished, key=lambda c: c["num_tokens"])
+        # The plugin's own rule and log, and the per-problem seed its context carried.
+        assert row["selections"]["shortest"]["answer"] == shortest["answer"]
+        assert row["trace_metadata"] == {"seed": row["seed"], "shortest_tokens": shortest["num_tokens"]}
+        # It spent through the meter: one request, every sample's tokens.
+        assert row["cost"]["calls"] == 1
+        assert row["cost"]["generated_tokens"] == sum(c["num_tokens"] for c in candidates) > 0
 
 
-def test_a_verifier_from_an_installed_package_scores_through_ttscale_eval(demo_site, tmp_path):
+def test_a_verifier_backend_and_benchmark_from_an_installed_package_run_through_ttscale_eval(example_site, tmp_path):
     result = ttscale("eval", "-s", "best-of-n", "--n", "2", "-v", "step-length", "-V", "per=100",
-                     "--backend", "fake", "-b", "arithmetic", "--limit", "2", "-o", "runs", sites=[demo_site], cwd=tmp_path)
+                     "--backend", "canned", "-b", "doubles", "-B", "count=3", "-o", "runs",
+                     sites=[example_site], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for row in records(tmp_path / "runs"):
+    rows = records(tmp_path / "runs")
+    assert sorted(row["problem_id"] for row in rows) == ["double-1", "double-2", "double-3"]  # the benchmark's
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "backend.json").read_text())["backend"] == "CannedBackend"
+    canned = "Two and two.\n\nSo the answer is \\boxed{4}."
+    for row in rows:
         assert row["verifier"] == "step-length" and row["verifier_uses_gold"] is False
         for candidate in row["candidates"]:
-            assert candidate["step_scores"] == [len(step) / 100 for step in split_steps(candidate["text"])]
+            assert candidate["text"] == canned and candidate["answer"] == "4"  # the backend's, read by the benchmark
+            assert candidate["step_scores"] == [len(step) / 100 for step in split_steps(canned)]  # the verifier's
+        # graded by the benchmark: only 2 + 2 is 4
+        assert row["selections"]["majority"]["correct"] is (row["problem_id"] == "double-2")
 
 
 def test_a_plugin_claiming_a_built_in_name_is_an_error_naming_both_packages(bad_site, tmp_path):
@@ -202,24 +185,24 @@ def fresh_strategies() -> Registry:
     return registry
 
 
-def test_plugin_names_are_listed_and_suggested_with_their_package(demo_site, monkeypatch):
-    monkeypatch.syspath_prepend(str(demo_site))
+def test_plugin_names_are_listed_and_suggested_with_their_package(example_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(example_site))
     strategies = fresh_strategies()
     assert strategies.group == "ttscale.strategies"
-    assert strategies.names() == ["best-of-n", "my-strategy"] and "my-strategy" in strategies
+    assert strategies.names() == ["best-of-n", "shortest-of-n"] and "shortest-of-n" in strategies
     with pytest.raises(UnknownNameError) as error:
-        strategies.factory("my-strategi")
-    assert "Did you mean 'my-strategy'?" in str(error.value)
-    assert "Known strategies: best-of-n, my-strategy (from package ttscale-demo-plugin 0.1)." in str(error.value)
-    assert strategies.factory("my-strategy").__name__ == "FirstSample"
+        strategies.factory("shortest-of")
+    assert "Did you mean 'shortest-of-n'?" in str(error.value)
+    assert "Known strategies: best-of-n, shortest-of-n (from package ttscale-example-plugins 0.1)." in str(error.value)
+    assert strategies.factory("shortest-of-n").__name__ == "ShortestOfN"
 
 
-def test_two_plugins_claiming_one_name_is_an_error_naming_both(demo_site, bad_site, monkeypatch):
-    monkeypatch.syspath_prepend(str(demo_site))
+def test_two_plugins_claiming_one_name_is_an_error_naming_both(example_site, bad_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(example_site))
     monkeypatch.syspath_prepend(str(bad_site))
     with pytest.raises(PluginError) as error:
-        fresh_strategies().factory("my-strategy")
-    assert "package ttscale-bad-plugin 0.1" in str(error.value) and "package ttscale-demo-plugin 0.1" in str(error.value)
+        fresh_strategies().factory("shortest-of-n")
+    assert "package ttscale-bad-plugin 0.1" in str(error.value) and "package ttscale-example-plugins 0.1" in str(error.value)
 
 
 def test_an_entry_point_that_names_no_factory_is_an_error(bad_site, monkeypatch):
