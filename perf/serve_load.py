@@ -25,7 +25,6 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import httpx
 
+from ttscale.testing import ServerFailed, free_port, serve_command, start_server
+
 MODEL = "smollm2-135m"
 PROMPTS = [
     "What is {a} + {b}? Think step by step and put the final answer in \\boxed{{}}.",
@@ -42,12 +43,6 @@ PROMPTS = [
     "Compute {a} times {b}, showing your work.",
     "Explain in two sentences why {a} is {parity}.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def machine() -> str:
@@ -73,27 +68,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def wait_healthy(process: subprocess.Popen, port: int, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    sys.exit(f"server on port {port} did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 def start(command: list[str], port: int, log: Path, timeout: float = 600) -> subprocess.Popen:
-    with open(log, "a") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TTSCALE_API_KEY": ""})
-    wait_healthy(process, port, log, timeout)
-    return process
+    """A server in a session of its own (its engine-core child is ended with it), logging to `log`."""
+    try:
+        return start_server(command, port, log=log, timeout=timeout, own_session=True,
+                            env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TTSCALE_API_KEY": ""})
+    except ServerFailed as error:
+        sys.exit(str(error))
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -109,10 +90,6 @@ def stop(process: subprocess.Popen) -> int:
     except ProcessLookupError:
         pass
     return code
-
-
-def serve_command(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "ttscale.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
 
 
 def messages(i: int) -> list[dict[str, str]]:

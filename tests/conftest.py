@@ -30,14 +30,6 @@ async def vllm_backend():
     await backend.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """A real OpenAI-compatible vLLM server for the embedded model on 127.0.0.1, started once.
@@ -47,16 +39,14 @@ def vllm_server(tmp_path_factory):
     """
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     from ttscale.machine import choose_cpu_dtype, plan_kv_cache
     from ttscale.models import prepare_model
     from ttscale.modelshape import load_shape
+    from ttscale.testing import free_port, start_server
 
     model = prepare_model("smollm2-135m")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model.path,
@@ -71,23 +61,9 @@ def vllm_server(tmp_path_factory):
         plan = plan_kv_cache(load_shape(model.path), dtype=dtype, max_model_len=4096, **ENGINE_TEST_WORKLOAD)
         command += ["--dtype", dtype, "--enforce-eager", "--kv-cache-memory-bytes", str(plan.cache_bytes),
                     "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 300
+    server = start_server(command, port, log=log_path, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}, timeout=300)
     try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server did not come up in 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield base_url
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.terminate()
         try:

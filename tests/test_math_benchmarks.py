@@ -1,7 +1,6 @@
 """The hub math benchmarks (from small local files in the real schemas) and CHAMP (offline)."""
 
 import json
-import socket
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ttscale.benchmarks.hub import load_rows
 from ttscale.benchmarks.math500 import Math500Benchmark
 from ttscale.errors import ConfigError
 from ttscale.protocols import Benchmark
+from ttscale.testing import free_port  # a free port is closed: connections to it are refused
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HUB = [
@@ -173,13 +173,7 @@ def test_bad_data_files_name_the_problem(tmp_path):
         Aime24Benchmark(data_file=duplicate).load()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again once the socket is: connections are refused
-
-
-@pytest.mark.parametrize("endpoint", ["https://hub.invalid", f"http://127.0.0.1:{_closed_port()}"])
+@pytest.mark.parametrize("endpoint", ["https://hub.invalid", f"http://127.0.0.1:{free_port()}"])
 @pytest.mark.parametrize("make, fixture, dataset", HUB)
 def test_hub_without_network_fails_fast_with_a_hint(monkeypatch, make, fixture, dataset, endpoint):
     # The real code path, with the hub unreachable (".invalid" never resolves; a closed port

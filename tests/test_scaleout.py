@@ -22,6 +22,7 @@ from ttscale.analysis.runs import load_run
 from ttscale.config import RunConfig
 from ttscale.problems import shard_index
 from ttscale.scaleout import merge_runs
+from ttscale.testing import free_port
 from ttscale.types import Problem
 
 ray = pytest.importorskip("ray", reason="scale-out tests need Ray: pip install 'ttscale[ray]'")
@@ -305,14 +306,8 @@ def test_sigkill_of_the_driver_then_rerun_resumes(tmp_path, reference, ray_env):
     assert_same_samples(only_run(output), reference)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_external_cluster_started_with_ray_start(tmp_path, reference, ray_env):
-    port = _free_port()
+    port = free_port()
     # `ray start --head` on this machine, whose address 127.0.0.1:PORT is (Ray reaches it through the
     # node's IP). With --block, in a session of its own, ended by its id below. (`ray stop` ends every Ray
     # process on the machine, other users' too.)

@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -25,6 +24,7 @@ from ttscale.serve.app import create_app
 from ttscale.serve.settings import ServeSettings
 from ttscale.serve.state import ServerState
 from ttscale.solve import solve
+from ttscale.testing import free_port, serve_command, start_server, wait_until_in_flight
 from ttscale.types import ChatMessage, SampleParams
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -334,27 +334,9 @@ def test_a_policy_for_another_model_is_refused_at_start(policy_path):
 # --- an upstream server that goes away; SIGTERM -------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_serve(*args: str, port: int, env=None) -> subprocess.Popen:
-    """`ttscale serve` as a user starts it, on 127.0.0.1; returns once /health answers."""
-    process = subprocess.Popen([sys.executable, "-m", "ttscale.cli", "serve", "--port", str(port), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("serve did not answer /health in 60 s")
+def start_serve(*args: str, port: int) -> subprocess.Popen:
+    """`ttscale serve` as a user starts it, on 127.0.0.1; returns once /health answers (stderr is piped)."""
+    return start_server(serve_command(port, *args), port, timeout=60)
 
 
 def stop(process: subprocess.Popen) -> tuple[int, str]:
@@ -392,18 +374,6 @@ def test_a_dead_upstream_gives_503_and_the_proxy_serves_again_once_it_is_back():
         assert caught.value.status_code == 503
 
 
-def wait_until_in_flight(port: int, thread: threading.Thread, timeout_s: float = 60) -> None:
-    """Until the server's own gauge counts a request in flight (/metrics does not count itself)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert thread.is_alive(), "the request finished before it was seen in flight"
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if any(line.startswith("ttscale_requests_in_flight ") and float(line.split()[1]) >= 1 for line in metrics.splitlines()):
-            return
-        time.sleep(0.05)
-    pytest.fail("no request was ever in flight")
-
-
 def test_sigterm_finishes_the_request_in_flight_and_exits_0():
     # The fake backend takes 10 s: a wide window, so that seeing the request in flight, signalling,
     # and seeing new connections refused all happen while it runs, however loaded the machine.
@@ -417,7 +387,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0():
 
     thread = threading.Thread(target=request)
     thread.start()
-    wait_until_in_flight(port, thread)
+    wait_until_in_flight(f"http://127.0.0.1:{port}/metrics", thread, timeout_s=60)
     server.send_signal(signal.SIGTERM)
     refused = None
     while refused is None and thread.is_alive():  # no new requests once it is stopping

@@ -9,9 +9,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -28,16 +26,11 @@ from ttscale.serve.app import create_app
 from ttscale.serve.protocol import APIError, ChatBody
 from ttscale.serve.settings import ServeSettings
 from ttscale.serve.state import ServerState
+from ttscale.testing import free_port, serve_command, start_server
 from ttscale.types import SAMPLING_EXTRAS, ChatMessage, GenRequest, SampleParams
 
 QUESTION = "What is 2+2?"
 MESSAGES = [{"role": "user", "content": QUESTION}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +38,7 @@ def cli_client():
     """`ttscale serve --backend fake` started as a user starts it, and the official client on it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "TTSCALE_API_KEY"}
-    process = subprocess.Popen([sys.executable, "-m", "ttscale.cli", "serve", "--backend", "fake", "--model", "fake",
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("serve did not answer /health in 120 s")
-        time.sleep(0.2)
+    process = start_server(serve_command(port, "--backend", "fake", "--model", "fake"), port, env=env)
     try:
         yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     finally:

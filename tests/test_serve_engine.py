@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from ttscale.testing import free_port, serve_command, start_server, wait_until_in_flight
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _allocation_data import write_run  # noqa: E402
 
@@ -32,36 +34,10 @@ QUESTION = "What is 12 + 7? Put the final answer in \\boxed{}."
 LONG = "Write a long, detailed story of at least 600 words about a lighthouse keeper and a storm."
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(process: subprocess.Popen, port: int, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    process.kill()
-    pytest.fail(f"server on port {port} did not answer /health in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 def start_serve(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """`ttscale serve ARGS` on 127.0.0.1 with the API key set; returns once /health answers."""
     port = free_port()
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ttscale.cli", "serve", "--port", str(port), *args],
-                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TTSCALE_API_KEY": KEY})
-    wait_healthy(process, port, log)
+    process = start_server(serve_command(port, *args), port, log=log, env={**os.environ, "TTSCALE_API_KEY": KEY}, timeout=600)
     return process, f"http://127.0.0.1:{port}/v1"
 
 
@@ -218,11 +194,8 @@ def has_gpu() -> bool:
 
 
 def start_upstream(port: int, log: Path) -> subprocess.Popen:
-    with open(log, "a") as out:
-        process = subprocess.Popen(vllm_server_command(port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
-    wait_healthy(process, port, log, timeout=600)
-    return process
+    return start_server(vllm_server_command(port), port, log=log, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"},
+                        timeout=600, own_session=True)
 
 
 def wait_until_generating(port: int, thread: threading.Thread, outcome: dict, timeout_s: float = 300) -> None:
@@ -236,18 +209,6 @@ def wait_until_generating(port: int, thread: threading.Thread, outcome: dict, ti
             return
         time.sleep(0.05)
     pytest.fail("the upstream never started generating")
-
-
-def wait_until_in_flight(metrics_url: str, thread: threading.Thread, timeout_s: float = 120) -> None:
-    """Until ttscale serve's own gauge counts a request in flight (a fixed sleep raced the machine's load)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert thread.is_alive(), "the request finished before it was seen in flight"
-        lines = httpx.get(metrics_url, timeout=10).text.splitlines()
-        if any(line.startswith("ttscale_requests_in_flight ") and float(line.split()[1]) >= 1 for line in lines):
-            return
-        time.sleep(0.05)
-    pytest.fail("no request was ever in flight")
 
 
 def kill_group(process: subprocess.Popen) -> None:

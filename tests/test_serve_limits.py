@@ -22,18 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ttscale.testing import free_port, serve_command, start_server
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _allocation_data import write_run  # noqa: E402
 
 HEALTH_BOUND_S = 1.0  # the bound: /health answers within 1 s while any request is in flight
 LIMIT = 8 * 2**20  # the default --max-body-bytes
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -43,23 +39,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "TTSCALE_API_KEY"}
-        self.process = subprocess.Popen([sys.executable, "-m", "ttscale.cli", "serve", "--port", str(self.port), *args],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.process = start_server(serve_command(self.port, *args), self.port, env=env)
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
-        deadline = time.monotonic() + 120
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited with {self.process.returncode}: {''.join(self.stderr)}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.process.kill()
-                raise AssertionError("serve did not answer /health in 120 s")
-            time.sleep(0.2)
 
     def post(self, path: str = "/v1/chat/completions", **kwargs) -> httpx.Response:
         return httpx.post(self.url + path, timeout=60, **kwargs)
