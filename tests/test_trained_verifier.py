@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ttscale.problems import split_of
+from ttscale.allocation.policy import split_of
 from ttscale.analysis.runs import load_run
 from ttscale.backends.fake import FakeBackend, FakeHiddenBackend
 from ttscale.cli import app
@@ -115,6 +115,24 @@ def test_hard_estimation_is_math_shepherds_only(fake_run, tmp_path):
     assert isinstance(result.exception, ConfigError) and "Math-Shepherd" in str(result.exception)
 
 
+def test_pav_prover_options(fake_run, tmp_path):
+    """--prover policy is the Q-difference (K = 1: one rollout of the policy per prover rollout);
+    --prover-k is PAV's alone, and the policy takes no K."""
+    base = ["verifier", "train", str(fake_run), "--kind", "prm", "--rollouts", "2"]
+    result = runner.invoke(app, base + ["--label", "pav", "--prover", "policy", "-o", str(tmp_path / "q")])
+    assert result.exit_code == 0, result.output
+    head = RewardHead.load(tmp_path / "q")
+    assert (head.prover, head.prover_k, head.description) == ("policy", 1, "prm (Q-difference, prover = policy)")
+    rows = [json.loads(line) for line in (tmp_path / "q" / "rollouts.jsonl").read_text().splitlines()]
+    assert {r["k"] for r in rows} == {2} and head.provenance.rollouts["prover_k"] == 1
+    # every rollout is training cost: the provenance sums the rows' metered cost
+    assert head.provenance.rollouts["generated_tokens"] == sum(r["cost"]["generated_tokens"] for r in rows) > 0
+    for args, message in [(["--label", "math-shepherd", "--prover-k", "2"], "PAV's"),
+                          (["--label", "pav", "--prover", "policy", "--prover-k", "3"], "the policy itself")]:
+        result = runner.invoke(app, base + args + ["-o", str(tmp_path / "x")])
+        assert isinstance(result.exception, ConfigError) and message in str(result.exception)
+
+
 def test_training_refuses_held_out_problems():
     ids = [f"p{i}" for i in range(40)]
     held_out = next(i for i in ids if split_of(i) == "b")
@@ -138,14 +156,16 @@ def test_training_reads_half_a_only_and_the_head_separates_held_out_solutions(fa
         rollouts = [json.loads(line) for line in (tmp_path / "v" / "rollouts.jsonl").read_text().splitlines()]
         assert rollouts and {r["solution"].split("#")[0] for r in rollouts} <= set(half_a)
         assert "Training cost, rollouts" in result.output
-        assert f"{estimation or 'soft'} estimation" in result.output
+        assert (f"{estimation or 'soft'} estimation" if label != "pav" else "Step labels: Q^pi") in result.output
+        if label == "pav":  # the default prover: Best-of-4 of the policy, 2 groups of 4 rollouts per prefix
+            assert (head.prover, head.prover_k) == ("best-of-k", 4) and {r["k"] for r in rollouts} == {8}
         assert head.provenance.rollouts["hard_estimation"] == float(estimation == "hard")
     result = runner.invoke(app, ["verifier", "eval", str(tmp_path / "v"), str(fake_run)])
     assert result.exit_code == 0 and "Held out (half b)" in result.output, result.output
     # The fake hidden states carry whether the text so far states the gold answer: a head learns it.
     held_out = evaluate(head, [run], features_cache=tmp_path / "v" / "features.npz", resamples=50)
     assert held_out.problems == len(run.records) - len(half_a)
-    assert held_out.auroc[f"{kind} ({head.label}), last step"][0] > 0.95
+    assert held_out.auroc[f"{head.description}, last step"][0] > 0.95
 
 
 def test_the_trained_verifier_is_metered_as_a_prefill_of_the_scored_text(fake_run, tmp_path):

@@ -12,8 +12,11 @@ loads it with numpy and never unpickles anything):
 - ORM (label "grade"): logistic, P(the solution is graded correct), from its last step's vector;
 - PRM, Math-Shepherd (label "math-shepherd"): logistic on the soft label Q = the fraction of
   rollouts from the step's prefix that reach the gold answer (Wang et al. 2024);
-- PRM, PAV (label "pav"): the value head above plus a ridge head on the step's advantage
-  A = Q(after) - Q(before) (Setlur et al. 2024); a step scores Q + alpha * A.
+- PRM, PAV (label "pav", Setlur et al. 2024): the value head above (Q^pi, the policy's) plus a
+  ridge head on the step's advantage under a prover mu, A^mu = Q^mu(after) - Q^mu(before); a step
+  scores Q^pi + alpha * A^mu. The prover is Best-of-K of the policy (`prover="best-of-k"`), or the
+  policy itself (`prover="policy"`, K = 1: the "Q-difference" label, which ranks the children of
+  one parent exactly as Q does). See ttscale.verifier_training for the labels and the paper's values.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ttscale.hidden_states import STEP_FEATURES, LinearModel
 HEAD_FILE = "head.json"
 Kind = Literal["orm", "prm"]
 Label = Literal["grade", "math-shepherd", "pav"]
+Prover = Literal["best-of-k", "policy"]  # PAV's prover mu: Best-of-K of the policy, or the policy itself
 
 
 class LinearHead(LinearModel):
@@ -52,7 +56,7 @@ class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     runs: list[str] = Field(description="the run directories read")
-    split_rule: str = Field(description="how problems are split: ttscale.problems.split_of")
+    split_rule: str = Field(description="how problems are split: ttscale.allocation.policy.split_of")
     trained_on_split: Literal["a"] = "a"
     fit_problems: list[str] = Field(description="every problem id whose samples were used (all in half a)")
     examples: int
@@ -77,7 +81,19 @@ class RewardHead(BaseModel):
     value: LinearHead
     advantage: LinearHead | None = None
     alpha: float = Field(default=1.0, description="PAV: weight of the advantage in a step's score")
+    prover: Prover | None = Field(default=None, description="PAV: the prover whose advantage the advantage head learned "
+                                  "(absent on PAV heads trained before there was a choice: those used the policy)")
+    prover_k: int | None = Field(default=None, ge=1, description="PAV: K of a Best-of-K prover (1: the policy)")
     provenance: Provenance
+
+    @property
+    def description(self) -> str:
+        """What the head scores, as tables name it: e.g. "prm (pav, prover = Best-of-4 of the policy)"."""
+        if self.label != "pav":
+            return f"{self.kind} ({self.label})"
+        if self.prover == "best-of-k":
+            return f"{self.kind} (pav, prover = Best-of-{self.prover_k} of the policy)"
+        return f"{self.kind} (Q-difference, prover = policy)"
 
     def step_scores(self, features: np.ndarray) -> list[float]:
         """A score per step vector: the value (ORM, Math-Shepherd), or value + alpha·advantage (PAV)."""

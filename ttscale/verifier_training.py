@@ -1,7 +1,7 @@
 """Train a verifier from one's own graded runs: labels, rollouts, features, a head; held-out figures.
 
 Data. Recorded runs are read through ttscale.analysis.runs. Only half "a" of the problems
-(ttscale.problems.split_of, a hash of the problem id) is trained on; half "b" is held
+(ttscale.allocation.policy.split_of, a hash of the problem id) is trained on; half "b" is held
 out for `evaluate`. `check_fitting_only` refuses any held-out problem before any rollout or fit.
 
 Labels:
@@ -15,8 +15,31 @@ Labels:
   text the model produced up to the end of step i and its separator (`steps.step_prefixes`), not
   the stripped steps rejoined, so a rollout continues exactly what was generated; each stored
   rollout row records its prefix, and a row whose prefix is not the solution's is rolled out again.
-- PRM, PAV (Setlur et al. 2024): the advantage of step i, A_i = Q_i - Q_{i-1}, with the policy
-  itself as the prover. A step's score is Q + alpha·A (two heads on the same features).
+- PRM, PAV (Setlur et al. 2024, "Rewarding Progress", arXiv 2410.08146): a step's reward is
+  Q^pi + alpha·A^mu, where A^mu(s_i) = Q^mu(s_i) - Q^mu(s_{i-1}) is the progress the step makes
+  under a prover mu distinct from the policy pi; the paper's provers are Best-of-K of the base
+  policy. Here mu = Best-of-K(pi) with a correctness oracle (gold at training time, as in the
+  paper): from each step prefix, m = `rollouts` groups of K rollouts of pi are drawn (m·K in
+  all, metered as training cost); Q^pi = the fraction of the m·K that reach gold, Q^mu = the
+  fraction of the m groups in which at least one does (`pav_labels`). The last step's Q^pi and
+  Q^mu are its grade; before the first step Q^pi is the recorded pass@1 and Q^mu the recorded
+  samples' unbiased pass@K (`prover_start_value`). Two heads on the same features: a logistic
+  value head on Q^pi and a ridge advantage head on A^mu; a step scores value + alpha·advantage.
+  Two heads rather than one on the sum, so that alpha stays a serving knob (`-V alpha=`) and the
+  value head stays a probability.
+  K (`prover_k`, default PROVER_K = 4): the paper's "Choice of prover" comparison (Section 5,
+  provers Bo2 to Bo32 for the Gemma-2B base policy) finds Bo4 best. alpha (default
+  DEFAULT_ALPHA = 1): the paper's value was not found in the copies of the paper searched here
+  (abstract and figure descriptions); 1 weighs Q^pi and A^mu equally, and was this module's
+  value before the prover existed.
+  What PAV can and cannot change: with exact values Q^mu = 1 - (1 - Q^pi)^K
+  (`best_of_k_value`), which increases with Q^pi, so children of ONE parent (one Q^mu(parent))
+  are ranked by Q^pi + alpha·A^mu exactly as by Q^pi, whatever K (alpha >= 0). PAV ranks
+  differently from Q only across parents (a beam search ranks all beams' children together, as
+  search-and-learn does, and the parents' Q^mu differ) and where Q^mu is estimated from its own
+  groups (not a function of the estimated Q^pi: sampling noise, not a property of the method).
+  `prover="policy"` (K = 1, the label "Q-difference, prover = policy"): mu = pi, A = Q_i - Q_{i-1};
+  it ranks siblings exactly as Q does (parent Q 0.5, children Q (0.25, 0.75, 0.5): Q + A = (0, 1, 0.5)).
 
 Rollouts are metered (their cost is training cost, reported apart from inference) and written to
 rollouts.jsonl as they finish, so an interrupted training resumes where it stopped.
@@ -25,6 +48,7 @@ rollouts.jsonl as they finish, so an interrupted training resumes where it stopp
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -33,10 +57,11 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from ttscale.problems import derive_seed, split_of
+from ttscale.allocation.policy import split_of
+from ttscale.analysis.passk import pass_at_k
 from ttscale.errors import ConfigError
 from ttscale.hidden_states import RIDGE_ALPHAS, CachedHiddenStates, hidden_state_backend, step_features
-from ttscale.reward_heads import Kind, Label, LinearHead, Provenance, RewardHead, data_hash
+from ttscale.reward_heads import Kind, Label, LinearHead, Provenance, Prover, RewardHead, data_hash
 from ttscale.steps import STEP_SEPARATOR, split_steps, step_prefixes
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
 
@@ -48,8 +73,10 @@ ROLLOUTS_FILE = "rollouts.jsonl"
 FEATURES_FILE = "features.npz"
 FOLDS = 5
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
-SPLIT_RULE = "ttscale.problems.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
+SPLIT_RULE = "ttscale.allocation.policy.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
 Estimation = Literal["soft", "hard"]  # Math-Shepherd's two step labels (Wang et al. 2024)
+PROVER_K = 4  # PAV's Best-of-K prover: Bo4, the best of Bo2..Bo32 in Setlur et al. 2024, Section 5 ("Choice of prover")
+DEFAULT_ALPHA = 1.0  # PAV's weight of A^mu; the paper's value was not found here (see the module docstring)
 
 
 # -- closed-form labels --------------------------------------------------------------------------
@@ -65,8 +92,44 @@ def math_shepherd_values(rollout_correct: Sequence[Sequence[bool]], final_correc
 
 
 def pav_advantages(values: Sequence[float], start_value: float) -> list[float]:
-    """A_i = Q_i - Q_{i-1}, with Q before the first step = `start_value` (the problem's pass@1)."""
+    """A_i = Q_i - Q_{i-1}, with Q before the first step = `start_value` (under the same policy)."""
     return [after - before for before, after in zip([start_value, *values[:-1]], values)]
+
+
+def best_of_k_value(q: float, k: int) -> float:
+    """The exact value of Best-of-K(pi) with a correctness oracle where pi's value is q: 1 - (1 - q)^K."""
+    return 1.0 - (1.0 - q) ** k
+
+
+def prover_values(rollout_correct: Sequence[Sequence[bool]], final_correct: bool, k: int) -> list[float]:
+    """Q^mu of every step for mu = Best-of-K(pi): a prefix's rollouts, in order, form groups of k (one
+    Best-of-K rollout each, correct if any of its k is); Q^mu = the fraction of correct groups. The
+    last step's is the grade. With k = 1 this is Math-Shepherd's soft Q."""
+    values = []
+    for correct in rollout_correct:
+        if not correct or len(correct) % k:
+            raise ConfigError(f"{len(correct)} rollouts from a prefix do not form groups of the prover's K = {k}; "
+                              "delete rollouts.jsonl or pass the --rollouts and --prover-k it was made with")
+        groups = [any(correct[i:i + k]) for i in range(0, len(correct), k)]
+        values.append(sum(groups) / len(groups))
+    return values + [float(final_correct)]
+
+
+def prover_start_value(pass1: float, samples: int, k: int) -> float:
+    """Q^mu before the first step, from the problem's `samples` recorded samples (its N rollouts from
+    the empty prefix): the unbiased pass@K, the chance that K of them hold a correct one; with fewer
+    than K recorded (or their number unknown, 0), the plug-in 1 - (1 - pass@1)^K."""
+    if samples >= k:
+        return pass_at_k(samples, round(pass1 * samples), k)
+    return best_of_k_value(pass1, k)
+
+
+def pav_labels(rollout_correct: Sequence[Sequence[bool]], final_correct: bool, *, start_prover: float,
+               k: int) -> tuple[list[float], list[float]]:
+    """PAV's two targets per step: Q^pi (the fraction of all the prefix's rollouts that reach gold)
+    and A^mu = Q^mu_i - Q^mu_{i-1} under mu = Best-of-K(pi) (`prover_values`), with Q^mu before the
+    first step = `start_prover` (`prover_start_value`). k = 1 is mu = pi (the Q-difference)."""
+    return math_shepherd_values(rollout_correct, final_correct), pav_advantages(prover_values(rollout_correct, final_correct, k), start_prover)
 
 
 def check_fitting_only(problem_ids: Sequence[str]) -> None:
@@ -93,6 +156,7 @@ class Solution:
     mean_logprob: float | None = None
     score: float | None = None  # the score its run's verifier gave it
     text: str = ""  # the sample's text as generated; `steps` are its stripped steps
+    recorded_samples: int = 0  # how many samples its problem recorded (pass1's denominator; 0: unknown)
 
     @property
     def key(self) -> str:
@@ -120,7 +184,7 @@ def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
                     raise ConfigError(f"{run.dir}: problem {record.problem_id!r} recorded no sample texts; a verifier learns from them")
                 steps = tuple(split_steps(sample.text))  # () for a sample with no text: never read, scored 0
                 solutions.append(Solution(problems[record.problem_id], i, steps, sample.correct, record.pass1,
-                                          sample.num_tokens, sample.mean_logprob, sample.score, sample.text))
+                                          sample.num_tokens, sample.mean_logprob, sample.score, sample.text, record.n))
     return solutions
 
 
@@ -142,6 +206,11 @@ def pick_for_rollouts(solutions: Sequence[Solution], per_problem: int) -> list[S
 # -- rollouts -----------------------------------------------------------------------------------
 
 
+def rollout_seed(run_seed: int, key: str, step: int) -> int:
+    digest = hashlib.sha256(f"{run_seed}|rollout|{key}|{step}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 async def rollout_prefix(meter, benchmark: "Benchmark", solution: Solution, step: int, *, k: int,
                          params: SampleParams, run_seed: int) -> list[bool]:
     """k rollouts continuing the solution after its step `step` (0-based); whether each reaches gold.
@@ -152,7 +221,7 @@ async def rollout_prefix(meter, benchmark: "Benchmark", solution: Solution, step
     prefix = solution.prefix(step)
     spent = round(solution.num_tokens * min(1.0, len(prefix) / max(len(solution.text), 1)))
     request = GenRequest(prompt=solution.problem.prompt, prefix=prefix, params=params.model_copy(update={
-        "n": k, "max_tokens": max(1, params.max_tokens - spent), "seed": derive_seed(run_seed, "rollout", solution.key, step),
+        "n": k, "max_tokens": max(1, params.max_tokens - spent), "seed": rollout_seed(run_seed, solution.key, step),
         "stop": (), "logprobs": None}))
     [generation] = await meter.generate([request])
     return [benchmark.grade(solution.problem, benchmark.extract_answer(prefix + c.text)).correct for c in generation.completions]
@@ -336,19 +405,31 @@ class TrainingResult:
 
 
 def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | None = None, rollouts: int = 4,
-          samples_per_problem: int | None = None, alpha: float = 1.0, estimation: Estimation = "soft", concurrency: int = 16,
+          samples_per_problem: int | None = None, alpha: float = DEFAULT_ALPHA, estimation: Estimation = "soft",
+          prover: Prover | None = None, prover_k: int | None = None, concurrency: int = 16,
           features_cache: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainingResult:
     """Train an ORM or a PRM on half a of the runs' problems and write DIR/head.json.
 
     `samples_per_problem` (default: 2 for a PRM, every sample for an ORM) picks correct and
     incorrect samples alternately (`pick_for_rollouts`); an ORM given the PRM's number trains on
     the same solutions, so their features are read once. `estimation`: Math-Shepherd's soft or
-    hard step label (`math_shepherd_values`)."""
+    hard step label (`math_shepherd_values`). PAV: `prover` (default "best-of-k") and its K
+    (`prover_k`, default PROVER_K); each prefix then gets `rollouts` groups of K rollouts of the policy."""
     label = label or ("grade" if kind == "orm" else "math-shepherd")
     if (kind == "orm") != (label == "grade"):
         raise ConfigError(f"--kind {kind} trains on {'grades' if kind == 'orm' else 'math-shepherd or pav labels'}, not {label!r}")
     if estimation == "hard" and label != "math-shepherd":
         raise ConfigError(f"--estimation hard is Math-Shepherd's label; {label} labels do not take it")
+    if label != "pav" and (prover is not None or prover_k is not None):
+        raise ConfigError(f"--prover and --prover-k are PAV's (--label pav); {label} labels do not take them")
+    if label == "pav":
+        prover = prover or "best-of-k"
+        if prover == "policy" and prover_k not in (None, 1):
+            raise ConfigError(f"--prover policy is the policy itself (K = 1); drop --prover-k {prover_k} or use --prover best-of-k")
+        prover_k = 1 if prover == "policy" else prover_k or PROVER_K
+        if prover == "best-of-k" and prover_k < 2:
+            raise ConfigError("--prover-k 1 is the policy itself; pass --prover policy for that (Q-difference), or K >= 2")
+    group = prover_k if label == "pav" else 1  # rollouts of the policy per rollout of the prover
     if not runs:
         raise ConfigError("pass at least one recorded run directory")
     models = {r.model for r in runs}
@@ -374,19 +455,22 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
         if any(store.row(s, i) is None for s in chosen for i in range(len(s.steps) - 1)):
             generator = build_backend(run.config)
             try:
-                asyncio.run(run_rollouts(generator, benchmark, chosen, store, k=rollouts, params=run.config.sampling,
+                asyncio.run(run_rollouts(generator, benchmark, chosen, store, k=rollouts * group, params=run.config.sampling,
                                          run_seed=run.config.seed, concurrency=concurrency,
                                          progress=(lambda i, n: progress("rollouts", i, n)) if progress else None))
             finally:
                 asyncio.run(generator.close())
         rollouts_run = len(store.done) - before
         rows = [store.row(s, i) for s in chosen for i in range(len(s.steps) - 1)]
-        if any(r["k"] != rollouts for r in rows):
-            raise ConfigError(f"{store.path} holds rollouts with another k than --rollouts {rollouts}; pass the same k or delete the file")
+        if any(r["k"] != rollouts * group for r in rows):
+            asked = f"--rollouts {rollouts}" + (f" x --prover-k {group}" if group > 1 else "")
+            raise ConfigError(f"{store.path} holds another number of rollouts per prefix than {asked}; pass the same or delete the file")
         rollout_cost = sum((Cost.model_validate(r["cost"]) for r in rows), Cost())
-        rollout_info = {"rollouts_per_prefix": rollouts, "hard_estimation": float(estimation == "hard"),  # 0: soft
+        rollout_info = {"rollouts_per_prefix": rollouts * group, "hard_estimation": float(estimation == "hard"),  # 0: soft
                         "prefixes": len(rows), "solutions": len(chosen),
                         "generated_tokens": rollout_cost.generated_tokens, "flops": rollout_cost.flops}
+        if label == "pav":
+            rollout_info["prover_k"] = group  # the prover's rollouts per prefix: rollouts_per_prefix / prover_k
     features, feature_tokens, feature_flops = read_features(run, chosen, features_cache or out_dir / FEATURES_FILE, concurrency)
     train_rows, x_rows, values, advantages, groups = [], [], [], [], []
     for solution, rows in zip(chosen, features):
@@ -397,14 +481,17 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
             train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "label": float(solution.correct)})
             continue
         grades = [store.row(solution, i)["correct"] for i in range(len(solution.steps) - 1)]
-        q = math_shepherd_values(grades, solution.correct, estimation)
-        a = pav_advantages(q, solution.pass1)
+        if label == "pav":
+            q, a = pav_labels(grades, solution.correct, start_prover=prover_start_value(solution.pass1, solution.recorded_samples, group),
+                              k=group)
+        else:
+            q, a = math_shepherd_values(grades, solution.correct, estimation), []
         for i in range(len(solution.steps)):
             x_rows.append(rows[i])
             values.append(q[i])
-            advantages.append(a[i])
             groups.append(solution.problem.id)
-        train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "values": q, "advantages": a})
+        advantages += a
+        train_rows.append({"id": solution.key, "text": STEP_SEPARATOR.join(solution.steps), "values": q} | ({"advantages": a} if a else {}))
     x = np.stack(x_rows)
     value_head, cv = fit_logistic(x, np.asarray(values), groups)
     advantage_head = None
@@ -414,6 +501,7 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
     head = RewardHead(
         kind=kind, label=label, model=run.model, model_path=run.config.model, backend=backend_kind(run),
         value=value_head, advantage=advantage_head, alpha=alpha,
+        prover=prover if label == "pav" else None, prover_k=group if label == "pav" else None,
         provenance=Provenance(
             runs=[str(r.dir) for r in runs], split_rule=SPLIT_RULE, fit_problems=sorted({s.problem.id for s in chosen}),
             examples=len(values), positives=round(float(np.sum(values)), 4), data_sha256=data_hash(train_rows),
@@ -492,13 +580,13 @@ def evaluate(head: RewardHead, runs: Sequence["Run"], *, features_cache: Path | 
     if all(scored_by(run, head) for run in runs):  # the runs recorded this head's scores: read them
         tokens = sum(int(r.cost.get("verifier_tokens", 0)) for run in runs for r in run.records if split_of(r.problem_id) == "b")
         flops = sum(float(r.cost.get("verifier_flops", 0)) for run in runs for r in run.records if split_of(r.problem_id) == "b")
-        scores = {f"{head.kind} ({head.label}), last step": [s.score for s in solutions]}
+        scores = {f"{head.description}, last step": [s.score for s in solutions]}
     else:
         features, tokens, flops = read_features(runs[0], solutions, features_cache, concurrency)
         step_scores = [head.step_scores(rows) or [0.0] for rows in features]  # an empty solution scores 0, as served
-        scores = {f"{head.kind} ({head.label}), last step": [s[-1] for s in step_scores]}
+        scores = {f"{head.description}, last step": [s[-1] for s in step_scores]}
         if head.kind == "prm":
-            scores[f"{head.kind} ({head.label}), weakest step"] = [min(s) for s in step_scores]
+            scores[f"{head.description}, weakest step"] = [min(s) for s in step_scores]
     if all(s.mean_logprob is not None for s in solutions):
         scores["mean token logprob (no verifier; baseline)"] = [s.mean_logprob for s in solutions]
     auroc = {name: auroc_with_interval(labels, values, groups, resamples=resamples) for name, values in scores.items()}
