@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ttscale.benchmarks.humaneval import HumanEvalBenchmark
 from ttscale.benchmarks.mbpp import MbppBenchmark
@@ -149,9 +150,9 @@ def test_mbpp_without_network_fails_fast(monkeypatch):
 
 
 def test_options_are_checked():
-    with pytest.raises(Exception, match="question"):
+    with pytest.raises(ValidationError, match="question"):
         HumanEvalBenchmark(prompt_template="no placeholder")
-    with pytest.raises(Exception, match="extra"):
+    with pytest.raises(ValidationError, match="extra"):
         MbppBenchmark(unknown_option=1)
     with pytest.raises(ConfigError, match="does not exist"):
         MbppBenchmark(data_file="/nonexistent/mbpp.jsonl").load()

@@ -1,6 +1,7 @@
 import threading
 
 import pytest
+from pydantic import ValidationError
 
 from ttscale.errors import ConfigError
 from ttscale.types import ChatMessage, Problem
@@ -191,9 +192,9 @@ def test_grade_after_extraction():
 
 
 def test_options_are_validated_by_name():
-    with pytest.raises(Exception, match="timeout_s"):
+    with pytest.raises(ValidationError, match="timeout_s"):
         MathAnswerVerifier(timeout_s=0)
-    with pytest.raises(Exception, match="unknown"):
+    with pytest.raises(ValidationError, match="unknown"):
         MathAnswerVerifier(unknown=1)
     assert DEFAULT_VERIFIER == MathAnswerVerifier()
 

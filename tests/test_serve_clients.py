@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from ttscale.backends.fake import FakeBackend
 from ttscale.backends.openai_http import OpenAIBackend
-from ttscale.errors import TtscaleError
+from ttscale.errors import ConfigError, TtscaleError
 from ttscale.serve import streaming
 from ttscale.serve.app import create_app
 from ttscale.serve.protocol import APIError, ChatBody
@@ -187,7 +187,7 @@ def test_an_openai_upstream_gets_the_extras_it_can_take():
     assert {"top_k": 5, "presence_penalty": 0.5}.items() <= vllm_upstream._body(request, chat=True).items()
     plain_upstream = OpenAIBackend("fake", num_params=1, vllm_extensions=False)
     assert plain_upstream.sampling_extras == {"presence_penalty", "frequency_penalty"}
-    with pytest.raises(Exception, match="top_k"):
+    with pytest.raises(ConfigError, match="top_k"):
         plain_upstream._body(request, chat=True)
     asyncio.run(vllm_upstream.close())
     asyncio.run(plain_upstream.close())

@@ -19,6 +19,7 @@ from ttscale.problems import shard_index, split_of
 from ttscale.analysis.report import build_comparison
 from ttscale.cli import app
 from ttscale.config import CONNECTION_OPTIONS, NOT_HASHED, RunConfig
+from ttscale.errors import ConfigError
 from ttscale.build import build_benchmark
 from ttscale.runner import run_eval
 from ttscale.scaleout import merge_runs
@@ -166,7 +167,7 @@ async def test_split_with_shards_then_merge_gives_the_split_run(tmp_path):
 
     # A shard of the other half (or of no split) is a shard of another run.
     other = await run_eval(RunConfig(**base, split="a", shard="1/2"))
-    with pytest.raises(Exception, match="differ in split"):
+    with pytest.raises(ConfigError, match="differ in split"):
         merge_runs([shard_dirs[0], other.run_dir], tmp_path / "refused")
     # A record outside the shard's split (an edited run directory) is refused, naming the problem.
     edited = tmp_path / "edited"
@@ -175,7 +176,7 @@ async def test_split_with_shards_then_merge_gives_the_split_run(tmp_path):
                  if shard_index(json.loads(l)["problem_id"], 2) == 1)
     with open(edited / "samples.jsonl", "a") as handle:
         handle.write(stray + "\n")
-    with pytest.raises(Exception, match="does not belong to split b"):
+    with pytest.raises(ConfigError, match="does not belong to split b"):
         merge_runs([shard_dirs[0], edited], tmp_path / "refused2")
 
 
@@ -246,7 +247,7 @@ async def test_compare_split_b_shows_the_accuracy_of_split_b_only(tmp_path):
 
     # A run with no problem in the half: a one-line error that names the run.
     only_a = await run_eval(config.model_copy(update={"split": "a", "output": tmp_path / "halves"}))
-    with pytest.raises(Exception, match=re.escape(str(only_a.run_dir)) + ".*no problem in split b"):
+    with pytest.raises(ConfigError, match=re.escape(str(only_a.run_dir)) + ".*no problem in split b"):
         build_comparison([run_dir, only_a.run_dir], bootstrap=0, split="b")
     result = ttscale("compare", str(run_dir), str(only_a.run_dir), "--split", "b", "--bootstrap", "0", cwd=tmp_path)
     message = one_line_error(result)
