@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ttscale.allocation.policy import split_of
+from ttscale.problems import split_of
 from ttscale.analysis.runs import load_run
 from ttscale.backends.fake import FakeBackend, FakeHiddenBackend
 from ttscale.cli import app

@@ -56,7 +56,7 @@ class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     runs: list[str] = Field(description="the run directories read")
-    split_rule: str = Field(description="how problems are split: ttscale.allocation.policy.split_of")
+    split_rule: str = Field(description="how problems are split: ttscale.problems.split_of")
     trained_on_split: Literal["a"] = "a"
     fit_problems: list[str] = Field(description="every problem id whose samples were used (all in half a)")
     examples: int

@@ -1,7 +1,7 @@
 """Train a verifier from one's own graded runs: labels, rollouts, features, a head; held-out figures.
 
 Data. Recorded runs are read through ttscale.analysis.runs. Only half "a" of the problems
-(ttscale.allocation.policy.split_of, a hash of the problem id) is trained on; half "b" is held
+(ttscale.problems.split_of, a hash of the problem id) is trained on; half "b" is held
 out for `evaluate`. `check_fitting_only` refuses any held-out problem before any rollout or fit.
 
 Labels:
@@ -48,7 +48,6 @@ rollouts.jsonl as they finish, so an interrupted training resumes where it stopp
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from ttscale.allocation.policy import split_of
+from ttscale.problems import derive_seed, split_of
 from ttscale.analysis.passk import pass_at_k
 from ttscale.errors import ConfigError
 from ttscale.hidden_states import RIDGE_ALPHAS, CachedHiddenStates, hidden_state_backend, step_features
@@ -73,7 +72,7 @@ ROLLOUTS_FILE = "rollouts.jsonl"
 FEATURES_FILE = "features.npz"
 FOLDS = 5
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
-SPLIT_RULE = "ttscale.allocation.policy.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
+SPLIT_RULE = "ttscale.problems.split_of: sha256(problem id), first byte & 1 -> a (fit) | b (held out)"
 Estimation = Literal["soft", "hard"]  # Math-Shepherd's two step labels (Wang et al. 2024)
 PROVER_K = 4  # PAV's Best-of-K prover: Bo4, the best of Bo2..Bo32 in Setlur et al. 2024, Section 5 ("Choice of prover")
 DEFAULT_ALPHA = 1.0  # PAV's weight of A^mu; the paper's value was not found here (see the module docstring)
@@ -206,11 +205,6 @@ def pick_for_rollouts(solutions: Sequence[Solution], per_problem: int) -> list[S
 # -- rollouts -----------------------------------------------------------------------------------
 
 
-def rollout_seed(run_seed: int, key: str, step: int) -> int:
-    digest = hashlib.sha256(f"{run_seed}|rollout|{key}|{step}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
 async def rollout_prefix(meter, benchmark: "Benchmark", solution: Solution, step: int, *, k: int,
                          params: SampleParams, run_seed: int) -> list[bool]:
     """k rollouts continuing the solution after its step `step` (0-based); whether each reaches gold.
@@ -221,7 +215,7 @@ async def rollout_prefix(meter, benchmark: "Benchmark", solution: Solution, step
     prefix = solution.prefix(step)
     spent = round(solution.num_tokens * min(1.0, len(prefix) / max(len(solution.text), 1)))
     request = GenRequest(prompt=solution.problem.prompt, prefix=prefix, params=params.model_copy(update={
-        "n": k, "max_tokens": max(1, params.max_tokens - spent), "seed": rollout_seed(run_seed, solution.key, step),
+        "n": k, "max_tokens": max(1, params.max_tokens - spent), "seed": derive_seed(run_seed, "rollout", solution.key, step),
         "stop": (), "logprobs": None}))
     [generation] = await meter.generate([request])
     return [benchmark.grade(solution.problem, benchmark.extract_answer(prefix + c.text)).correct for c in generation.completions]
