@@ -30,9 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from ttscale.analysis.summary import summarize
+from ttscale.build import build_backend, build_benchmark, build_strategy, build_verifier, describe_backend
 from ttscale.config import NOT_HASHED, RunConfig, build_config
 from ttscale.errors import ConfigError, TtscaleError
 from ttscale.problems import shard_index, split_of
+from ttscale.protocols import samples_per_problem, size_for_workload
+from ttscale.record import solve_and_record
+from ttscale.store import SAMPLES, RunStore, read_samples
 from ttscale.types import Problem
 
 RAY_INSTALL = "pip install 'ttscale[ray]'"
@@ -81,9 +86,6 @@ class Replica:
     inside the Ray actor (so any registered backend works), solving whole problems."""
 
     def __init__(self, config_json: str, index: int):
-        from ttscale.protocols import samples_per_problem, size_for_workload
-        from ttscale.build import build_backend, build_benchmark, build_strategy, build_verifier
-
         self.index = index
         self.error: str | None = None
         self.config = RunConfig.model_validate_json(config_json)
@@ -113,8 +115,6 @@ class Replica:
 
     async def solve(self, problem: Problem) -> dict[str, Any]:
         """Solve, grade and record one problem (the driver writes the record)."""
-        from ttscale.runner import solve_and_record
-
         if self.error is not None:
             raise TtscaleError(self.error)
         return await solve_and_record(
@@ -124,8 +124,6 @@ class Replica:
 
     async def describe(self) -> dict[str, Any]:
         """What served the run on this replica (the runner's backend description) and where."""
-        from ttscale.build import describe_backend
-
         return {**describe_backend(self.backend), **(await self.placement())}
 
     async def close(self) -> None:
@@ -539,8 +537,6 @@ class MergeResult:
 
 
 def _read_shard(run_dir: Path) -> tuple[RunConfig, list[dict[str, Any]]]:
-    from ttscale.store import SAMPLES, read_samples
-
     config_path = run_dir / "config.json"
     if not config_path.is_file() or not (run_dir / SAMPLES).is_file():
         raise ConfigError(f"{run_dir} is not a run directory (needs config.json and {SAMPLES}); pass runs/<id> as `ttscale eval --shard` wrote it")
@@ -571,9 +567,6 @@ def merge_runs(run_dirs: Sequence[Path], output: Path) -> MergeResult:
     shard twice, records outside their shard or split, problems in two shards, and a target run that
     already has records.
     """
-    from ttscale.analysis.summary import summarize
-    from ttscale.store import RunStore
-
     if not run_dirs:
         raise ConfigError("no run directories given; pass the shard runs, e.g. ttscale merge runs/*-shard*of4-* -o runs")
     shards = [(Path(d), *_read_shard(Path(d))) for d in run_dirs]
