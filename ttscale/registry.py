@@ -93,9 +93,8 @@ class Registry(Generic[T]):
         name = entry_point.name
         if name not in self._loaded:
             try:
-                # A plugin's import may fail any way third-party code can; all are its user's error.
                 factory = entry_point.load()
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:  # third-party code may fail any way: each is one line naming the plugin
                 raise PluginError(
                     f"{self.kind} plugin {name!r} failed to load: {_describe(entry_point)} raised "
                     f"{type(error).__name__}: {error}; fix or uninstall {_package(entry_point)}"
