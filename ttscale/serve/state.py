@@ -18,7 +18,7 @@ from ttscale.config import RunConfig
 from ttscale.errors import ConfigError
 from ttscale.grading.math_answer import DEFAULT_VERIFIER
 from ttscale.hidden_states import hidden_state_backend
-from ttscale.protocols import needs_verifier, samples_per_problem, size_for_workload
+from ttscale.protocols import needs_verifier, samples_per_problem, size_for_workload, start_now
 from ttscale.registry import PluginOptionError
 from ttscale.serve.metrics import Metrics
 from ttscale.serve.protocol import bad_request
@@ -64,12 +64,8 @@ class ServerState:
         state.warm_up()
         # The engine's KV cache holds what is in flight at once: `concurrency` problems of up to max_tokens_limit.
         size_for_workload(backend, sequences=settings.concurrency, max_tokens=settings.max_tokens_limit)
-        start = getattr(backend, "start", None)  # the vLLM engine starts here, not on the first request
-        if start is not None:
-            await start()
-        probe_start = getattr(probe_backend, "start", None)  # the pooling engine, likewise
-        if probe_start is not None:
-            await probe_start()
+        await start_now(backend)  # the vLLM engine starts here, not on the first request
+        await start_now(probe_backend)  # the pooling engine, likewise
         return state
 
     def warm_up(self) -> None:
