@@ -371,8 +371,9 @@ def as_curve(run: Run, replays: Sequence[Replayed], strategy: str) -> Curve:
 
 
 def default_families(run: Run) -> dict[str, list[Method]]:
-    """The settings `ttscale adaptive` sweeps: each stopping rule over its thresholds (batch 1:
-    later samples' prompts are prefix-cache hits), ESC over windows that divide into N, and the
+    """The settings `ttscale adaptive` sweeps: each stopping rule over its thresholds (batch 1,
+    the strategy's default: a request per sample, each reading the prompt's KV), ESC over its
+    windows (a batch per window, as the strategy draws them), and the
     DeepConf variants when the run recorded token confidences."""
     n = min(r.n for r in run.records)
     families: dict[str, list[Method]] = {
