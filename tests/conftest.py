@@ -1,5 +1,6 @@
 """Shared fixtures. The vLLM engine starts once per test session: it takes about a minute."""
 
+import json
 import os
 
 import pytest
@@ -14,6 +15,19 @@ ENGINE_TEST_WORKLOAD = {"sequences": 32, "max_tokens": 256}
 # AVX2). The automatic choice itself is tested in test_machine, and runs end to end where tests
 # start `ttscale eval` or `ttscale serve` with the vllm backend (test_lifecycle_engine, test_serve_engine).
 ENGINE_TEST_DTYPE = "float32"
+
+
+@pytest.fixture
+def write_problems(tmp_path):
+    """Write problems (dicts: id, question, answer, ...) as a JSONL benchmark file in the test's
+    tmp_path, one per line; returns its path (a benchmark for `RunConfig(benchmark=str(path))`)."""
+
+    def write(*problems: dict, name: str = "problems.jsonl"):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(problem) + "\n" for problem in problems))
+        return path
+
+    return write
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -148,12 +148,9 @@ def test_rule_fields_may_be_given_flat_as_with_dash_s():
     assert strategies.create("adaptive-consistency", unanswered="class").stopping.unanswered == "class"
 
 
-async def test_eval_records_adaptive_runs(tmp_path):
-    data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in [
-        {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
-        {"id": "p2", "question": "What is 4 + 4?", "answer": "8"},
-    ]))
+async def test_eval_records_adaptive_runs(tmp_path, write_problems):
+    data = write_problems({"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
+                          {"id": "p2", "question": "What is 4 + 4?", "answer": "8"}, name="tiny.jsonl")
     config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs",
                        strategy="adaptive-consistency", strategy_options={"n": 8, "rule": "beta", "threshold": 0.8})
     fake = FakeBackend(answer_key={"2 + 3": "5", "4 + 4": "8"}, accuracy=0.7)

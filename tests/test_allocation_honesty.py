@@ -42,12 +42,11 @@ def runs(tmp_path_factory):
 # -- one price per setting -------------------------------------------------------------------------
 
 
-async def test_compare_and_the_allocator_report_the_same_flops_for_every_best_of_n_setting(tmp_path):
+async def test_compare_and_the_allocator_report_the_same_flops_for_every_best_of_n_setting(tmp_path, write_problems):
     """A recorded run with a model shape (so the attention term counts): every best-of-n setting
     the policy holds costs exactly what compare's curve says at that n."""
-    problems = tmp_path / "p.jsonl"
-    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
-                                for i in range(12)))
+    problems = write_problems(*({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(12)),
+                              name="p.jsonl")
     config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=tmp_path / "runs",
                        strategy_options={"n": 8},
                        backend_options={"num_params": 1000, "shape": SHAPE, "accuracy": 0.5,
@@ -218,14 +217,13 @@ SEVENS = {f"What is {i} + {7 - i}?": "7" for i in range(20)}
 RULES = {"boxed{7}": 0.9}  # the scripted verifier: a right answer scores 0.9, anything else 0.1
 
 
-def test_probe_verifier_runs_end_to_end_on_the_fake_backend(tmp_path):
+def test_probe_verifier_runs_end_to_end_on_the_fake_backend(tmp_path, write_problems):
     from typer.testing import CliRunner
 
     from ttscale.cli import app
     from ttscale.build import build_benchmark, build_verifier
 
-    problems = tmp_path / "sevens.jsonl"
-    problems.write_text("".join(json.dumps({"id": f"s{i}", "question": q, "answer": "7"}) + "\n" for i, q in enumerate(SEVENS)))
+    problems = write_problems(*({"id": f"s{i}", "question": q, "answer": "7"} for i, q in enumerate(SEVENS)), name="sevens.jsonl")
     options = {"rules": RULES, "default": 0.1}
     config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=tmp_path / "runs", strategy_options={"n": 8},
                        verifier="scripted-prm", verifier_options=options,

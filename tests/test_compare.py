@@ -72,9 +72,8 @@ async def fake_run(tmp_path, problems, model, num_params, answers):
 
 
 @pytest.fixture
-async def three_runs(tmp_path):
-    problems = tmp_path / "sevens.jsonl"
-    problems.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": "7"}) + "\n" for i, q in enumerate(QUESTIONS)))
+async def three_runs(tmp_path, write_problems):
+    problems = write_problems(*({"id": f"q{i}", "question": q, "answer": "7"} for i, q in enumerate(QUESTIONS)), name="sevens.jsonl")
     small = await fake_run(tmp_path, problems, "small", 1000, ["7", "7", "7", "3"])
     medium = await fake_run(tmp_path, problems, "medium", 2000, ["3", "7", "7", "5"])
     large = await fake_run(tmp_path, problems, "large", 4000, ["7", "7"])
@@ -183,17 +182,15 @@ def test_small_vs_large_per_ratio_and_bin():
     assert far[0].verdict.startswith("undecided")  # k = 3931x, beyond the measured 100x
 
 
-async def test_report_says_when_only_one_model_was_run(tmp_path):
-    problems = tmp_path / "sevens.jsonl"
-    problems.write_text(json.dumps({"id": "q0", "question": QUESTIONS[0], "answer": "7"}) + "\n")
+async def test_report_says_when_only_one_model_was_run(tmp_path, write_problems):
+    problems = write_problems({"id": "q0", "question": QUESTIONS[0], "answer": "7"}, name="sevens.jsonl")
     run_dir = await fake_run(tmp_path, problems, "only", 1000, ["7", "3"])
     comparison = build_comparison([run_dir], bootstrap=0)
     assert comparison.model_vs_search == []
     assert "Needs runs of two models" in comparison.model_vs_search_note
     assert "Needs runs of two models" in render_html(comparison)
     assert comparison.warnings == []
-    more = tmp_path / "more.jsonl"
-    more.write_text("".join(json.dumps({"id": f"m{i}", "question": q, "answer": "7"}) + "\n" for i, q in enumerate(QUESTIONS)))
+    more = write_problems(*({"id": f"m{i}", "question": q, "answer": "7"} for i, q in enumerate(QUESTIONS)), name="more.jsonl")
     other = await fake_run(tmp_path, more, "other", 2000, ["7"])
     mixed = build_comparison([run_dir, other], bootstrap=0)
     assert "different problems" in mixed.warnings[0] and "different problems" in render_html(mixed)

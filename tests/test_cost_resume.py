@@ -71,10 +71,9 @@ def records_of(run_dir) -> dict[str, dict]:
         ("best-of-n", {"n": 4}, None),  # one request: nothing shared within the problem
     ],
 )
-async def test_resumed_run_and_clean_run_agree_exactly_on_the_cache_independent_cost(tmp_path, strategy, options, verifier):
-    path = tmp_path / "problems.jsonl"
-    path.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
-                            for i in range(1, 7)))
+async def test_resumed_run_and_clean_run_agree_exactly_on_the_cache_independent_cost(tmp_path, strategy, options, verifier,
+                                                                                     write_problems):
+    path = write_problems(*({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(1, 7)))
     config = RunConfig(benchmark=str(path), backend="fake", model="fake", strategy=strategy, strategy_options=options,
                        verifier=verifier, sampling=SampleParams(max_tokens=64), concurrency=1, output=tmp_path / "clean",
                        backend_options={"num_params": ENGINE["num_params"], "shape": SHAPE})

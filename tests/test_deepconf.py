@@ -124,11 +124,10 @@ def test_online_threshold_is_the_percentile_that_lets_eta_percent_pass():
     assert sum(x >= online_threshold(lowest, 90) for x in lowest) == 4
 
 
-async def test_with_one_warmup_trace_eta_has_no_effect_and_the_sweep_needs_two(tmp_path):
+async def test_with_one_warmup_trace_eta_has_no_effect_and_the_sweep_needs_two(tmp_path, write_problems):
     assert online_threshold([2.5], 10) == online_threshold([2.5], 90) == 2.5  # the percentile of one value
     assert online_threshold([1.0, 3.0], 10) != online_threshold([1.0, 3.0], 90)
-    data = tmp_path / "tiny.jsonl"
-    data.write_text(json.dumps({"id": "p1", "question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    data = write_problems({"id": "p1", "question": "What is 2 + 3?", "answer": "5"}, name="tiny.jsonl")
     config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs", strategy="best-of-n",
                        strategy_options={"n": 8, "logprobs": K})
     families = default_families(load_run((await run_eval(config, backend=backend())).run_dir))
@@ -372,12 +371,9 @@ def test_topk_certainty_is_non_negative_for_any_top_k():
         assert c - math.log(k) >= -1e-12
 
 
-async def test_eval_runs_weighted_vote_by_topk_certainty_with_no_verifier(tmp_path):
-    data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in [
-        {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
-        {"id": "p2", "question": "What is 4 + 4?", "answer": "8"},
-    ]))
+async def test_eval_runs_weighted_vote_by_topk_certainty_with_no_verifier(tmp_path, write_problems):
+    data = write_problems({"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
+                          {"id": "p2", "question": "What is 4 + 4?", "answer": "8"}, name="tiny.jsonl")
     config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs",
                        strategy_options={"n": 4, "selection": "weighted-vote", "scorer": "topk-certainty", "logprobs": K})
     result = await run_eval(config, backend=FakeBackend(answer_key={"2 + 3": "5", "4 + 4": "8"}, accuracy=0.7))
@@ -453,12 +449,9 @@ async def test_deepconf_online_on_the_engine_stops_traces_and_counts_their_token
 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])
-async def test_eval_runs_deepconf_and_records_what_it_paid(tmp_path, mode):
-    data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in [
-        {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
-        {"id": "p2", "question": "What is 4 + 4?", "answer": "8"},
-    ]))
+async def test_eval_runs_deepconf_and_records_what_it_paid(tmp_path, mode, write_problems):
+    data = write_problems({"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
+                          {"id": "p2", "question": "What is 4 + 4?", "answer": "8"}, name="tiny.jsonl")
     config = RunConfig(benchmark=str(data), backend="fake", model="fake", output=tmp_path / "runs", strategy="deepconf",
                        strategy_options={"n": 8, "mode": mode, "warmup": 4, "window": 4, "logprobs": K})
     result = await run_eval(config, backend=FakeBackend(answer_key={"2 + 3": "5", "4 + 4": "8"}, accuracy=0.7))

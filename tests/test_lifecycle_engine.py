@@ -119,13 +119,11 @@ def test_ctrl_c_during_engine_start_up_leaves_no_process(tmp_path):
     assert_no_survivor(process)
 
 
-def test_an_error_after_the_engine_started_leaves_no_process(tmp_path):
+def test_an_error_after_the_engine_started_leaves_no_process(tmp_path, write_problems):
     # The second problem is longer than the engine's context: vLLM rejects it after the first
     # was answered, and the run ends with one error line.
-    data = tmp_path / "problems.jsonl"
-    rows = [{"id": "short", "question": "What is 2 + 3?", "answer": "5"},
-            {"id": "long", "question": "Add these: " + " + ".join(["1"] * 6000), "answer": "6000"}]
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = write_problems({"id": "short", "question": "What is 2 + 3?", "answer": "5"},
+                          {"id": "long", "question": "Add these: " + " + ".join(["1"] * 6000), "answer": "6000"})
     process = start([*ENGINE_EVAL, "-b", str(data), "--backend-option", "max_model_len=1024"], tmp_path)
     code, err = finish(process, timeout_s=600)
     assert code == 2, err

@@ -145,11 +145,8 @@ def server():
 
 
 @pytest.fixture
-def problems(tmp_path):
-    path = tmp_path / "problems.jsonl"
-    rows = [{"id": f"p{i}", "question": f"What is 7 + {5 + i}?", "answer": str(12 + i)} for i in range(PROBLEMS)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+def problems(write_problems):
+    return write_problems(*({"id": f"p{i}", "question": f"What is 7 + {5 + i}?", "answer": str(12 + i)} for i in range(PROBLEMS)))
 
 
 def ttscale_eval(server, problems, tmp_path, *options, model="smollm2-135m", base_url=None):

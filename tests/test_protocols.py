@@ -136,20 +136,18 @@ async def test_protocol_only_plugins_run_through_solve_and_the_cost_is_on_the_tr
     assert "cost" not in trace.metadata
 
 
-async def test_the_runner_refuses_a_plugin_strategy_that_needs_a_verifier(tmp_path, monkeypatch):
+async def test_the_runner_refuses_a_plugin_strategy_that_needs_a_verifier(tmp_path, monkeypatch, write_problems):
     monkeypatch.setitem(registry.strategies._entries, "needy", NeedyStrategy)
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
+    path = write_problems({"id": "a", "question": "1+1?", "answer": "2"}, name="p.jsonl")
     config = RunConfig(benchmark=str(path), backend="fake", model="fake", strategy="needy", output=tmp_path)
     with pytest.raises(ConfigError, match="'needy'.*needs a verifier"):
         await run_eval(config)
 
 
-async def test_runner_and_solve_book_the_same_cost_for_the_same_problem(tmp_path):
+async def test_runner_and_solve_book_the_same_cost_for_the_same_problem(tmp_path, write_problems):
     # One road: the runner's record["cost"] and ttscale.solve's trace.cost come from the same
     # SolveContext.solve, so the same problem, seed and strategy cost the same (wall time aside).
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"id": "a", "question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    path = write_problems({"id": "a", "question": "What is 1 + 1?", "answer": "2"}, name="p.jsonl")
     config = RunConfig(benchmark=str(path), backend="fake", model="fake", strategy="beam-search", output=tmp_path / "runs",
                        strategy_options={"n": 4, "beam_width": 2, "max_steps": 3}, verifier="llm-judge-prm")
     result = await run_eval(config, backend=FakeBackend(num_params=100))

@@ -214,10 +214,9 @@ async def test_solve_selects_hierarchically_with_a_verifier_and_by_majority_with
 # --- end to end: per-depth accuracy, flips ------------------------------------------------------
 
 
-async def test_eval_records_depths_and_summary_reports_accuracy_cost_and_flips(tmp_path):
-    path = tmp_path / "two.jsonl"
-    path.write_text(json.dumps({"id": "a", "question": "What is 2 + 3?", "answer": "5"}) + "\n"
-                    + json.dumps({"id": "b", "question": "What is 4 + 4?", "answer": "8"}) + "\n")
+async def test_eval_records_depths_and_summary_reports_accuracy_cost_and_flips(tmp_path, write_problems):
+    path = write_problems({"id": "a", "question": "What is 2 + 3?", "answer": "5"},
+                          {"id": "b", "question": "What is 4 + 4?", "answer": "8"}, name="two.jsonl")
 
     class ByDepth(FakeBackend):
         """Depth 1 right for a, wrong for b; every revision flips the previous answer's correctness."""

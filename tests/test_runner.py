@@ -12,20 +12,13 @@ from ttscale.runner import run_eval
 from ttscale.strategies.best_of_n import BestOfN
 
 
-def write_problems(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 @pytest.fixture
-def problems_file(tmp_path):
+def problems_file(write_problems):
     return write_problems(
-        tmp_path / "tiny.jsonl",
-        [
-            {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
-            {"id": "p2", "question": "What is 4 + 4?", "answer": 8},
-            {"id": "p3", "question": "What is 9 - 2?", "answer": "7"},
-        ],
+        {"id": "p1", "question": "What is 2 + 3?", "answer": "5"},
+        {"id": "p2", "question": "What is 4 + 4?", "answer": 8},
+        {"id": "p3", "question": "What is 9 - 2?", "answer": "7"},
+        name="tiny.jsonl",
     )
 
 

@@ -175,10 +175,9 @@ def test_coverage_curve_and_difficulty_bins(tmp_path):
     assert bins["p0"] == 0 and bins["p6"] == 4 and sorted(set(bins.values())) == [0, 1, 2, 3, 4]
 
 
-async def test_full_n_point_matches_the_meter(tmp_path):
-    problems = tmp_path / "p.jsonl"
-    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
-                                for i in range(1, 4)))
+async def test_full_n_point_matches_the_meter(tmp_path, write_problems):
+    problems = write_problems(*({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(1, 4)),
+                              name="p.jsonl")
     config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=tmp_path / "runs",
                        strategy_options={"n": 4},
                        backend_options={"num_params": P, "shape": SHAPE, "block_size": 1000,
@@ -210,10 +209,9 @@ def test_scored_candidates_add_verifier_rules_marked_gold_when_the_verifier_read
     assert flags == {"majority": False, "weighted-vote": True, "max-score": True, "first": False, "oracle": True}
 
 
-async def test_a_real_dvts_run_subsamples_by_subtree(tmp_path):
+async def test_a_real_dvts_run_subsamples_by_subtree(tmp_path, write_problems):
     """DVTS from the runner (fake policy, scripted PRM): fewer subtrees cost their share."""
-    problems = tmp_path / "p.jsonl"
-    problems.write_text(json.dumps({"id": "p1", "question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    problems = write_problems({"id": "p1", "question": "What is 1 + 1?", "answer": "2"}, name="p.jsonl")
 
     def respond(prompt: str, index: int) -> str:  # step 0 then an answer; subtree samples differ
         depth = prompt.split("assistant: ", 1)[1].count("\n\n")

@@ -213,17 +213,15 @@ async def test_beam_search_with_llm_judge_counts_every_token_exactly():
     assert [c.score for c in trace.candidates] == [1.0, 1.0]
 
 
-async def test_search_strategies_need_a_verifier_and_say_which(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
+async def test_search_strategies_need_a_verifier_and_say_which(tmp_path, write_problems):
+    path = write_problems({"id": "a", "question": "1+1?", "answer": "2"}, name="p.jsonl")
     config = RunConfig(benchmark=str(path), backend="fake", model="fake", strategy="beam-search", output=tmp_path)
     with pytest.raises(ConfigError, match="needs a verifier.*llm-judge-prm"):
         await run_eval(config)
 
 
-async def test_runner_books_verifier_cost_and_labels_the_oracle(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
+async def test_runner_books_verifier_cost_and_labels_the_oracle(tmp_path, write_problems):
+    path = write_problems({"id": "a", "question": "1+1?", "answer": "2"}, name="p.jsonl")
     for verifier in ("llm-judge-prm", "oracle-orm"):
         config = RunConfig(
             benchmark=str(path), backend="fake", model="fake", strategy="particle-filter",
