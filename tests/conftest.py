@@ -1,10 +1,11 @@
 """Shared fixtures. The vLLM engine starts once per test session: it takes about a minute."""
 
-import json
 import os
 
 import pytest
 import pytest_asyncio
+
+from ttscale.testing import write_jsonl
 
 # What the engine tests hold at once: a few problems of up to 8 samples, short generations.
 ENGINE_TEST_WORKLOAD = {"sequences": 32, "max_tokens": 256}
@@ -23,9 +24,7 @@ def write_problems(tmp_path):
     tmp_path, one per line; returns its path (a benchmark for `RunConfig(benchmark=str(path))`)."""
 
     def write(*problems: dict, name: str = "problems.jsonl"):
-        path = tmp_path / name
-        path.write_text("".join(json.dumps(problem) + "\n" for problem in problems))
-        return path
+        return write_jsonl(tmp_path / name, problems)
 
     return write
 

@@ -2,7 +2,6 @@
 allocator, never a winner and never a setting a deployable policy chooses (fake backend runs)."""
 
 import asyncio
-import json
 
 import pytest
 
@@ -12,6 +11,7 @@ from ttscale.analysis.report import build_comparison, render_html
 from ttscale.analysis.scaling import UPPER_BOUND
 from ttscale.config import RunConfig
 from ttscale.runner import run_eval
+from ttscale.testing import write_jsonl
 
 PROBLEMS = 20
 ANSWER_KEY = {f"{i} + 3": str(i + 3) for i in range(PROBLEMS)}
@@ -21,8 +21,7 @@ def config(tmp_path, strategy, options, verifier=None):
     """A weak fake policy model (15% of samples right), so that gold-guided search looks strong."""
     path = tmp_path / "p.jsonl"
     if not path.exists():
-        path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 3?", "answer": str(i + 3)}) + "\n"
-                                for i in range(PROBLEMS)))
+        write_jsonl(path, ({"id": f"q{i}", "question": f"What is {i} + 3?", "answer": str(i + 3)} for i in range(PROBLEMS)))
     return RunConfig(benchmark=str(path), backend="fake", model="fake", output=tmp_path / "runs", strategy=strategy,
                      strategy_options=options, verifier=verifier,
                      backend_options={"answer_key": ANSWER_KEY, "accuracy": 0.15, "num_params": 1000, "block_size": 100_000})

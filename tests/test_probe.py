@@ -28,6 +28,7 @@ from ttscale.errors import ConfigError
 from ttscale.analysis.runs import load_run
 from ttscale.hidden_states import HiddenStateCache, features_of, prompt_key, read_prompt
 from ttscale.probe import BASELINE, PromptReader, run_prompts
+from ttscale.testing import write_jsonl
 from ttscale.types import ChatMessage, PoolRequest, PoolResult, Problem
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -85,9 +86,8 @@ def write_probe_run(root: Path, name: str, accuracies: list[float], *, seed: int
     """A best-of-16 run (tests/_allocation_data.write_run) over a JSONL benchmark whose question i
     states its hardness 1 - accuracies[i] as a number, with a distinctive gold answer."""
     run = write_run(root, name, accuracies, seed=seed)
-    bench = root / f"{name}.jsonl"
-    bench.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Item p{i} has hardness {1 - p:.2f} today",
-                                         "answer": GOLD.format(i)}) + "\n" for i, p in enumerate(accuracies)))
+    bench = write_jsonl(root / f"{name}.jsonl", ({"id": f"p{i}", "question": f"Item p{i} has hardness {1 - p:.2f} today",
+                                                  "answer": GOLD.format(i)} for i, p in enumerate(accuracies)))
     config = json.loads((run / "config.json").read_text())
     config["benchmark"] = str(bench)
     (run / "config.json").write_text(json.dumps(config))

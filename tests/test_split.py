@@ -23,6 +23,7 @@ from ttscale.errors import ConfigError
 from ttscale.build import build_benchmark
 from ttscale.runner import run_eval
 from ttscale.scaleout import merge_runs
+from ttscale.testing import write_jsonl
 from ttscale.types import SAMPLING_EXTRAS
 
 LIMIT = 24
@@ -210,9 +211,7 @@ def mixed_problems(path: Path) -> tuple[Path, dict[str, str]]:
         # a: every other problem right; b: one in three right.
         right = counts[halves[pid]] % 2 == 0 if halves[pid] == "a" else counts[halves[pid]] % 3 == 0
         gold[pid] = "7" if right else "3"
-    path.write_text("".join(json.dumps({"id": pid, "question": f"What is 3 + 4? ({pid})", "answer": gold[pid]}) + "\n"
-                            for pid in ids))
-    return path, gold
+    return write_jsonl(path, ({"id": pid, "question": f"What is 3 + 4? ({pid})", "answer": gold[pid]} for pid in ids)), gold
 
 
 async def test_compare_split_b_shows_the_accuracy_of_split_b_only(tmp_path):

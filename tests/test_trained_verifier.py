@@ -22,6 +22,7 @@ from ttscale.reward_heads import RewardHead
 from ttscale.build import build_benchmark
 from ttscale.runner import run_eval
 from ttscale.steps import split_steps, step_prefixes
+from ttscale.testing import write_jsonl
 from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifier_training import (
     RolloutStore, Solution, check_fitting_only, evaluate, math_shepherd_values, pav_advantages, run_rollouts,
@@ -37,8 +38,7 @@ ANSWER_KEY = {f"What is {i} + {i}?": str(2 * i) for i in range(QUESTIONS)}
 def fake_run(tmp_path_factory):
     """A graded best-of-4 run of a fake policy that is right half the time, over 48 problems."""
     root = tmp_path_factory.mktemp("trained")
-    problems = root / "p.jsonl"
-    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": q, "answer": ANSWER_KEY[q]}) + "\n" for i, q in enumerate(ANSWER_KEY)))
+    problems = write_jsonl(root / "p.jsonl", ({"id": f"p{i}", "question": q, "answer": ANSWER_KEY[q]} for i, q in enumerate(ANSWER_KEY)))
     config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=root / "runs", strategy_options={"n": 4},
                        backend_options={"num_params": 1000, "accuracy": 0.5, "answer_key": ANSWER_KEY})
     return asyncio.run(run_eval(config)).run_dir

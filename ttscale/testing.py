@@ -1,5 +1,6 @@
-"""Starting a server for tests and perf scripts: a free port, `ttscale serve` as a user starts it,
-and waiting for /health (or for a request to be in flight) instead of sleeping.
+"""Helpers for tests and perf scripts: a JSONL file of rows (a problem set), and starting a server:
+a free port, `ttscale serve` as a user starts it, and waiting for /health (or for a request to be
+in flight) instead of sleeping.
 
 It lives in the package, not in tests/, so that perf/ scripts (run as plain `python perf/X.py`)
 and tests import the same helpers without path tricks. Only the standard library and httpx.
@@ -7,15 +8,23 @@ and tests import the same helpers without path tricks. Only the standard library
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import httpx
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    """Write rows as JSON Lines (one object a line): a benchmark file of problems for
+    `RunConfig(benchmark=str(path))` when each row has id, question and answer. Returns path."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 class ServerFailed(RuntimeError):
