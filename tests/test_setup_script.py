@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import venv
@@ -24,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from ttscale.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "install_cpu_torch.sh"
@@ -150,9 +151,7 @@ def test_default_fallback_is_pytorchs_cpu_index(place):
 
 
 def test_an_unreachable_index_is_named_as_such_and_its_password_is_not_printed(place):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     result = _run(
         place, PIP_RETRIES="1", PIP_TIMEOUT="5",
         TTSCALE_TORCH_INDEX_URL=f"http://user:hunter2@127.0.0.1:{port}/simple",
