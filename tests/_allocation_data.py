@@ -31,7 +31,9 @@ def write_run(root: Path, name: str, accuracies: list[float], *, n: int = 16, se
               "backend_options": {"num_params": NUM_PARAMS, **({"shape": shape} if shape else {})}, "verifier": verifier, "verifier_options": {},
               "sampling": {"n": 1, "max_tokens": 64, "temperature": 0.8, "top_p": 1.0}}
     (run / "config.json").write_text(json.dumps(config))
-    (run / "backend.json").write_text(json.dumps({"model": model, "num_params": NUM_PARAMS}))
+    # As the runner writes it (ttscale.build.describe_backend): the model the meters priced with.
+    (run / "backend.json").write_text(json.dumps({"model": model, "num_params": NUM_PARAMS,
+                                                  "shape": {"num_params": NUM_PARAMS, **shape} if shape else None}))
     with open(run / "samples.jsonl", "w") as out:
         for i, p in enumerate(accuracies):
             candidates = []

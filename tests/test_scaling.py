@@ -51,6 +51,9 @@ def make_run(root, name, records, *, strategy="best-of-n", num_params=P, shape=S
     run_dir = root / cfg.run_id()
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    # backend.json as the runner writes it (ttscale.build.describe_backend): the model the meters priced with.
+    (run_dir / "backend.json").write_text(json.dumps({"backend": "FakeBackend", "model": name, "num_params": num_params,
+                                                      "shape": {"num_params": num_params, **shape} if shape else None}))
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run_dir
 

@@ -57,6 +57,8 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
         "backend": type(backend).__name__,
         "model": backend.model.name,
         "num_params": backend.model.num_params,
+        # The model's shape, so an analysis prices the run as its meters did (ttscale.analysis.runs).
+        "shape": backend.model.shape.to_dict() if backend.model.shape is not None else None,
         "engine_settings": engine_settings_of(backend),
         **({"speculative": speculative} if speculative else {}),
     }

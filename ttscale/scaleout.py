@@ -510,7 +510,7 @@ def _backend_info(config: RunConfig, resources: dict[str, float], members: list[
     """backend.json of a Ray run: the first replica's backend description (model, engine settings),
     then the replicas, their hosts and devices, and each replica's own description."""
     first = next((m for m in members if "backend" in m), {})
-    head = {key: first[key] for key in ("backend", "model", "num_params", "engine_settings") if key in first}
+    head = {key: first[key] for key in ("backend", "model", "num_params", "shape", "engine_settings") if key in first}
     return {
         **head,
         "replicas": config.replicas,
@@ -619,7 +619,7 @@ def _merged_backend_info(shards) -> dict[str, Any]:
             info = {}
         infos.append({"shard": config.shard, "run_dir": str(run_dir), **info})
     first = next((i for i in infos if "backend" in i), {})
-    head = {key: first[key] for key in ("backend", "model", "num_params", "engine_settings") if key in first}
+    head = {key: first[key] for key in ("backend", "model", "num_params", "shape", "engine_settings") if key in first}
     hosts = sorted({h for i in infos for h in i.get("hosts", [])})
     return {**head, "replicas": sum(int(i.get("replicas", 1)) for i in infos), "hosts": hosts,
             "devices": [{"shard": i["shard"], "devices": i.get("devices")} for i in infos], "shards": infos}

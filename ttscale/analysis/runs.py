@@ -22,7 +22,6 @@ So every caller prices best-of-k of a run identically. Prices are cache-independ
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
@@ -34,9 +33,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ttscale.analysis.passk import pass_at_k
+from ttscale.build import build_benchmark
 from ttscale.config import RunConfig, build_config
 from ttscale.cost import KINETICS_INTENSITY, CostModel, cache_independent_cost, flops_known, scaled_cost, subsample_costs
 from ttscale.errors import ConfigError
+from ttscale.modelshape import ModelShape, shape_for_model
 from ttscale.selection import GOLD_RULES, VERIFIER_RULES, answer_classes, chosen_positions
 from ttscale.store import SAMPLES, read_samples
 from ttscale.types import ORACLE_RULE
@@ -205,46 +206,39 @@ def load_run(run_dir: str | Path, *, intensity: float = KINETICS_INTENSITY) -> R
         raise ConfigError(f"{run_dir} has no finished problems in {SAMPLES}; run `ttscale eval` first")
     backend_path = run_dir / "backend.json"
     backend_info = json.loads(backend_path.read_text()) if backend_path.is_file() else {}
-    return Run(run_dir, config, list(records.values()), _cost_model(config, backend_info, intensity),
+    return Run(run_dir, config, list(records.values()), _cost_model(run_dir, config, backend_info, intensity),
                _equivalence(config), backend_info)
 
 
-def _cost_model(config: RunConfig, backend_info: dict[str, Any], intensity: float) -> CostModel:
-    """The cost model of the run's backend: the backend is built (never started) for its model
-    info, so the shape is the one its meters used; else config.json's model, else backend.json."""
-    from ttscale.build import build_backend
+@dataclass(frozen=True)
+class RecordedModel:
+    """A run's model as its backend.json records it (ttscale.build.describe_backend): the ModelInfo
+    its meters priced with."""
 
-    try:
-        backend = build_backend(config)
-        _close_quietly(backend)
-        return CostModel.for_model(backend.model, intensity)
-    except Exception as error:  # e.g. a hub model not on this machine
-        from ttscale.modelshape import shape_for_model
-
-        shape = shape_for_model(config.model)
-        num_params = int(backend_info.get("num_params") or (shape.num_params if shape else 0))
-        if not num_params:
-            raise ConfigError(f"cannot price the run of {config.model!r}: its backend cannot be rebuilt ({error}) "
-                              "and backend.json has no num_params; rerun it with `ttscale eval`") from None
-        log.warning("could not rebuild the %s backend of this run (%s); pricing %s from %s",
-                    config.backend, error, config.model, "its config.json" if shape else "backend.json")
-        return CostModel(shape, num_params, intensity, config.model)
+    name: str
+    num_params: int
+    shape: ModelShape | None
 
 
-def _close_quietly(backend: Any) -> None:
-    """Close a backend that was built but never started (an HTTP client may hold a pool)."""
-    coroutine = backend.close()  # every Backend has close() (ttscale.protocols)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coroutine)
-        return
-    coroutine.close()  # inside a running loop (e.g. a test): nothing was started, so nothing leaks
+def _cost_model(run_dir: Path, config: RunConfig, backend_info: dict[str, Any], intensity: float) -> CostModel:
+    """The cost model the run's meters used: its model's name, parameter count and shape as
+    backend.json records them. A run from before backend.json recorded the shape is priced from
+    config.json's model (its shape where the model is on this machine), with a warning."""
+    if "shape" in backend_info:
+        shape = ModelShape(**backend_info["shape"]) if backend_info["shape"] else None
+        model = RecordedModel(backend_info.get("model") or config.model, int(backend_info.get("num_params") or 0), shape)
+        return CostModel.for_model(model, intensity)
+    shape = shape_for_model(config.model)
+    num_params = int(backend_info.get("num_params") or (shape.num_params if shape else 0))
+    if not num_params:
+        raise ConfigError(f"cannot price {run_dir}: its backend.json records no model (num_params, shape) and the shape "
+                          f"of {config.model!r} is not known here; rerun it with `ttscale eval`") from None
+    log.warning("%s: backend.json records no model shape (a run from before it did); pricing %s from %s",
+                run_dir, config.model, "its config.json" if shape else "backend.json's num_params, 2·P per token")
+    return CostModel(shape, num_params, intensity, config.model)
 
 
 def _equivalence(config: RunConfig) -> Callable[[str, str], bool]:
-    from ttscale.build import build_benchmark
-
     try:
         return build_benchmark(config).equivalent
     except Exception as error:

@@ -12,22 +12,13 @@ else would not be what was recorded, and is refused).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ttscale.analysis.runs import RecordedModel, load_run
 from ttscale.errors import ConfigError
-from ttscale.modelshape import ModelShape
+from ttscale.probe import run_prompts
 from ttscale.types import Completion, Generation, GenRequest
-
-
-@dataclass(frozen=True)
-class ReplayModel:
-    """The recorded run's model, as its cost model priced it."""
-
-    name: str
-    num_params: int
-    shape: ModelShape | None
 
 
 def _prompt_key(prompt: Any) -> str:
@@ -40,16 +31,13 @@ class ReplayBackend:
     """Serves each problem's recorded samples, in recorded order, for the recorded run's prompts."""
 
     def __init__(self, model: str, *, run: str | Path):
-        from ttscale.analysis.runs import load_run
-        from ttscale.probe import run_prompts
-
         self.recorded = load_run(run)
         if self.recorded.kind != "best-of-n":
             raise ConfigError(f"{run}: replay serves best-of-N runs (one request of N samples per problem); this run is {self.recorded.config.strategy!r}")
         if model not in (self.recorded.config.model, self.recorded.model):
             raise ConfigError(f"{run} was recorded with model {self.recorded.config.model!r}; pass --model {self.recorded.config.model}")
         cost_model = self.recorded.cost_model
-        self.model = ReplayModel(self.recorded.model, cost_model.num_params, cost_model.shape)
+        self.model = RecordedModel(self.recorded.model, cost_model.num_params, cost_model.shape)
         self.sampling = self.recorded.config.sampling
         problems = run_prompts(self.recorded)
         self._records = {_prompt_key(problems[r.problem_id].prompt): r for r in self.recorded.records}
