@@ -192,13 +192,13 @@ def cli_inputs(runs, tmp_path_factory):
     (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "b", "--budget", "nan"], "--budget must be a finite number above 0"),
     (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "all"], "were fitted on"),
     (["allocate", "eval", "{root}/empty.json", "{bon}", "--split", "b"], "predicted table of bin 0 is empty"),
-    (["fit", "{root}/two"], "2 problems with samples"),
+    (["coverage-fit", "{root}/two"], "2 problems with samples"),
     (["allocate", "eval", "{root}", "{bon}", "--split", "b"], "is a directory, not a policy file"),
     (["allocate", "eval", "{root}/nan.json", "{bon}", "--split", "b"], "nan.json: oracle_edges.0: Input should be a finite number"),
     (["allocate", "fit", "{bon}", "--split", "a", "-o", "{root}/blocker/p.json"], "cannot write to output directory"),
     (["allocate", "fit", "{bon}", "--split", "a", "-o", "{root}"], "is a directory; pass --output with a file name"),
     (["allocate", "eval", "{root}/policy.json", "{bon}", "--split", "b", "--json", "{root}/blocker/r.json"], "pass --json with a writable directory"),
-    (["fit", "{bon}", "-o", "{root}/blocker/fit.png"], "pass --plot with a writable directory"),
+    (["coverage-fit", "{bon}", "-o", "{root}/blocker/fit.png"], "pass --plot with a writable directory"),
     (["allocate", "fit", "{root}/unpriced", "--split", "a", "-o", "{root}/u.json"], "unpriced: its FLOPs are unknown"),
     (["adaptive", "{root}/unpriced", "--bootstrap", "0"], "unpriced: its FLOPs are unknown"),  # it picks settings by FLOPs too
 ])

@@ -261,7 +261,7 @@ def test_held_out_evaluation_compares_with_best_of_n(policy, run_dir):
 
 def test_cli_fit_and_allocate(tmp_path, run_dir):
     runner = CliRunner()
-    result = runner.invoke(app, ["fit", str(run_dir), "--resamples", "20", "-o", str(tmp_path / "fit.png")])
+    result = runner.invoke(app, ["coverage-fit", str(run_dir), "--resamples", "20", "-o", str(tmp_path / "fit.png")])
     assert result.exit_code == 0, result.output
     assert "bin 0" in result.output and (tmp_path / "fit.png").stat().st_size > 10_000
     result = runner.invoke(app, ["allocate", "fit", str(run_dir), "--split", "a", "-o", str(tmp_path / "p.json")])

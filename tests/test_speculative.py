@@ -20,7 +20,7 @@ from ttscale.backends.vllm import (
     spec_decode_counters,
     speculative_engine_settings,
 )
-from ttscale.cli import speculative_section
+from ttscale.config import speculative_section
 from ttscale.config import RunConfig, build_config
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError

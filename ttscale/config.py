@@ -118,6 +118,56 @@ class RunConfig(PluginSpec):
         """A per-problem request seed: stable across resumes, concurrency and problem order."""
         return derive_seed(self.seed, problem_id)
 
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any], file_values: dict[str, Any] | None = None, where: str = "eval") -> "RunConfig":
+        """The run `ttscale eval`'s flags describe, over a config file's values: the one mapping
+        from flags to fields. A flag of None was not given; option dicts (-B/-S/-V/--backend-option,
+        already KEY=VALUE-parsed) merge over the file's; --split all means every problem."""
+        values = dict(file_values or {})
+        given = {name: value for name, value in flags.items() if value is not None}
+        values.update({name: given[name] for name in FIELD_FLAGS if name in given})
+        if given.get("split") == "all":
+            values["split"] = None
+        sampling = {**(values.get("sampling") or {}), **{name: given[name] for name in SAMPLING_FLAGS if name in given}}
+        if sampling:  # over RunConfig's default sampling, not SampleParams' own defaults
+            values["sampling"] = {**cls.model_fields["sampling"].default.model_dump(), **sampling}
+        for section in ("strategy_options", "verifier_options", "benchmark_options", "backend_options"):
+            values[section] = {**values.get(section, {}), **given.get(section, {})}
+        values["strategy_options"].update({name: given[name] for name in STRATEGY_FLAGS if name in given})
+        values["backend_options"].update({name: given[name] for name in BACKEND_FLAGS if name in given})
+        if "data_file" in given:
+            values["benchmark_options"]["data_file"] = str(given["data_file"])
+        if "speculative" in given or "num_speculative_tokens" in given:
+            values["speculative"] = speculative_section(values.get("speculative"), given.get("speculative"), given.get("num_speculative_tokens"))
+        config = build_config(values, where=where)
+        if "dtype" in given and config.backend != "vllm":
+            raise ConfigError(f"--dtype sets the vllm engine's dtype; the {config.backend} backend has none to set")
+        return config
+
+
+# `ttscale eval`'s flags by where they go (RunConfig.from_flags): a field, a sampling parameter,
+# a strategy option (--n is option n), a backend option.
+FIELD_FLAGS = ("benchmark", "strategy", "limit", "model", "backend", "seed", "output", "concurrency", "ray",
+               "replicas", "replica_gpus", "shard", "split", "verifier")
+SAMPLING_FLAGS = ("temperature", "top_p", "max_tokens")
+STRATEGY_FLAGS = ("n", "selection", "beam_width", "lookahead", "aggregation", "ratio")
+BACKEND_FLAGS = ("base_url", "dtype")
+
+
+def speculative_section(current: dict[str, Any] | None, method: str | None, num_tokens: int | None) -> dict[str, Any]:
+    """The run config's `speculative` section from --speculative / --num-speculative-tokens."""
+    section = dict(current or {})
+    if method is not None:
+        if method == "ngram":
+            section["method"] = "ngram"
+        else:
+            section.update({"method": "draft_model", "model": method})
+    if num_tokens is not None:
+        section["num_speculative_tokens"] = num_tokens
+    if "method" not in section:
+        raise ConfigError("--num-speculative-tokens needs --speculative ngram or --speculative DRAFT_MODEL")
+    return section
+
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML run config into a dict, with errors that name the file."""

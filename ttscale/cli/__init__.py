@@ -15,9 +15,8 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 import typer  # noqa: E402
 
 from ttscale import lifecycle  # noqa: E402
-from ttscale.cli import adaptive, allocate, compare, eval, merge, models, serve, verifier  # noqa: E402
+from ttscale.cli import adaptive, allocate, compare, coverage, eval, merge, models, serve, verifier  # noqa: E402
 from ttscale.cli.common import run_app  # noqa: E402
-from ttscale.cli.eval import speculative_section  # noqa: E402,F401  (tests import it from here)
 
 app = typer.Typer(
     help="Test-time compute scaling for LLMs: run strategies, count their compute, compare them.",
@@ -30,7 +29,8 @@ app.command("report")(compare.report_command)
 app.command("adaptive")(adaptive.adaptive_command)
 app.command("merge")(merge.merge_command)
 app.command("serve")(serve.serve_command)
-app.command("fit")(allocate.fit_command)
+app.command("coverage-fit")(coverage.coverage_fit_command)
+app.command("fit", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(coverage.old_fit_command)
 app.add_typer(allocate.allocate_app, name="allocate")
 app.add_typer(verifier.verifier_app, name="verifier")
 app.add_typer(models.models_app, name="models")

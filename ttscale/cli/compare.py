@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ttscale.analysis.model_vs_search import SNELL_RATIOS
-from ttscale.cli.common import console
+from ttscale.cli.common import FORMAT, Column, Format, Output, console, half
 from ttscale.cost import KINETICS_INTENSITY
+from ttscale.problems import Split
 from ttscale.store import writable_dir, writable_file
 
 RUNS = typer.Argument(..., help="Run directories written by `ttscale eval` (e.g. runs/arithmetic-best-of-n-1a2b3c4d5e6f).")
@@ -20,7 +20,7 @@ def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, r
     return {
         "rules": rule or None, "subsets": subsets, "bootstrap": bootstrap, "seed": seed, "intensity": intensity,
         "budgets": budgets or None, "budget_count": budget_count, "ratios": tuple(ratio) if ratio else SNELL_RATIOS,
-        "adaptive": adaptive, "split": split, "common": common,
+        "adaptive": adaptive, "split": half(split), "common": common,
     }
 
 
@@ -33,7 +33,7 @@ BUDGETS = typer.Option(None, "--budget", help="FLOPs budget(s) per problem for t
 BUDGET_COUNT = typer.Option(8, "--budgets", help="How many log-spaced budgets in the matched view's default grid.")
 RATIO = typer.Option(None, "--ratio", help="R = D_inference/D_pretrain for the small-vs-large-model view (default: 0.16, 0.79, 22).")
 COMMON = typer.Option(False, "--common", help="Show only the problems every run recorded (e.g. a search stopped early beside a complete run), so every curve is measured on the same set.")
-SPLIT = typer.Option(None, "--split", help="Show only one half of the problems: a (where policies and verifiers are fitted) or b (held out), by a stable hash of each problem id; every run is restricted to it.")
+SPLIT = typer.Option(None, "--split", help="Show only one half of the problems: a (where policies and verifiers are fitted) or b (held out), by a stable hash of each problem id; every run is restricted to it (all: every problem).")
 ADAPTIVE = typer.Option(False, "--adaptive", help="Add adaptive-consistency, ESC and DeepConf replayed from each best-of-N run: a curve per method, its points its thresholds (held-out figures: `ttscale adaptive`).")
 
 
@@ -49,8 +49,9 @@ def compare_command(
     budget_count: int = BUDGET_COUNT,
     ratio: Optional[list[float]] = RATIO,
     adaptive: bool = ADAPTIVE,
-    split: Optional[str] = SPLIT,
+    split: Optional[Split] = SPLIT,
     common: bool = COMMON,
+    format: Format = FORMAT,
 ) -> None:
     """Compare runs: accuracy vs cost per strategy and budget, the winner at matched FLOPs, plots.
 
@@ -60,10 +61,12 @@ def compare_command(
 
     out = writable_dir(out or run_dirs[0].parent / "compare", "--out")
     comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split, common))
-    print_comparison(comparison)
-    console.print("Plots:")
+    output = Output(format)
+    print_comparison(comparison, output)
+    output.note("Plots:")
     for paths in comparison.plots.values():
-        console.print("  " + "  ".join(str(p) for p in paths))
+        output.note("  " + "  ".join(str(p) for p in paths))
+    output.finish()
 
 
 def report_command(
@@ -78,7 +81,7 @@ def report_command(
     budgets: Optional[list[float]] = BUDGETS,
     budget_count: int = BUDGET_COUNT,
     ratio: Optional[list[float]] = RATIO,
-    split: Optional[str] = SPLIT,
+    split: Optional[Split] = SPLIT,
     common: bool = COMMON,
 ) -> None:
     """Write one self-contained HTML report comparing runs: tables and plots inline."""
@@ -90,54 +93,46 @@ def report_command(
     console.print(f"Report: {write_report(comparison, output)}")
 
 
-def print_comparison(comparison) -> None:
-    """The comparison's tables on the terminal."""
+def print_comparison(comparison, output: Output) -> None:
+    """The comparison's tables, in the user's --format."""
     from ttscale.analysis.compare import common_label, table_points
     from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, matched_columns
     from ttscale.analysis.scaling import UPPER_BOUND
 
     for warning in comparison.warnings:
-        console.print(f"[yellow]Note:[/] {warning}")
+        output.note(f"[yellow]Note:[/] {warning}")
     if comparison.split_label:
-        console.print(f"Problems shown: {comparison.split_label} only (every run restricted to them).")
+        output.note(f"Problems shown: {comparison.split_label} only (every run restricted to them).")
     labels = comparison.labels
     common = " · ".join(x for x in (common_label(comparison.curves), comparison.split_label) if x)
-    table = Table(title=f"Accuracy against cost{' · ' + common if common else ''} (means per problem; * = subsampled)")
-    for name, justify in [("curve", "left"), ("N", "right"), ("accuracy", "right"), ("95% CI", "right"),
-                          ("FLOPs", "right"), ("eFLOPs", "right"), ("gen. tokens", "right"), ("wall s", "right")]:
-        table.add_column(name, justify=justify)
+    right = lambda name: Column(name, "right")  # noqa: E731
+    rows: list[list[str] | None] = []
     for curve in comparison.curves:
         for p in table_points(curve):
-            table.add_row(labels[id(curve)] + (f" {UPPER_BOUND}" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
-                          fmt_acc(p.accuracy), f"{fmt_acc(p.ci_low)}–{fmt_acc(p.ci_high)}", fmt_sci(p.flops),
-                          fmt_sci(p.eflops), fmt_count(p.generated_tokens), f"{p.wall_s:.2f}")
-        table.add_section()
-    console.print(table)
+            rows.append([labels[id(curve)] + (f" {UPPER_BOUND}" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
+                         fmt_acc(p.accuracy), f"{fmt_acc(p.ci_low)}–{fmt_acc(p.ci_high)}", fmt_sci(p.flops),
+                         fmt_sci(p.eflops), fmt_count(p.generated_tokens), f"{p.wall_s:.2f}"])
+        rows.append(None)
+    output.table(f"Accuracy against cost{' · ' + common if common else ''} (means per problem; * = subsampled)",
+                 [Column("curve"), *map(right, ("N", "accuracy", "95% CI", "FLOPs", "eFLOPs", "gen. tokens", "wall s"))], rows)
 
     competing, gold = matched_columns(comparison)
     half = f" · {comparison.split_label}" if comparison.split_label else ""
-    matched = Table(title=f"Matched FLOPs{half}: accuracy interpolated in log FLOPs (— = budget outside the curve)")
-    matched.add_column("FLOPs per problem", justify="right")
-    for label in competing:
-        matched.add_column(label, justify="right")
-    for label in gold:
-        matched.add_column(f"{label} {UPPER_BOUND}", justify="right", style="dim")
-    matched.add_column("winner")
+    columns = [right("FLOPs per problem"), *map(right, competing),
+               *(Column(f"{label} {UPPER_BOUND}", "right", style="dim") for label in gold), Column("winner")]
+    rows = []
     for row in comparison.budgets:
         cells = [fmt_sci(row.budget)]
         cells += [(f"[bold green]{fmt_acc(row.accuracy.get(l))}[/]" if l in row.winners else fmt_acc(row.accuracy.get(l))) for l in competing]
         cells += [fmt_acc(row.upper_bound.get(l)) for l in gold]
         cells.append(row.winner)
-        matched.add_row(*cells)
-    console.print(matched)
+        rows.append(cells)
+    output.table(f"Matched FLOPs{half}: accuracy interpolated in log FLOPs (— = budget outside the curve)", columns, rows)
 
-    console.print("[bold]Small model + search vs a larger model (Snell et al. §7)[/]: " + comparison.model_vs_search_note)
+    output.note("[bold]Small model + search vs a larger model (Snell et al. §7)[/]: " + comparison.model_vs_search_note)
     if comparison.model_vs_search:
-        snell = Table()
-        for name in ("R", "bin", "k = M+3(M-1)/R", "larger pass@1", "small best", "small strategy", "small reaches it at x", "winner"):
-            snell.add_column(name)
-        for m in comparison.model_vs_search:
-            snell.add_row(f"{m.ratio:g}", m.bin, f"{m.matched:.3g}", fmt_acc(m.large_accuracy), fmt_acc(m.small_accuracy),
-                          m.small_strategy or "—", "—" if m.reaches_at is None else f"{m.reaches_at:.3g}", m.verdict)
-        console.print(snell)
-
+        output.table("Small model + search vs a larger model",
+                     ["R", "bin", "k = M+3(M-1)/R", "larger pass@1", "small best", "small strategy", "small reaches it at x", "winner"],
+                     [[f"{m.ratio:g}", m.bin, f"{m.matched:.3g}", fmt_acc(m.large_accuracy), fmt_acc(m.small_accuracy),
+                       m.small_strategy or "—", "—" if m.reaches_at is None else f"{m.reaches_at:.3g}", m.verdict]
+                      for m in comparison.model_vs_search], key=2)

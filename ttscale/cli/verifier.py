@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
+from rich.console import Console
 
-from ttscale.cli.common import ENGINE_LOG, console, errors
+from ttscale.cli.common import ENGINE_LOG, FORMAT, Format, Output, console, errors
 from ttscale.quiet import output_to_log
 
 verifier_app = typer.Typer(help="Train a verifier (ORM or PRM head on the policy model's hidden states) from your own runs, and measure it held out.",
@@ -18,7 +18,7 @@ FEATURES = typer.Option(None, "--features", help="The .npz cache of the solution
                         "verifier's directory); share one between ORM, PRM and eval so each solution is read once.")
 
 
-def engine_output(runs, log_path: Path):
+def engine_output(runs, log_path: Path, say: Console = console):
     """Where vLLM's own output goes while its engines run: a log file beside the verifier, as
     `eval` keeps it in the run directory (a fake run starts no engine and prints nothing)."""
     from contextlib import nullcontext
@@ -27,8 +27,8 @@ def engine_output(runs, log_path: Path):
 
     if all(backend_kind(run) == "fake" for run in runs):
         return nullcontext()
-    console.print(f"The engines' output goes to {log_path}.")
-    return output_to_log(log_path, console, errors)
+    say.print(f"The engines' output goes to {log_path}.")
+    return output_to_log(log_path, say, errors)
 
 
 def _kind(value: str) -> str:
@@ -91,12 +91,12 @@ def train_command(
     if head.kind == "prm":
         r = p.rollouts
         if head.label == "pav":
-            console.print(f"Step labels: Q^pi from all {r['rollouts_per_prefix']} rollouts of each step's literal prefix, plus alpha {head.alpha:g} "
+            console.print(f"Step labels: Q^pi from all {r['rollouts_per_prefix']:g} rollouts of each step's literal prefix, plus alpha {head.alpha:g} "
                           f"x the step's progress A^mu under the prover ({head.description}: groups of {head.prover_k}, a group correct if any of it is).")
         else:
             console.print(f"Step labels: {'hard' if r.get('hard_estimation') else 'soft'} estimation (Math-Shepherd), "
                           "from each step's literal prefix.")
-        console.print(f"Training cost, rollouts (apart from inference): {r['prefixes']} prefixes x {r['rollouts_per_prefix']} rollouts, "
+        console.print(f"Training cost, rollouts (apart from inference): {r['prefixes']:g} prefixes x {r['rollouts_per_prefix']:g} rollouts, "
                       f"{result.rollout_cost.generated_tokens:,} generated tokens, {result.rollout_cost.flops:.3g} FLOPs "
                       f"({result.rollouts_run} prefixes rolled out now, the rest read from {out / 'rollouts.jsonl'}).")
     console.print(f"Training cost, reading the solutions: {result.feature_tokens:,} prompt tokens, {result.feature_flops:.3g} FLOPs.")
@@ -109,23 +109,25 @@ def eval_command(
     run_dirs: list[Path] = RUNS,
     features: Optional[Path] = FEATURES,
     bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap resamples of the held-out problems for the 95% intervals."),
+    format: Format = FORMAT,
 ) -> None:
     """Measure a trained verifier on the held-out half b of the runs: AUROC of its scores against the grades."""
     from ttscale.analysis.runs import load_run
     from ttscale.reward_heads import RewardHead
     from ttscale.verifier_training import FEATURES_FILE, evaluate
 
+    output = Output(format)
     head = RewardHead.load(head_dir)
     cache = features or (head_dir if head_dir.is_dir() else head_dir.parent) / FEATURES_FILE
     runs = [load_run(d) for d in run_dirs]
-    with engine_output(runs, cache.with_name(ENGINE_LOG)):
+    with engine_output(runs, cache.with_name(ENGINE_LOG), output.console):
         result = evaluate(head, runs, features_cache=cache, resamples=bootstrap)
-    table = Table(title=f"Held out (half b): {result.problems} problems, {result.solutions} solutions, {result.correct} correct")
-    for column in ("score", "AUROC", "95% CI (problems resampled)", "separates right from wrong?"):
-        table.add_column(column)
+    rows = []
     for name, (value, low, high) in result.auroc.items():
         verdict = "n/a (one class)" if value != value else "yes" if low > 0.5 else "no (interval holds 0.5)" if high >= 0.5 else "inverted"
-        table.add_row(name, f"{value:.3f}", f"[{low:.3f}, {high:.3f}]", verdict)
-    console.print(table)
-    console.print(f"Reading the held-out solutions cost {result.prompt_tokens:,} prompt tokens, {result.flops:.3g} FLOPs "
+        rows.append([name, f"{value:.3f}", f"[{low:.3f}, {high:.3f}]", verdict])
+    output.table(f"Held out (half b): {result.problems} problems, {result.solutions} solutions, {result.correct} correct",
+                 ["score", "AUROC", "95% CI (problems resampled)", "separates right from wrong?"], rows)
+    output.note(f"Reading the held-out solutions cost {result.prompt_tokens:,} prompt tokens, {result.flops:.3g} FLOPs "
                   f"({result.prompt_tokens / max(result.solutions, 1):.0f} tokens per solution: the verifier's inference cost).")
+    output.finish()
