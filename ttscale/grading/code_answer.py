@@ -48,11 +48,14 @@ def humaneval_program(prompt: str, completion: str, test: str, entry_point: str)
     so the prompt's imports and helper functions stay available and the completion's definition
     replaces the stub.
     """
+    return f"{humaneval_solution(prompt, completion, entry_point)}\n\n{test}\n\ncheck({entry_point})\n"
+
+
+def humaneval_solution(prompt: str, completion: str, entry_point: str) -> str:
+    """The module a HumanEval completion makes with its prompt (see `humaneval_program`)."""
     if defines(completion, entry_point):
-        solution = prompt + "\n\n" + completion
-    else:
-        solution = prompt + completion
-    return f"{solution}\n\n{test}\n\ncheck({entry_point})\n"
+        return prompt + "\n\n" + completion
+    return prompt + completion
 
 
 def assert_program(code: str, tests: list[str] | tuple[str, ...], imports: list[str] | tuple[str, ...] = ()) -> str:
