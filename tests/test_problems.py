@@ -56,10 +56,9 @@ def test_run_config_seeds_as_before():
     assert config.problem_seed("p7") == old_problem_seed(11, "p7")
 
 
-async def test_a_recorded_run_keeps_its_seeds(tmp_path):
-    problems = tmp_path / "tiny.jsonl"
-    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
-                                for i in range(3)))
+async def test_a_recorded_run_keeps_its_seeds(tmp_path, write_problems):
+    problems = write_problems(*({"id": f"p{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)),
+                              name="tiny.jsonl")
     config = RunConfig(benchmark=str(problems), backend="fake", model="fake", output=tmp_path / "runs",
                        strategy_options={"n": 2}, seed=5)
     backend = RecordingBackend()
