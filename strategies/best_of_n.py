@@ -5,6 +5,7 @@
     scores  = [scorer(s) for s in samples]          # a verifier (ORM, or PRM step scores aggregated),
                                                     # or the sample's own logprobs (no verifier)
     return select(answers, scores)   # majority | first | max-score | weighted-vote | borda-vote | oracle
+                                     # | random | pass-examples | behaviour-vote (code)
 
 max-score is "ORM/PRM best-of-N"; weighted-vote sums the scores of equivalent answers (Snell et
 al.'s "best-of-N weighted"); borda-vote is Kang et al.'s vote (`borda_vote`): the sample ranked r-th
@@ -31,6 +32,16 @@ verifier model and read no gold: they are computed from the sample's own top-k l
 
 The scorer's name is recorded as trace metadata "scorer", so nobody reads a confidence as a
 verifier's score.
+
+Code rules (docs/code.md): on a code benchmark, `--selection pass-examples` or `behaviour-vote`
+runs every sample's program on the problem's visible tests, the examples its prompt shows
+(ttscale.code_tests; never the hidden ones), one sandboxed process per sample
+(ttscale.code_exec). pass-examples takes the first sample that passes them all; behaviour-vote
+clusters samples by their outputs on the visible inputs and takes the first of the largest
+cluster (`-S filter=visible`: only samples that pass join a cluster). Both fall back to the
+first sample. Each sample's results and the problem's execution seconds are recorded as trace
+metadata "code_exec" and "execution", so every code rule can be recomputed from the record.
+`random` is the seeded baseline.
 """
 
 from __future__ import annotations
@@ -41,11 +52,13 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ttscale.code_exec import code_arrays, exec_metadata, execute_async
 from ttscale.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
 from ttscale.errors import ConfigError
 from ttscale.selection import (
-    BORDA_POWER, VERIFIER_RULES, answer_classes, chosen_positions, first_answer, majority_vote, max_score, weighted_vote,
+    BORDA_POWER, CODE_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick, first_answer, majority_vote,
+    max_score, random_answer, weighted_vote,
 )
 from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
 from ttscale.steps import Aggregation, aggregate, split_steps
@@ -106,7 +119,9 @@ class BestOfN(BaseModel):
     name: ClassVar[str] = "best-of-n"
 
     n: int = Field(default=8, ge=1, description="N: the number of samples drawn for one problem")
-    selection: Literal["majority", "first", "max-score", "weighted-vote", "borda-vote", "oracle"] = "majority"
+    selection: Literal[
+        "majority", "first", "max-score", "weighted-vote", "borda-vote", "oracle", "random", "pass-examples", "behaviour-vote",
+    ] = "majority"
     aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
     logprobs: int | None = Field(
         default=None, ge=1, le=20,
@@ -120,6 +135,10 @@ class BestOfN(BaseModel):
     window: int = Field(default=DEFAULT_WINDOW, ge=1, description="tokens per group for the deepconf-* scorers")
     tail: int = Field(default=DEFAULT_TAIL, ge=1, description="deepconf-tail: the last this many tokens (set apart from window)")
     borda_power: float = Field(default=BORDA_POWER, gt=0, description="borda-vote: rank r of N gives (N - r)^p (Kang et al.: 0.5)")
+    filter: Literal["none", "visible"] = Field(
+        default="none", description="behaviour-vote: 'visible' clusters only the samples that pass every visible test",
+    )
+    test_timeout_s: float = Field(default=2.0, gt=0, le=60, description="code rules: the wall clock of one visible test")
 
     @field_validator("scorer", mode="before")
     @classmethod
@@ -179,4 +198,12 @@ class BestOfN(BaseModel):
             selections["weighted-vote"] = weighted_vote(candidates, ctx.answers.equivalent)
         if metadata and self.selection == "borda-vote":  # recorded only when asked for, so other runs' records keep their rules
             selections["borda-vote"] = borda_vote(candidates, ctx.answers.equivalent, self.borda_power)
+        if self.selection in CODE_RULES or self.selection == "random":  # likewise
+            selections["random"] = random_answer(candidates, np.random.default_rng(ctx.rng.getrandbits(64)))
+        if self.selection in CODE_RULES:
+            results = await execute_async(problem, [c.answer for c in candidates], test_timeout_s=self.test_timeout_s)
+            metadata.update(exec_metadata(results), behaviour_filter=self.filter)
+            passed, behaviour = code_arrays(results, filter_visible=self.filter == "visible")
+            for rule in sorted(CODE_RULES):
+                selections[rule] = execution_pick(rule, candidates, passed, behaviour)
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)

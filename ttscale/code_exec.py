@@ -205,6 +205,17 @@ def code_arrays(results: Sequence[CandidateExec], *, filter_visible: bool = Fals
     return passed, answer_classes(signatures, str.__eq__)
 
 
+def execution_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """summary.json's "execution" section: sandbox runs and seconds over the problems that ran
+    any (None: none did). Execution cost, beside FLOPs, never priced into them."""
+    rows = [r["trace_metadata"][EXECUTION] for r in records if EXECUTION in (r.get("trace_metadata") or {})]
+    if not rows:
+        return None
+    totals = {key: sum(row[key] for row in rows) for key in ("runs", "cpu_s", "wall_s")}
+    return {"problems": len(rows), **totals,
+            "runs_per_problem": totals["runs"] / len(rows), "cpu_s_per_problem": totals["cpu_s"] / len(rows)}
+
+
 def results_of(trace_metadata: dict[str, Any]) -> list[CandidateExec] | None:
     """The CandidateExec list a record holds (None: the run executed nothing)."""
     rows = (trace_metadata or {}).get(CODE_EXEC)

@@ -26,7 +26,10 @@ from ttscale.types import ORACLE_RULE, Candidate
 VERIFIER_RULES = frozenset({"max-score", "weighted-vote", "borda-vote"})
 # Rules that need gold answers to apply at all (the runner's "any candidate is correct").
 GOLD_RULES = frozenset({ORACLE_RULE})
-RULES = ("majority", "weighted-vote", "borda-vote", "max-score", "first")  # the rules `chosen_positions` applies
+# Rules that read each candidate's execution on the problem's visible tests (ttscale.code_exec):
+# deployable, as the tests are in the prompt.
+CODE_RULES = frozenset({"pass-examples", "behaviour-vote"})
+RULES = ("majority", "weighted-vote", "borda-vote", "max-score", "first", "random", *sorted(CODE_RULES))  # what `chosen_positions` applies
 BORDA_POWER = 0.5  # Kang et al.'s p: backprop07/Self-Certainty, src/voting_from_list.py, `--power` default (line 85)
 
 
@@ -47,20 +50,40 @@ def answer_classes(answers: Sequence[str | None], equivalent: Callable[[str, str
 
 
 def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray,
-                     *, borda_power: float = BORDA_POWER) -> np.ndarray:
+                     *, borda_power: float = BORDA_POWER, passed: np.ndarray | None = None,
+                     behaviour: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
     """For each subset (a row of candidate indices, in draw order), the index of the candidate
     whose answer `rule` picks, or -1 when it picks none.
 
     classes: each candidate's answer class (-1: no answer); scores: its verifier score (nan: none).
     majority, weighted-vote and borda-vote return the first candidate of the winning class.
+    random: a uniform pick among the candidates with an answer (`rng`; default seeded 0).
+    The code rules read each candidate's execution on the visible tests (ttscale.code_exec):
+    `passed` (it passed them all) and `behaviour` (its output-signature class, -1: none).
+    pass-examples: the first candidate that passed; behaviour-vote: the first candidate of the
+    largest behaviour class (AlphaCode's clustering, MBR-exec); both fall back to `first`.
     """
     subsets = np.asarray(subsets, dtype=np.int64)
     rows, k = subsets.shape
     if k == 0:
         return np.full(rows, -1)
     cls = classes[subsets]
+    first = np.where(cls[:, 0] >= 0, subsets[:, 0], -1)
     if rule == "first":
-        return np.where(cls[:, 0] >= 0, subsets[:, 0], -1)
+        return first
+    if rule == "random":
+        keys = np.where(cls >= 0, (rng or np.random.default_rng(0)).random(cls.shape), -1.0)
+        return np.where((cls >= 0).any(axis=1), subsets[np.arange(rows), keys.argmax(axis=1)], -1)
+    if rule in CODE_RULES:
+        if passed is None or behaviour is None:
+            raise ValueError(f"rule {rule!r} reads each candidate's run on the visible tests, and none was recorded")
+        if rule == "pass-examples":
+            ok = np.asarray(passed, dtype=bool)[subsets] & (cls >= 0)
+            return np.where(ok.any(axis=1), subsets[np.arange(rows), ok.argmax(axis=1)], first)
+        behaviour = np.asarray(behaviour, dtype=np.int64)
+        voted = _vote(np.where(cls >= 0, behaviour[subsets], -1), np.ones(cls.shape), subsets,
+                      num_classes=max(int(behaviour.max(initial=-1)) + 1, 1))
+        return np.where(voted >= 0, voted, first)
     if rule == "max-score":
         sc = scores[subsets]
         usable = (cls >= 0) & ~np.isnan(sc)
@@ -139,6 +162,26 @@ def _pick(rule: str, candidates: Sequence[Candidate], equivalent: Callable[[str,
     classes = answer_classes([c.answer for c in candidates], equivalent)
     scores = np.asarray([np.nan if c.score is None else float(c.score) for c in candidates])
     position = int(chosen_positions(rule, classes, scores, np.arange(len(candidates))[None, :])[0])
+    return candidates[position].answer if position >= 0 else None
+
+
+def execution_pick(rule: str, candidates: Sequence[Candidate], passed: np.ndarray, behaviour: np.ndarray) -> str | None:
+    """A code rule (CODE_RULES) on candidates, from their runs on the visible tests."""
+    if not candidates:
+        return None
+    classes = answer_classes([c.answer for c in candidates], str.__eq__)
+    position = int(chosen_positions(rule, classes, np.full(len(candidates), np.nan), np.arange(len(candidates))[None, :],
+                                    passed=passed, behaviour=behaviour)[0])
+    return candidates[position].answer if position >= 0 else None
+
+
+def random_answer(candidates: Sequence[Candidate], rng: np.random.Generator) -> str | None:
+    """The answer of a candidate drawn uniformly among those with one (the baseline of code rules)."""
+    if not candidates:
+        return None
+    classes = answer_classes([c.answer for c in candidates], str.__eq__)
+    position = int(chosen_positions("random", classes, np.full(len(candidates), np.nan),
+                                    np.arange(len(candidates))[None, :], rng=rng)[0])
     return candidates[position].answer if position >= 0 else None
 
 

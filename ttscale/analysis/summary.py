@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 from ttscale.analysis.revision import revision_summary
 from ttscale.analysis.speculative import speculative_summary
+from ttscale.code_exec import execution_summary
 from ttscale.cost import STRUCTURAL_FIELDS, exact_total, flops_known
 from ttscale.types import Cost
 
@@ -45,7 +46,9 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "verifier_uses_gold": any(r.get("verifier_uses_gold") for r in records),
     }
     # Sections only some runs have: per-depth figures of revision, speculative decoding metrics.
-    optional = {"revision": revision_summary(records), "speculative": speculative_summary(summary["cost"])}
+    # Code rules' sandbox runs: execution cost, beside FLOPs (never priced into them).
+    optional = {"revision": revision_summary(records), "speculative": speculative_summary(summary["cost"]),
+                "execution": execution_summary(records)}
     summary.update({name: section for name, section in optional.items() if section is not None})
     if not summary["cost_known"]:
         summary["cost"].update(dict.fromkeys(FLOPS_FIELDS))
