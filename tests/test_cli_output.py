@@ -130,3 +130,19 @@ def test_split_all_means_every_problem(runs):
                               cwd=runs["root"]).stdout)
     assert every["tables"] == also["tables"]
     assert every["tables"] != half["tables"]
+
+
+def test_allocation_values_print_in_one_short_line(runs):
+    """print(plan) used to dump the whole policy (kilobytes); each value type prints what names it."""
+    from ttscale.allocation.policy import AllocationPolicy
+
+    policy = AllocationPolicy.load(runs["policy"])
+    plan = policy.allocate("What is 2 + 2?", budget_samples=8, difficulty=2)
+    table = policy.predicted_tables[2]
+    entry = table.frontier_flops[-1]
+    shown = [str(value) for value in (plan, policy, policy.probe, table, entry, entry.setting)]
+    assert all("\n" not in text and len(text) < 200 for text in shown), shown
+    assert str(plan) == repr(plan) == f"Plan({plan.problem.id}: {plan.describe()}; bin 2 (given); budget 8 samples)"
+    assert str(entry.setting) == repr(entry.setting) == f"Setting({entry.setting.label()})"
+    assert f"bin {table.bin}: {len(table.entries)} settings" in str(table)
+    assert f"fitted on {policy.problems} problems of split a" in str(policy)

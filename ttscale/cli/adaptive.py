@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ttscale.analysis.adaptive import default_families, held_out
+from ttscale.analysis.runs import load_run
 from ttscale.cli.common import FORMAT, Format, Output
 
 
@@ -21,8 +23,6 @@ def adaptive_command(
     """Adaptive compute without gold, held out: each method's setting is chosen on half a of the
     problems (the cheapest that reaches best-of-N majority's accuracy there), then measured on
     half b against best-of-N majority: the compute best-of-N needs for the same accuracy."""
-    from ttscale.analysis.adaptive import default_families, held_out
-    from ttscale.analysis.runs import load_run
 
     output = Output(format)
     run = load_run(run_dir)

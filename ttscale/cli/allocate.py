@@ -9,7 +9,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ttscale.allocation.evaluate import evaluate_policy
+from ttscale.allocation.fit import fit_policy
+from ttscale.allocation.policy import AllocationPolicy, describe_setting
+from ttscale.analysis.difficulty import NUMBERING
 from ttscale.cli.common import FORMAT, SPLIT, Column, Format, Output, console
+from ttscale.probe import PromptReader
 from ttscale.problems import Split
 from ttscale.store import writable_file
 
@@ -37,9 +42,6 @@ def allocate_fit(
     pooling: str = typer.Option("auto", "--pooling", help="Prefill probe: hidden states of the last prompt token, the mean over its tokens, both (last+mean), or auto (the best out-of-fold on the fitting split)."),
 ) -> None:
     """Fit a policy: per difficulty bin, the most accurate setting for every budget."""
-    from ttscale.allocation.fit import fit_policy
-    from ttscale.allocation.policy import describe_setting
-    from ttscale.analysis.difficulty import NUMBERING
 
     if statistic not in ("agreement", "verifier", "prefill"):
         raise typer.BadParameter(f"--probe must be agreement, verifier or prefill, got {statistic!r}")
@@ -48,7 +50,6 @@ def allocate_fit(
     writable_file(output, "--output")
     prompts = None
     if statistic == "prefill":
-        from ttscale.probe import PromptReader
 
         prompts = PromptReader(features_path(output, features))
     policy = fit_policy(run_dirs, split=split, k0=k0, statistic=statistic, min_gain=min_gain, prompts=prompts, pooling=pooling)
@@ -95,15 +96,12 @@ def allocate_eval(
     format: Format = FORMAT,
 ) -> None:
     """Evaluate a policy on held-out problems against best-of-N majority at equal FLOPs."""
-    from ttscale.allocation.evaluate import evaluate_policy
-    from ttscale.allocation.policy import AllocationPolicy
 
     policy = AllocationPolicy.load(policy_file)
     if json_out:
         writable_file(json_out, "--json")
     prompts = None
     if policy.probe.is_prefill:
-        from ttscale.probe import PromptReader
 
         prompts = PromptReader(features_path(policy_file, features))
     # refuses fitted problems and bad budgets

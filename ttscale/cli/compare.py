@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
+from ttscale.analysis.compare import common_label, table_points
 from ttscale.analysis.model_vs_search import SNELL_RATIOS
+from ttscale.analysis.scaling import UPPER_BOUND
 from ttscale.cli.common import FORMAT, Column, Format, Output, console, half
 from ttscale.cost import KINETICS_INTENSITY
 from ttscale.problems import Split
@@ -57,7 +59,7 @@ def compare_command(
 
     Smaller budgets of best-of-N and DVTS runs come from subsampling their samples (no new generation).
     """
-    from ttscale.analysis.report import build_comparison
+    from ttscale.analysis.report import build_comparison  # matplotlib loads only when plots are drawn
 
     out = writable_dir(out or run_dirs[0].parent / "compare", "--out")
     comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split, common))
@@ -85,7 +87,7 @@ def report_command(
     common: bool = COMMON,
 ) -> None:
     """Write one self-contained HTML report comparing runs: tables and plots inline."""
-    from ttscale.analysis.report import build_comparison, write_report
+    from ttscale.analysis.report import build_comparison, write_report  # matplotlib: see compare_command
 
     writable_file(output, "--output")
     plots_dir = writable_dir(plots_dir or output.with_name(output.stem + "_plots"), "--plots-dir")
@@ -95,9 +97,7 @@ def report_command(
 
 def print_comparison(comparison, output: Output) -> None:
     """The comparison's tables, in the user's --format."""
-    from ttscale.analysis.compare import common_label, table_points
-    from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, matched_columns
-    from ttscale.analysis.scaling import UPPER_BOUND
+    from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, matched_columns  # matplotlib: see compare_command
 
     for warning in comparison.warnings:
         output.note(f"[yellow]Note:[/] {warning}")

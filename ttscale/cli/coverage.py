@@ -13,6 +13,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from ttscale.analysis import coverage, difficulty
+from ttscale.analysis.runs import load_run
 from ttscale.cli.common import SPLIT, console
 from ttscale.errors import ConfigError
 from ttscale.problems import Split, in_split
@@ -26,8 +28,6 @@ def coverage_fit_command(
     split: Split = SPLIT,
 ) -> None:
     """Fit coverage c(k) = exp(a·k^b) to pass@k, overall and per difficulty bin; plot it over the data."""
-    from ttscale.analysis import coverage, difficulty
-    from ttscale.analysis.runs import load_run
 
     run = load_run(run_dir)
     plot = writable_file(plot or Path(run_dir) / "coverage_fit.png", "--plot")
@@ -43,7 +43,7 @@ def coverage_fit_command(
     table = Table(title=f"coverage c(k) = exp(a·k^b) · {run.config.benchmark} · {run.model} · {len(records)} problems, n={n}")
     for column in ("group", "problems", "a [95% CI]", "b [95% CI]", f"c({n}) data", f"c({n}) fit", f"c({4 * n}) extrap.", f"c({16 * n}) extrap."):
         table.add_column(column, justify="left" if column == "group" else "right")
-    import matplotlib
+    import matplotlib  # heavy: loads only to draw this plot
 
     matplotlib.use("Agg")  # files only; no display here
     import matplotlib.pyplot as plt

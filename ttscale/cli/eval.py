@@ -12,10 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ttscale import lifecycle, registry
+from ttscale.analysis.runs import rule_uses_gold
 from ttscale.cli.common import ENGINE_LOG, Column, Format, Output, RunInterrupted, errors, parse_options
 from ttscale.config import RunConfig, load_config_file
 from ttscale.errors import ConfigError
 from ttscale.problems import Split
+from ttscale.quiet import output_to_log
+from ttscale.runner import run_eval
+from ttscale.scaleout import connect, require_ray
 
 
 def eval_command(
@@ -69,7 +73,6 @@ def eval_command(
     check_names(config)
     output = Output(format)
     if config.ray is not None:
-        from ttscale.scaleout import connect, require_ray
 
         # Before the run directory exists: a missing Ray, or a cluster that cannot be joined, is one
         # line. A local cluster starts with the run instead, so its processes' output goes to engine.log.
@@ -99,9 +102,6 @@ def check_names(config: RunConfig) -> None:
 
 async def _eval_with_progress(config: RunConfig, console: Console, *, verbose: bool = False):
     """Run the eval with a progress bar and its messages on `console` (stderr when stdout is for a program)."""
-
-    from ttscale.quiet import output_to_log
-    from ttscale.runner import run_eval
 
     generated = {"tokens": 0}
     progress = Progress(
@@ -154,7 +154,6 @@ async def _eval_with_progress(config: RunConfig, console: Console, *, verbose: b
 
 def print_summary(summary: dict[str, Any], result: Any, config: RunConfig, output: Output) -> None:
     """The end-of-run table: accuracy per rule, pass@k per k, tokens, FLOPs and time."""
-    from ttscale.analysis.runs import rule_uses_gold  # the analysis layer's one rule
 
     half = f" · split {config.split}{' (held out)' if config.split == 'b' else ''}" if config.split else ""
     rows = []

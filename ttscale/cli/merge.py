@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ttscale.cli.common import console
+from ttscale.scaleout import merge_runs
 
 
 def merge_command(
@@ -17,7 +18,6 @@ def merge_command(
 
     Refuses shards of different configs and shards whose problems overlap.
     """
-    from ttscale.scaleout import merge_runs
 
     result = merge_runs(run_dirs, output)
     summary = result.summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ttscale.cli.common import console
+from ttscale.models import EMBEDDED_MODELS, cache_dir, prepare_model
 
 models_app = typer.Typer(help="List and prepare models (the embedded default needs no model hub).", no_args_is_help=True)
 
@@ -12,7 +13,6 @@ models_app = typer.Typer(help="List and prepare models (the embedded default nee
 @models_app.command("list")
 def models_list() -> None:
     """List the embedded models and whether each is prepared."""
-    from ttscale.models import EMBEDDED_MODELS, cache_dir
 
     for name in EMBEDDED_MODELS:
         prepared = (cache_dir() / "models" / name / "config.json").exists()
@@ -22,7 +22,6 @@ def models_list() -> None:
 @models_app.command("prepare")
 def models_prepare(name: str = typer.Argument("smollm2-135m", help="Embedded model name.")) -> None:
     """Convert an embedded model into an HF directory vLLM can load (done once, cached)."""
-    from ttscale.models import prepare_model
 
     resolved = prepare_model(name, progress=console.print)
     console.print(f"{resolved.name}: {resolved.path} ({resolved.num_params:,} parameters)")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
+from rich.console import Console
 
+from ttscale import registry
 from ttscale.cli.common import parse_options
+from ttscale.errors import ConfigError, describe_validation_error
+from ttscale.protocols import needs_verifier, samples_per_problem
+from ttscale.serve.settings import LIMITED, ServeSettings
+from ttscale.types import ORACLE_RULE, SampleParams
 
 
 def serve_command(
@@ -43,16 +51,7 @@ def serve_command(
     Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics.
     SIGTERM stops taking requests, finishes those in flight, and exits 0.
     """
-    import os
-
-    from rich.console import Console
-
-    from ttscale.errors import ConfigError, describe_validation_error
-    from ttscale.serve.app import serve
-    from ttscale.serve.settings import ServeSettings
-    from ttscale.types import SampleParams
-
-    from pydantic import ValidationError
+    from ttscale.serve.app import serve  # FastAPI and uvicorn (the serve extra) load only to serve
 
     console = Console(stderr=True)
     backend_options = parse_options(backend_option, "--backend-option")
@@ -92,14 +91,6 @@ def serve_command(
 
 def _check_default(settings) -> None:
     """Refuse a default strategy, options or verifier that cannot run, before the engine starts."""
-    from pydantic import ValidationError
-
-    from ttscale import registry
-    from ttscale.errors import ConfigError, describe_validation_error
-    from ttscale.protocols import needs_verifier, samples_per_problem
-    from ttscale.serve.settings import LIMITED
-    from ttscale.types import ORACLE_RULE
-
     factory = registry.strategies.factory(settings.strategy)  # unknown: "did you mean"
     try:
         strategy = factory(**settings.strategy_options)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from ttscale.analysis.runs import load_run
 from ttscale.cli.common import ENGINE_LOG, FORMAT, Format, Output, console, errors
 from ttscale.quiet import output_to_log
+from ttscale.reward_heads import RewardHead
+from ttscale.verifier_training import FEATURES_FILE, backend_kind, evaluate, train
 
 verifier_app = typer.Typer(help="Train a verifier (ORM or PRM head on the policy model's hidden states) from your own runs, and measure it held out.",
                            no_args_is_help=True)
@@ -21,9 +25,6 @@ FEATURES = typer.Option(None, "--features", help="The .npz cache of the solution
 def engine_output(runs, log_path: Path, say: Console = console):
     """Where vLLM's own output goes while its engines run: a log file beside the verifier, as
     `eval` keeps it in the run directory (a fake run starts no engine and prints nothing)."""
-    from contextlib import nullcontext
-
-    from ttscale.verifier_training import backend_kind
 
     if all(backend_kind(run) == "fake" for run in runs):
         return nullcontext()
@@ -71,8 +72,6 @@ def train_command(
     features: Optional[Path] = FEATURES,
 ) -> None:
     """Train on half a of the runs' problems only; half b stays held out for `ttscale verifier eval`."""
-    from ttscale.analysis.runs import load_run
-    from ttscale.verifier_training import train
 
     runs = [load_run(d) for d in run_dirs]
 
@@ -112,9 +111,6 @@ def eval_command(
     format: Format = FORMAT,
 ) -> None:
     """Measure a trained verifier on the held-out half b of the runs: AUROC of its scores against the grades."""
-    from ttscale.analysis.runs import load_run
-    from ttscale.reward_heads import RewardHead
-    from ttscale.verifier_training import FEATURES_FILE, evaluate
 
     output = Output(format)
     head = RewardHead.load(head_dir)
