@@ -214,6 +214,13 @@ def print_optional_sections(summary: dict[str, Any], output: Output) -> None:
             f"of {flips['pairs_from_correct']}; incorrect to correct: {rate(flips['incorrect_to_correct'])} "
             f"of {flips['pairs_from_incorrect']}"
         )
+    execution = summary.get("execution")
+    if execution:  # code rules' sandbox runs: a cost beside FLOPs, not in them
+        output.note(
+            f"Execution (visible tests in the sandbox): {execution['runs']:,} runs, {execution['cpu_s']:.1f} CPU s, "
+            f"{execution['wall_s']:.1f} wall s over {execution['problems']} problems "
+            f"({execution['cpu_s_per_problem']:.2f} CPU s per problem)"
+        )
     spec = summary.get("speculative")
     if spec:
         output.note(
