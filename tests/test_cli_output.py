@@ -59,10 +59,12 @@ def table_commands(runs) -> dict[str, list]:
         "adaptive": ["adaptive", runs["best_of_n"], "--orders", "2", "--bootstrap", "20"],
         "allocate eval": ["allocate", "eval", runs["policy"], runs["synthetic"], "--split", "b"],
         "verifier eval": ["verifier", "eval", runs["orm"], runs["best_of_n"], "--bootstrap", "20"],
+        "allocate fit": ["allocate", "fit", runs["synthetic"], "--split", "a", "-o", runs["root"] / "refit.json"],
+        "coverage-fit": ["coverage-fit", runs["best_of_n"], "--resamples", "10", "-o", runs["root"] / "coverage.png"],
     }
 
 
-COMMANDS = ["eval", "compare", "adaptive", "allocate eval", "verifier eval"]
+COMMANDS = ["eval", "compare", "adaptive", "allocate eval", "verifier eval", "allocate fit", "coverage-fit"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ttscale.allocation.evaluate import evaluate_policy
 from ttscale.allocation.fit import fit_policy
 from ttscale.allocation.policy import AllocationPolicy, describe_setting
 from ttscale.analysis.difficulty import NUMBERING
-from ttscale.cli.common import FORMAT, SPLIT, Column, Format, Output, console
+from ttscale.cli.common import FORMAT, SPLIT, Column, Format, Output
 from ttscale.probe import PromptReader
 from ttscale.problems import Split
 from ttscale.store import writable_file
@@ -40,6 +39,7 @@ def allocate_fit(
     min_gain: float = typer.Option(0.0, "--min-gain", help="A costlier setting must beat every cheaper one by more than this accuracy to be picked."),
     features: Optional[Path] = typer.Option(None, "--features", help=FEATURES_HELP),
     pooling: str = typer.Option("auto", "--pooling", help="Prefill probe: hidden states of the last prompt token, the mean over its tokens, both (last+mean), or auto (the best out-of-fold on the fitting split)."),
+    format: Format = FORMAT,
 ) -> None:
     """Fit a policy: per difficulty bin, the most accurate setting for every budget."""
 
@@ -48,6 +48,7 @@ def allocate_fit(
     if pooling not in ("auto", "last", "mean", "last+mean"):
         raise typer.BadParameter(f"--pooling must be auto, last, mean or last+mean, got {pooling!r}")
     writable_file(output, "--output")
+    out = Output(format)
     prompts = None
     if statistic == "prefill":
 
@@ -58,31 +59,31 @@ def allocate_fit(
     if prompts is not None:
         regressor = policy.probe.regressor
         cv = ", ".join(f"{name} {value:.3f}" for name, value in regressor.cv_spearman.items())
-        console.print(f"Prefill probe: {prompts.computed} prompts read by the engine, {len(prompts.cache) - prompts.computed} from "
-                      f"{prompts.cache.path}; ridge (alpha {regressor.alpha:.3g}) on {regressor.problems} fitting problems, "
-                      f"{regressor.pooling} pooling; out-of-fold Spearman with pass@1: {cv}; "
-                      f"mean cost {policy.probe.mean_flops:.3e} FLOPs per prompt")
+        out.note(f"Prefill probe: {prompts.computed} prompts read by the engine, {len(prompts.cache) - prompts.computed} from "
+                 f"{prompts.cache.path}; ridge (alpha {regressor.alpha:.3g}) on {regressor.problems} fitting problems, "
+                 f"{regressor.pooling} pooling; out-of-fold Spearman with pass@1: {cv}; "
+                 f"mean cost {policy.probe.mean_flops:.3e} FLOPs per prompt")
     sources = (
         (f"oracle bins ({NUMBERING}; bins from gold: an upper bound)", policy.oracle_tables, 0),
         (f"predicted bins ({policy.probe.describe()}, its cost included in every setting)", policy.predicted_tables, k),
         ("no probe (all fitting problems; bin -1)", [policy.unprobed], 0),
     )
     for source, tables, k in sources:
-        table = Table(title=f"policy frontier · {source}")
-        for column in ("bin", "problems", "setting", "accuracy", "mean FLOPs"):
-            table.add_column(column)
+        rows = []
         for t in tables:
             problems = t.entries[0].problems if t.entries else 0
             for i, entry in enumerate(t.frontier_flops):
-                table.add_row(str(t.bin) if i == 0 else "", str(problems) if i == 0 else "", describe_setting(entry.setting, k), f"{entry.accuracy:.3f}", f"{entry.flops:.3e}")
-        console.print(table)
+                rows.append([str(t.bin) if i == 0 else "", str(problems) if i == 0 else "", describe_setting(entry.setting, k),
+                             f"{entry.accuracy:.3f}", f"{entry.flops:.3e}"])
+        out.table(f"policy frontier · {source}", ["bin", "problems", "setting", "accuracy", "mean FLOPs"], rows)
     gold = sorted({e.setting.label() for e in policy.unprobed.entries if e.setting.uses_gold})
     if gold:
-        console.print(f"Measured but never chosen, gold answers guided them (upper bounds): {'; '.join(gold)}")
+        out.note(f"Measured but never chosen, gold answers guided them (upper bounds): {'; '.join(gold)}")
     pays = [n for n in range(1, 65) if policy.probe_pays(budget_samples=n)]
-    console.print(f"The probe pays at per-prompt budgets of {', '.join(map(str, pays))} samples." if pays else "The probe pays at no budget up to 64 samples: prompts run unprobed.")
-    console.print(f"Policy ({policy.problems} problems, split {split}, data {policy.data_hash[:12]}): {output}; "
-                  "`allocate eval` refuses these problems (evaluate on the other split)")
+    out.note(f"The probe pays at per-prompt budgets of {', '.join(map(str, pays))} samples." if pays else "The probe pays at no budget up to 64 samples: prompts run unprobed.")
+    out.note(f"Policy ({policy.problems} problems, split {split}, data {policy.data_hash[:12]}): {output}; "
+             "`allocate eval` refuses these problems (evaluate on the other split)")
+    out.finish()
 
 
 @allocate_app.command("eval")
