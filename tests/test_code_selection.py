@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ttscale.analysis.runs import load_run, subsample
 from ttscale.backends.fake import FakeBackend
 from ttscale.benchmarks.humaneval import HumanEvalBenchmark
 from ttscale.code_exec import CODE_EXEC, EXECUTION, code_arrays, execute, results_of, run_timeout_s
@@ -164,6 +165,12 @@ async def test_eval_records_what_recomputes_every_code_rule(tmp_path):
     pairs = np.asarray([[0, 3], [3, 1], [0, 2]])
     picks = chosen_positions("pass-examples", classes, np.full(4, np.nan), pairs, passed=passed, behaviour=behaviour)
     assert picks.tolist() == [0, 1, 2]  # both wrong: the first; else the one that passes
+    # compare's path: the run's records subsampled, the code rules among the rules it reports.
+    table = subsample(load_run(result.run_dir), ns=[2, 4], subsets=50)
+    assert {"pass-examples", "behaviour-vote", "random", "first"} <= set(table.rules)
+    at_4 = table.n.index(4)
+    assert table.correct["pass-examples"][at_4, 0] == 1.0 and table.correct["behaviour-vote"][at_4, 0] == 1.0
+    assert table.correct["random"][at_4, 0] == pytest.approx(table.correct["first"][at_4, 0], abs=0.3)
     execution = result.summary["execution"]
     assert execution["runs"] == 4 and execution["problems"] == 1
     assert execution["cpu_s"] == pytest.approx(meta[EXECUTION]["cpu_s"])

@@ -378,9 +378,17 @@ class TraceMetadata(TypedDict, total=False):
     """What produced Candidate.score: "verifier" (the run's verifier), or the name of a
     verifier-free scorer read from the sample's own logprobs (strategies/best_of_n.py: mean-logprob,
     topk-certainty, deepconf-*). Such scores are no verifier's: no gold, no verifier model."""
+    code_exec: list[dict[str, Any]]
+    """Code rules: each candidate's run on the problem's visible tests (ttscale.code_exec.CandidateExec
+    as a dict: per-test status and output digest, runs, CPU and wall seconds); compare recomputes
+    pass-examples and behaviour-vote from it."""
+    execution: dict[str, Any]
+    """Code rules: the problem's execution cost, beside FLOPs (runs, cpu_s, wall_s)."""
+    behaviour_filter: str
+    """behaviour-vote: "visible" where only candidates that pass the visible tests join a cluster."""
 
 
-PER_CANDIDATE_KEYS = ("subtree", "chain", "depth")
+PER_CANDIDATE_KEYS = ("subtree", "chain", "depth", "code_exec")
 
 
 def check_trace_metadata(trace: Trace, strategy: str) -> None:

@@ -38,7 +38,8 @@ from ttscale.config import RunConfig, build_config
 from ttscale.cost import KINETICS_INTENSITY, CostModel, cache_independent_cost, flops_known, scaled_cost, subsample_costs
 from ttscale.errors import ConfigError
 from ttscale.modelshape import ModelShape, shape_for_model
-from ttscale.selection import GOLD_RULES, VERIFIER_RULES, answer_classes, chosen_positions
+from ttscale.code_exec import code_arrays, results_of
+from ttscale.selection import CODE_RULES, GOLD_RULES, VERIFIER_RULES, answer_classes, chosen_positions
 from ttscale.store import SAMPLES, read_samples
 from ttscale.types import ORACLE_RULE
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 COST_KEYS = ("flops", "eflops", "generated_tokens", "prompt_tokens", "wall_s")
 PRICE_SUBSETS = 256  # price by every k-subset up to this many, else by the N cyclic windows
-RULE_ORDER = ("majority", "weighted-vote", "max-score", "first", ORACLE_RULE)
+RULE_ORDER = ("majority", "weighted-vote", "max-score", "behaviour-vote", "pass-examples", "first", "random", ORACLE_RULE)
 
 
 # -- typed records ---------------------------------------------------------------------------------
@@ -79,6 +80,10 @@ class Record:
     difficulty: float | None = None  # the benchmark's own, higher = harder
     subtree: tuple[int, ...] | None = None  # DVTS: each candidate's subtree
     verifier_uses_gold: bool = False
+    # Code rules (ttscale.code_exec): whether each sample passed every visible test, and its
+    # behaviour class; None where the run executed nothing.
+    passed: tuple[bool, ...] | None = None
+    behaviour: tuple[int, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -107,13 +112,18 @@ class Record:
                    c.get("mean_logprob"), c.get("text") or "")
             for c in raw["candidates"]
         )
-        subtree = (raw.get("trace_metadata") or {}).get("subtree")
+        meta = raw.get("trace_metadata") or {}
+        subtree = meta.get("subtree")
+        runs = results_of(meta)
+        passed, behaviour = code_arrays(runs, filter_visible=meta.get("behaviour_filter") == "visible") if runs else (None, None)
         return cls(
             problem_id=raw["problem_id"], samples=samples,
             selections={rule: bool(s.get("correct")) for rule, s in raw["selections"].items()},
             chosen_rule=raw["chosen_rule"], cost=dict(raw["cost"]), difficulty=raw.get("difficulty"),
             subtree=tuple(subtree) if subtree is not None else None,
             verifier_uses_gold=bool(raw.get("verifier_uses_gold")),
+            passed=None if passed is None else tuple(passed.tolist()),
+            behaviour=None if behaviour is None else tuple(behaviour.tolist()),
         )
 
 
@@ -347,19 +357,23 @@ class _Arrays:
     classes: np.ndarray
     correct: np.ndarray
     scores: np.ndarray
+    passed: np.ndarray | None = None
+    behaviour: np.ndarray | None = None
 
     @classmethod
     def of(cls, record: Record, equivalent: Callable[[str, str], bool]) -> "_Arrays":
         return cls(answer_classes([s.answer for s in record.samples], equivalent),
                    np.asarray([s.correct for s in record.samples], dtype=bool),
-                   np.asarray([np.nan if s.score is None else s.score for s in record.samples], dtype=np.float64))
+                   np.asarray([np.nan if s.score is None else s.score for s in record.samples], dtype=np.float64),
+                   None if record.passed is None else np.asarray(record.passed, dtype=bool),
+                   None if record.behaviour is None else np.asarray(record.behaviour, dtype=np.int64))
 
     def rule_correct(self, rule: str, subsets: np.ndarray) -> np.ndarray:
         """Whether `rule` on each subset picks a correct answer (oracle: whether any is correct)."""
         subsets = np.asarray(subsets, dtype=np.int64)
         if rule == ORACLE_RULE:
             return self.correct[subsets].any(axis=1)
-        picked = chosen_positions(rule, self.classes, self.scores, subsets)
+        picked = chosen_positions(rule, self.classes, self.scores, subsets, passed=self.passed, behaviour=self.behaviour)
         return (picked >= 0) & self.correct[np.maximum(picked, 0)]
 
 
@@ -367,6 +381,8 @@ def _rules_of(records: Sequence[Record], wanted: Sequence[str] | None) -> list[s
     rules = {"majority", "first", ORACLE_RULE}
     if any(s.score is not None for r in records for s in r.samples):
         rules |= VERIFIER_RULES
+    if any(r.passed is not None for r in records):
+        rules |= CODE_RULES | {"random"}
     return [rule for rule in RULE_ORDER if rule in rules and (wanted is None or rule in wanted)]
 
 
