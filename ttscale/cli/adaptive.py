@@ -20,9 +20,12 @@ def adaptive_command(
     curves: bool = typer.Option(False, "--curves", help="Also print every setting of every method on the held-out half."),
     format: Format = FORMAT,
 ) -> None:
-    """Adaptive compute without gold, held out: each method's setting is chosen on half a of the
-    problems (the cheapest that reaches best-of-N majority's accuracy there), then measured on
-    half b against best-of-N majority: the compute best-of-N needs for the same accuracy."""
+    """Adaptive methods replayed from a best-of-N run, held out, against best-of-N majority.
+
+    No gold at inference: each method's setting is chosen on half a of the problems (the cheapest
+    that reaches best-of-N majority's accuracy there), then measured on half b against best-of-N
+    majority: the compute best-of-N needs for the same accuracy.
+    """
 
     output = Output(format)
     run = load_run(run_dir)

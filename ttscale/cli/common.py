@@ -121,7 +121,7 @@ class Format(str, Enum):
 
 
 FORMAT = typer.Option(Format.table, "--format", help="table (fits the terminal's width), json, csv or markdown; "
-                      "with json and csv, progress and notes go to stderr (csv) or into the object (json).")
+                      "with the last three, progress goes to stderr and notes into the output (csv: to stderr).")
 
 
 @dataclass(frozen=True)
@@ -147,15 +147,17 @@ def plain(text: str) -> str:
 
 class Output:
     """A command's tables and notes in the --format the user asked for: one implementation for
-    every table command. A terminal table folds what does not fit (never "…"); json, csv and
-    markdown print once, at `finish()`, so running messages (`output.console`) cannot garble them."""
+    every table command. A terminal table fits the terminal's width and never cuts a cell to "…"
+    (parts that repeat the row's name, widths that keep every word whole, folding as the last
+    resort); json, csv and markdown print once, at `finish()`, with running messages
+    (`output.console`) on stderr, so nothing garbles them."""
 
     def __init__(self, format: Format = Format.table):
         self.format = Format(format)
         self._items: list[_Table | str] = []
         # Running messages (progress, "Starting the engine..."): beside a terminal table, and on
-        # stderr where stdout is for a program to read.
-        self.console = console if self.format in (Format.table, Format.markdown) else errors
+        # stderr where stdout is for a program to read or a page to paste.
+        self.console = console if self.format is Format.table else errors
 
     def table(self, title: str, columns: Sequence[Column | str], rows: Iterable[Sequence[str] | None], *, key: int = 1) -> None:
         """Add a table; a row of None draws a section break (terminal) and is dropped elsewhere.

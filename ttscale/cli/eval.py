@@ -57,7 +57,7 @@ def eval_command(
     replica_gpus: Optional[float] = typer.Option(None, "--replica-gpus", help="With --ray: GPUs per replica (default: 1 where the cluster has GPUs, else 0).", rich_help_panel="Scale-out"),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/K: run only shard I of K (problems whose sha256(id) mod K is I), into a run directory of its own; join the K shards with `ttscale merge`.", rich_help_panel="Scale-out"),
     split: Optional[Split] = typer.Option(None, "--split", help="Evaluate only one half of the problems: a (where policies and verifiers are fitted) or b (held out), by a stable hash of each problem id; all: every problem (overrides a config file's split).", rich_help_panel="Benchmark"),
-    format: Format = typer.Option(Format.table, "--format", help="The summary as table (fits the terminal), json, csv or markdown; with json and csv the progress goes to stderr.", rich_help_panel="Run and output"),
+    format: Format = typer.Option(Format.table, "--format", help="The summary as table (fits the terminal), json, csv or markdown; with the last three the progress goes to stderr.", rich_help_panel="Run and output"),
 ) -> None:
     """Evaluate a strategy on a benchmark and print accuracy, pass@k and compute.
 
