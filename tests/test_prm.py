@@ -30,7 +30,7 @@ class FakePoolingBackend:
 @pytest.fixture
 def prm(monkeypatch):
     backend = FakePoolingBackend()
-    monkeypatch.setattr("ttscale.backends.vllm_pooling.VLLMPoolingBackend", lambda **kwargs: backend)
+    monkeypatch.setattr("ttscale.verifiers.prm.VLLMPoolingBackend", lambda **kwargs: backend)
     return VLLMPRM(model="fake-prm"), backend
 
 

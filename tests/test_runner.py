@@ -127,4 +127,4 @@ async def test_concurrency_bound_is_respected(problems_file, tmp_path):
 async def test_backend_description_is_stored_beside_the_samples(problems_file, tmp_path):
     result = await run_eval(config_for(problems_file, tmp_path), backend=FakeBackend(num_params=123))
     described = json.loads((result.run_dir / "backend.json").read_text())
-    assert described == {"backend": "FakeBackend", "model": "fake", "num_params": 123, "engine_settings": {}}
+    assert described == {"backend": "FakeBackend", "model": "fake", "num_params": 123, "shape": None, "engine_settings": {}}

@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ttscale.selection import chosen_positions
 from ttscale.types import Completion
 
 CONFIDENCE_DECIMALS = 4  # recorded precision: plenty for thresholds, and samples.jsonl stays small
@@ -240,8 +241,6 @@ def online_replay(
     Warm-up traces 0..warmup-1 run in full and set s; later traces come in batches of `batch`,
     each stopped at `stop_position`; after each batch, sampling ends once the voting traces'
     weighted share of the leading answer reaches `consensus`, or at N."""
-    from ttscale.selection import chosen_positions  # selection imports nothing of this module
-
     n = min(n, len(confidences))
     first = min(warmup, n)
     weights = [lowest_group_confidence(c, window) for c in confidences[:first]]

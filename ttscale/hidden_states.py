@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ttscale.backends.fake import FakeHiddenBackend
+from ttscale.backends.vllm_pooling import VLLMPoolingBackend
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
 from ttscale.protocols import PoolingBackend
@@ -50,8 +51,6 @@ def hidden_state_backend(kind: str, model_path: str, **options: Any) -> PoolingB
     """The backend that reads a model's final hidden states: vLLM's pooling runner, or the fake (tests)."""
     if kind == "fake":
         return FakeHiddenBackend(model_path, **options)
-    from ttscale.backends.vllm_pooling import VLLMPoolingBackend  # imports vLLM: off the import path until an engine is wanted
-
     return VLLMPoolingBackend(model_path, mode="hidden", **options)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ttscale.models import EMBEDDED_MODELS, cache_dir, count_parameters
+
 log = logging.getLogger(__name__)
 
 
@@ -107,8 +109,6 @@ def load_shape(model_dir: str | Path) -> ModelShape | None:
         return None
     try:
         config = json.loads(path.read_text())
-        from ttscale.models import count_parameters
-
         return shape_from_config(config, count_parameters(path.parent))
     except (OSError, ValueError, TypeError) as error:
         log.warning("cannot read the model shape from %s (%s)", path, error)
@@ -118,8 +118,6 @@ def load_shape(model_dir: str | Path) -> ModelShape | None:
 def shape_for_model(name_or_path: str) -> ModelShape | None:
     """The shape of an embedded model (if prepared), a local directory, or a hub id already in
     the local Hugging Face cache; None when it cannot be known without downloading."""
-    from ttscale.models import EMBEDDED_MODELS, cache_dir
-
     if name_or_path in EMBEDDED_MODELS:
         return load_shape(cache_dir() / "models" / name_or_path)
     if (Path(name_or_path).expanduser() / "config.json").is_file():

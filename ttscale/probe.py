@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import Field
 
+from ttscale.build import build_benchmark
 from ttscale.errors import ConfigError
 from ttscale.hidden_states import (
     POOLINGS, PROMPT_FEATURES, RIDGE_ALPHAS, HiddenStateCache, LinearModel, Pooling, PromptFeatures, hidden_state_backend,
@@ -46,8 +47,6 @@ def run_prompts(run: "Run", *, every: bool = False) -> dict[str, Problem]:
     """The recorded problems of a run (every=True: every problem of its benchmark, recorded or
     not) with the prompts its generation read: the benchmark rebuilt from config.json; only ids
     and prompts are used, never gold answers."""
-    from ttscale.build import build_benchmark
-
     problems = {p.id: p for p in build_benchmark(run.config).load()}
     missing = [r.problem_id for r in run.records if r.problem_id not in problems]
     if missing:

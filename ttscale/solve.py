@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ttscale import registry
 from ttscale.context import SolveContext
+from ttscale.grading.math_answer import DEFAULT_VERIFIER
 from ttscale.problems import derive_seed
 from ttscale.types import ChatMessage, Problem, SampleParams, Trace
 
@@ -40,8 +41,6 @@ async def solve(
 
     `answers` extracts and compares answers (default: math answers, \\boxed{} or a final number).
     """
-    from ttscale.grading.math_answer import DEFAULT_VERIFIER
-
     problem = as_problem(prompt)
     solver = registry.strategies.factory(strategy)(**(options or {}))
     ctx = SolveContext.for_problem(

@@ -56,10 +56,13 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from ttscale.problems import derive_seed, split_of
 from ttscale.analysis.passk import pass_at_k
+from ttscale.build import build_backend, build_benchmark
+from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
 from ttscale.hidden_states import RIDGE_ALPHAS, CachedHiddenStates, hidden_state_backend, step_features
+from ttscale.probe import run_prompts
+from ttscale.problems import derive_seed, split_of
 from ttscale.reward_heads import Kind, Label, LinearHead, Provenance, Prover, RewardHead, data_hash
 from ttscale.steps import STEP_SEPARATOR, split_steps, step_prefixes
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
@@ -168,8 +171,6 @@ class Solution:
 
 def recorded_solutions(runs: Sequence["Run"], split: str) -> list[Solution]:
     """The samples of every problem of `split` in the runs (a problem in several runs: its first record)."""
-    from ttscale.probe import run_prompts
-
     seen: set[str] = set()
     solutions = []
     for run in runs:
@@ -252,8 +253,6 @@ async def run_rollouts(backend: "Backend", benchmark: "Benchmark", solutions: Se
                        k: int, params: SampleParams, run_seed: int, concurrency: int = 16,
                        progress: Callable[[int, int], None] | None = None) -> None:
     """Rollouts from every intermediate step prefix not in the store yet; each written as it finishes."""
-    from ttscale.cost import CostMeter
-
     todo = [(s, i) for s in solutions for i in range(len(s.steps) - 1) if store.row(s, i) is None]
     limit = asyncio.Semaphore(concurrency)
     finished = 0
@@ -358,8 +357,6 @@ async def solution_features(backend, solutions: Sequence[Solution], concurrency:
     """Every solution's step-end vectors (one metered prefill each) and what reading them all costs:
     prompt tokens and FLOPs (through a CachedHiddenStates backend, a solution read before costs what
     its prefill did)."""
-    from ttscale.cost import CostMeter
-
     limit = asyncio.Semaphore(concurrency)
     meters = [CostMeter(backend) for _ in solutions]
 
@@ -443,8 +440,6 @@ def train(runs: Sequence["Run"], out_dir: Path, *, kind: Kind, label: Label | No
     if kind == "prm":
         store = RolloutStore(out_dir / ROLLOUTS_FILE)
         before = len(store.done)
-        from ttscale.build import build_backend, build_benchmark
-
         benchmark = build_benchmark(run.config)
         if any(store.row(s, i) is None for s in chosen for i in range(len(s.steps) - 1)):
             generator = build_backend(run.config)

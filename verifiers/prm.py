@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from pydantic import Field, PrivateAttr
 
 from ttscale import registry
+from ttscale.backends.vllm_pooling import VLLMPoolingBackend
 from ttscale.cost import CostMeter
 from ttscale.protocols import Backend, Benchmark
 from ttscale.types import ChatMessage, GenRequest, PoolRequest, Problem, SampleParams
@@ -110,8 +111,6 @@ class VLLMPRM(VerifierBase):
     _backend: Backend | None = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
-        from ttscale.backends.vllm_pooling import VLLMPoolingBackend
-
         self._backend = VLLMPoolingBackend(model=self.model, **self.backend_options)
 
     @property

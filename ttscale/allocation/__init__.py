@@ -4,24 +4,12 @@
 - fit.py: fitting a policy from finished runs, through ttscale.analysis.runs;
 - evaluate.py: held-out evaluation against best-of-N at equal FLOPs.
 
-Importing this package loads the library only; `fit_policy` and `evaluate_policy` load their
-modules on first use.
+The package re-exports the library's names, fit_policy and evaluate_policy.
 """
 
+from ttscale.allocation.evaluate import evaluate_policy  # noqa: F401
+from ttscale.allocation.fit import fit_policy  # noqa: F401
 from ttscale.allocation.policy import (  # noqa: F401
     AllocationError, AllocationPolicy, BinTable, Entry, Plan, Probe, Setting, describe_setting, greedy_allocation,
     upper_hull,
 )
-
-
-def __getattr__(name: str):
-    """fit_policy and evaluate_policy, loaded on first use."""
-    if name == "fit_policy":
-        from ttscale.allocation.fit import fit_policy
-
-        return fit_policy
-    if name == "evaluate_policy":
-        from ttscale.allocation.evaluate import evaluate_policy
-
-        return evaluate_policy
-    raise AttributeError(f"module 'ttscale.allocation' has no attribute {name!r}")

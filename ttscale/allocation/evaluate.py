@@ -24,6 +24,7 @@ from ttscale.allocation.policy import (
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import accuracy_at, cost_for
+from ttscale.probe import spearman, spearman_interval
 from ttscale.problems import Split
 
 if TYPE_CHECKING:
@@ -149,8 +150,6 @@ def evaluate_policy(policy: AllocationPolicy, run_dirs: Sequence[Path | str], *,
 def probe_report(policy: AllocationPolicy, data: FitData, bins: dict[str, dict[str, int]]) -> dict[str, Any]:
     """How the probe does on these problems: its cost next to one sample's, and its agreement with
     the oracle bins (confusion: oracle bin rows, predicted bin columns; Spearman of its value with pass@1)."""
-    from ttscale.probe import spearman, spearman_interval
-
     records = data.records()
     ids = list(records)
     if policy.probe.is_prefill:

@@ -30,7 +30,9 @@ from ttscale.allocation.policy import (
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import Run, load_run, probe_price, subsample
+from ttscale.build import build_benchmark
 from ttscale.errors import ConfigError
+from ttscale.probe import fit_regressor
 from ttscale.problems import Split, in_split
 from ttscale.protocols import prompt_template_of
 from ttscale.selection import VERIFIER_RULES
@@ -215,8 +217,6 @@ def fit_prefill_probe(data: FitData, split: Split, *, pooling: str = "auto", see
                       num_bins: int = diff.NUM_BINS) -> Probe:
     """Train the prefill probe's regressor on the fitting problems' features and pass@1, and set
     its edges (and data.probe_values) from out-of-fold predictions. Refuses problems outside `split`."""
-    from ttscale.probe import fit_regressor
-
     outside = [p for p in data.problems if not in_split(p, split)]
     if outside:
         raise ConfigError(f"problem {outside[0]!r} is not in split {split!r}; the probe's regressor trains on the fitting split only")
@@ -311,8 +311,6 @@ def fit_policy(run_dirs: Sequence[Path | str], *, split: Split = "all", num_bins
         probe = Probe(k0=k0, statistic=statistic, verifier=config.verifier if statistic == "verifier" else None,
                       edges=probe_edges, mean_flops=float(np.mean([data.probe_flops[p] for p in ids])))
     bins = bins_of(data, oracle_edges, probe)
-    from ttscale.build import build_benchmark
-
     benchmark = build_benchmark(config)
     deployable = sorted({s.verifier for s, _ in data.outcomes.values() if s.verifier and not s.uses_gold})
     policy = AllocationPolicy(

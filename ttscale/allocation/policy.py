@@ -29,21 +29,22 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ttscale.analysis import difficulty as diff
-from ttscale.errors import ConfigError, TtscaleError
+from ttscale.build import build_benchmark
+from ttscale.config import RunConfig
+from ttscale.errors import ConfigError, TtscaleError, describe_validation_error
 from ttscale.hidden_states import read_prompt
 from ttscale.probe import PrefillRegressor
 from ttscale.problems import Split
+from ttscale.protocols import Backend, PoolingBackend, Verifier
 from ttscale.selection import first_answer, majority_vote
+from ttscale.solve import as_problem, solve
 from ttscale.types import Problem, SampleParams, Trace
-
-if TYPE_CHECKING:
-    from ttscale.protocols import Backend, PoolingBackend, Verifier
 
 POLICY_VERSION = 2  # 2: problem ids fitted on, gold taint per setting, the probe's verifier
 PREFILL_POLICY_VERSION = 3  # 3: a prefill probe (hidden states and its regressor); otherwise as 2
@@ -257,8 +258,6 @@ class AllocationPolicy(BaseModel):
         try:
             policy = cls.model_validate(data)
         except ValidationError as error:
-            from ttscale.errors import describe_validation_error
-
             raise ConfigError(describe_validation_error(error, str(path))[:400]) from None
         problem = policy.table_problem()
         if problem:
@@ -328,8 +327,6 @@ class AllocationPolicy(BaseModel):
 
     def problem(self, prompt: str | Problem) -> Problem:
         """A bare prompt wrapped in the fitting runs' template (a Problem passes through)."""
-        from ttscale.solve import as_problem
-
         return as_problem(prompt, self.prompt_template)
 
     def allocate(self, prompt: str | Problem, *, budget_flops: float | None = None, budget_samples: int | None = None,
@@ -372,8 +369,6 @@ class AllocationPolicy(BaseModel):
         `VLLMPoolingBackend(model, mode="hidden")` (ttscale.backends.vllm_pooling), started once
         and shared across requests; `backend` itself serves when it is a pooling backend.
         """
-        from ttscale.solve import solve
-
         check_budget(budget_flops, "budget_flops")
         check_budget(budget_samples, "budget_samples")
         self.check_model(backend.model.name)
@@ -401,8 +396,6 @@ class AllocationPolicy(BaseModel):
                             budgets: dict[str, Any]) -> "Plan":
         """The prefill probe: the model reads the prompt once (metered), the regressor predicts
         its pass@1, the edges bin it. The Plan's probe is a Trace with no candidates and that cost."""
-        from ttscale.protocols import PoolingBackend
-
         reader = probe_backend if probe_backend is not None else backend
         if not isinstance(reader, PoolingBackend):
             raise AllocationError("this policy's probe reads the prompt's hidden states: pass probe_backend=... , e.g. "
@@ -417,9 +410,6 @@ class AllocationPolicy(BaseModel):
 
     def _answers(self):
         """The fitting runs' benchmark (a .jsonl path included), for answer extraction and equivalence."""
-        from ttscale.config import RunConfig
-        from ttscale.build import build_benchmark
-
         return build_benchmark(RunConfig(benchmark=self.benchmark, benchmark_options=self.benchmark_options))
 
     # -- batches --
@@ -543,8 +533,6 @@ class Plan:
         spent budget_flops, nothing more runs and the probe's majority answers.
         metadata["budget"] says what was allowed and what was spent.
         """
-        from ttscale.solve import solve
-
         self.policy.check_model(backend.model.name)
         if self.setting.verifier and verifier is None:
             raise AllocationError(f"the chosen setting {self.setting.label()} needs a verifier; pass plan.run(backend, verifier)")

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ttscale.analysis import plots
+from ttscale.analysis.adaptive import adaptive_curves
 from ttscale.analysis.compare import BudgetRow, common_label, cost_known, matched_budgets, table_points, unique_labels
-from ttscale.analysis.model_vs_search import SNELL_RATIOS, MatchRow, small_vs_large
 from ttscale.analysis.difficulty import NUMBERING, compare_bins
+from ttscale.analysis.model_vs_search import SNELL_RATIOS, MatchRow, small_vs_large
 from ttscale.analysis.runs import Run, load_run
 from ttscale.analysis.scaling import UPPER_BOUND, Curve, bin_ranges, coverage_curve, scaling_curves
 from ttscale.cost import KINETICS_INTENSITY
@@ -135,8 +137,6 @@ def build_comparison(
         runs = restrict_to_common(runs)
     curves = [c for run in runs for c in scaling_curves(run, subsets=subsets, bootstrap=bootstrap, seed=seed, rules=rules)]
     if adaptive:
-        from ttscale.analysis.adaptive import adaptive_curves
-
         curves += [c for run in runs for c in adaptive_curves(run, seed=seed)]
     rows = matched_budgets(curves, budgets, count=budget_count)
     coverage = {run_label(run): coverage_curve(run) for run in runs}
@@ -144,8 +144,6 @@ def build_comparison(
     comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity, split=split, common=common)
     _model_vs_search(comparison, ratios)
     if out_dir is not None:
-        from ttscale.analysis import plots
-
         comparison.plots = {
             "accuracy_vs_flops": plots.plot_accuracy_vs_cost(curves, out_dir, "flops"),
             "accuracy_vs_eflops": plots.plot_accuracy_vs_cost(curves, out_dir, "eflops"),

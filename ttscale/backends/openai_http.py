@@ -37,6 +37,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import httpx
 
 from ttscale.errors import ConfigError, TtscaleError
+from ttscale.models import EMBEDDED_MODELS, prepare_model
 from ttscale.modelshape import ModelShape, shape_for_model
 from ttscale.types import SAMPLING_EXTRAS, Completion, Generation, GenRequest
 
@@ -506,8 +507,6 @@ def _choice_text(choice: dict[str, Any], chat: bool) -> str:
 
 def _load_tokenizer(source: str) -> Any:
     """The tokenizer in a local directory or of an embedded model (prepared once); None if unknown."""
-    from ttscale.models import EMBEDDED_MODELS, prepare_model
-
     local = Path(source).expanduser()
     if source in EMBEDDED_MODELS or (local / "config.json").is_file():
         path = prepare_model(source).path
@@ -556,8 +555,6 @@ def _top_logprobs(choice: dict[str, Any], chat: bool) -> tuple[dict[str, float],
 
 def _known_num_params(model: str) -> int:
     """Parameters of an embedded model or a local directory; 0 (no FLOPs) for anything else."""
-    from ttscale.models import EMBEDDED_MODELS, prepare_model
-
     if model in EMBEDDED_MODELS or (Path(model) / "config.json").is_file():
         return prepare_model(model).num_params or 0
     log.warning("parameter count of %r unknown: FLOPs will read 0; pass --backend-option num_params=N", model)
