@@ -65,7 +65,10 @@ class MbppBenchmark(CodeBenchmark):
     def _split_rows(self) -> list[dict[str, Any]]:
         split = self.split or "test"
         if self.data_file is None:
-            return load_rows(self.dataset, self.config, split, None)
+            try:
+                return load_rows(self.dataset, self.config, split, None)
+            except ConfigError as error:
+                raise ConfigError(f"{error}; or pass google-research's sanitized-mbpp.json (all splits) as -B data_file=PATH") from None
         path = Path(self.data_file)
         rows = _json_rows(path) if path.suffix.lower() == ".json" else load_rows(self.dataset, self.config, split, path)
         splits = {_split_of(row.get("task_id")) for row in rows}
