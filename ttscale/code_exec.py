@@ -31,7 +31,7 @@ from ttscale.grading.sandbox import SandboxResult, run_many
 from ttscale.selection import answer_classes
 from ttscale.types import Frozen, Problem
 
-TestStatus = Literal["pass", "fail", "error", "timeout"]
+CheckStatus = Literal["pass", "fail", "error", "timeout"]
 STARTUP_S = 5.0  # interpreter start and sandbox setup, on top of the tests' own timers
 OUTPUT_LIMIT = 64_000  # stdout kept per run: the report is its last line, well under half of this
 CODE_EXEC = "code_exec"  # trace metadata: one CandidateExec dict per candidate
@@ -97,11 +97,11 @@ os._exit(0)  # skip the candidate's atexit handlers and threads
 '''
 
 
-class TestResult(Frozen):
+class CheckResult(Frozen):
     """One visible test on one candidate: its status, and a digest of the value the call returned
     (or what it raised): equal digests, equal behaviour."""
 
-    status: TestStatus
+    status: CheckStatus
     output: str
     error: str = ""
 
@@ -109,7 +109,7 @@ class TestResult(Frozen):
 class CandidateExec(Frozen):
     """One candidate on the visible tests: a result per test, and what its run cost."""
 
-    tests: tuple[TestResult, ...] = ()
+    tests: tuple[CheckResult, ...] = ()
     runs: int = 0  # sandboxed processes started (0: no code, or no visible tests)
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -178,13 +178,13 @@ def _read(result: SandboxResult, marker: str, num_tests: int) -> CandidateExec:
     lines = [line for line in result.stdout.splitlines() if line.startswith(marker)]
     try:
         rows = json.loads(lines[-1][len(marker):]) if lines else None
-        tests = tuple(TestResult(status=s, output=o, error=e) for s, o, e in rows) if rows is not None else ()
+        tests = tuple(CheckResult(status=s, output=o, error=e) for s, o, e in rows) if rows is not None else ()
     except (ValueError, TypeError):
         tests = ()
     if len(tests) != num_tests:  # killed, or it exited before reporting: every test counts as that
-        status: TestStatus = "timeout" if result.status == "timeout" else "error"
+        status: CheckStatus = "timeout" if result.status == "timeout" else "error"
         why = (result.reason or result.status)[:200]
-        tests = tuple(TestResult(status=status, output=f"run {result.status}", error=why) for _ in range(num_tests))
+        tests = tuple(CheckResult(status=status, output=f"run {result.status}", error=why) for _ in range(num_tests))
     return CandidateExec(tests=tests, **cost)
 
 
