@@ -25,9 +25,9 @@ from ttscale.analysis import difficulty as diff
 from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app
 from ttscale.errors import ConfigError
-from ttscale.analysis.runs import load_run
+from ttscale.analysis.runs import load_run, run_prompts
 from ttscale.hidden_states import HiddenStateCache, features_of, prompt_key, read_prompt
-from ttscale.probe import BASELINE, PromptReader, run_prompts
+from ttscale.probe import BASELINE, PromptReader
 from ttscale.testing import write_jsonl
 from ttscale.types import ChatMessage, PoolRequest, PoolResult, Problem
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import Field
 
-from ttscale.build import build_benchmark
+from ttscale.analysis.runs import Run, run_prompts
 from ttscale.errors import ConfigError
 from ttscale.hidden_states import (
     POOLINGS, PROMPT_FEATURES, RIDGE_ALPHAS, HiddenStateCache, LinearModel, Pooling, PromptFeatures, hidden_state_backend,
@@ -36,25 +36,10 @@ from ttscale.hidden_states import (
 from ttscale.types import Problem
 
 if TYPE_CHECKING:
-    from ttscale.analysis.runs import Run
     from ttscale.protocols import PoolingBackend
 
 FOLDS = 5
 BASELINE = "prompt length (baseline)"  # reported beside the poolings: what hidden states must beat
-
-
-def run_prompts(run: "Run", *, every: bool = False) -> dict[str, Problem]:
-    """The recorded problems of a run (every=True: every problem of its benchmark, recorded or
-    not) with the prompts its generation read: the benchmark rebuilt from config.json; only ids
-    and prompts are used, never gold answers."""
-    problems = {p.id: p for p in build_benchmark(run.config).load()}
-    missing = [r.problem_id for r in run.records if r.problem_id not in problems]
-    if missing:
-        raise ConfigError(f"{run.dir}: problem {missing[0]!r} is not in benchmark {run.config.benchmark!r} as rebuilt from "
-                          "its config.json, so its prompt is unknown; the prefill probe needs the benchmark the run used")
-    if every:
-        return problems
-    return {r.problem_id: problems[r.problem_id] for r in run.records}
 
 
 class PromptReader:

@@ -75,7 +75,7 @@ def _default_devices() -> list[str]:
 def require_ray():
     """The ray module, or a one-line ConfigError that says how to install it."""
     try:
-        import ray
+        import ray  # Ray: the optional extra, only with --ray
     except ImportError:
         raise ConfigError(f"--ray needs Ray, which is not installed here: {RAY_INSTALL}") from None
     return ray
@@ -103,7 +103,7 @@ class Replica:
 
     async def placement(self) -> dict[str, Any]:
         """Where this replica runs (host, node, pid, devices), or the error that stopped its build."""
-        import ray
+        import ray  # Ray: the optional extra, only with --ray
 
         context = ray.get_runtime_context()
         gpus = context.get_accelerator_ids().get("GPU") or []
@@ -219,7 +219,7 @@ def _reachable(ray, address: str, timeout: float) -> None:
     """Refuse an address that takes no TCP connection within `timeout` (where Ray would retry for minutes)."""
     host, port = ray_address(address)
     if not address.startswith("ray://"):
-        from ray._private.services import resolve_ip_for_localhost
+        from ray._private.services import resolve_ip_for_localhost  # Ray: the optional extra, only with --ray
 
         host = resolve_ip_for_localhost(host)  # where Ray itself will connect: 127.0.0.1 becomes this node's IP
     try:
@@ -280,7 +280,7 @@ def _connect_timeouts(timeout: float) -> Iterator[None]:
 def _reread_ray_config() -> None:
     """Ray reads its RAY_* variables into its config once; read them again, as Ray's own token setup does."""
     try:
-        from ray._raylet import Config
+        from ray._raylet import Config  # Ray: the optional extra, only with --ray
 
         Config.initialize("")
     except (ImportError, AttributeError):  # another Ray: its defaults apply
@@ -397,7 +397,7 @@ async def solve_on_ray(
 
 async def _placements(actors: list[Any]) -> list[dict[str, Any]]:
     """Each replica's placement, once its constructor has run; a constructor that crashed is one line."""
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError  # Ray: the optional extra, only with --ray
 
     try:
         return list(await asyncio.gather(*(actor.placement.remote() for actor in actors)))
@@ -408,7 +408,7 @@ async def _placements(actors: list[Any]) -> list[dict[str, Any]]:
 
 async def _slot(ray, actor, index: int, state: _Drain, append, config: RunConfig) -> None:
     """One of a replica's `concurrency` places: take the next problem, have the replica solve it, record it."""
-    from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+    from ray.exceptions import ActorDiedError, RayActorError, RayTaskError  # Ray: the optional extra, only with --ray
 
     while True:
         problem = await state.queue.get()
@@ -452,7 +452,7 @@ async def _slot(ray, actor, index: int, state: _Drain, append, config: RunConfig
 
 async def _until_alive(actor) -> None:
     """Wait while Ray restarts a replica (its constructor runs again); ActorDiedError if it never will."""
-    from ray.exceptions import ActorUnavailableError
+    from ray.exceptions import ActorUnavailableError  # Ray: the optional extra, only with --ray
 
     while True:
         try:
@@ -464,7 +464,7 @@ async def _until_alive(actor) -> None:
 
 async def _describe(actor, patience_s: float = 120.0) -> dict[str, Any]:
     """A replica's description for backend.json, waiting a while for one that Ray is restarting."""
-    from ray.exceptions import ActorUnavailableError
+    from ray.exceptions import ActorUnavailableError  # Ray: the optional extra, only with --ray
 
     deadline = asyncio.get_running_loop().time() + patience_s
     while True:

@@ -57,18 +57,17 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 import numpy as np
 
 from ttscale.analysis.passk import pass_at_k
+from ttscale.analysis.runs import Record, Run, run_prompts
 from ttscale.build import build_backend, build_benchmark
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
 from ttscale.hidden_states import RIDGE_ALPHAS, CachedHiddenStates, hidden_state_backend, step_features
-from ttscale.probe import run_prompts
 from ttscale.problems import derive_seed, split_of
 from ttscale.reward_heads import Kind, Label, LinearHead, Provenance, Prover, RewardHead, data_hash
 from ttscale.steps import STEP_SEPARATOR, split_steps, step_prefixes
 from ttscale.types import Cost, GenRequest, Problem, SampleParams
 
 if TYPE_CHECKING:
-    from ttscale.analysis.runs import Record, Run
     from ttscale.protocols import Backend, Benchmark
 
 ROLLOUTS_FILE = "rollouts.jsonl"

@@ -41,7 +41,7 @@ from ttscale.modelshape import ModelShape, shape_for_model
 from ttscale.code_exec import code_arrays, results_of
 from ttscale.selection import CODE_RULES, GOLD_RULES, VERIFIER_RULES, answer_classes, chosen_positions
 from ttscale.store import SAMPLES, read_samples
-from ttscale.types import ORACLE_RULE
+from ttscale.types import ORACLE_RULE, Problem
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,20 @@ def load_run(run_dir: str | Path, *, intensity: float = KINETICS_INTENSITY) -> R
     backend_info = json.loads(backend_path.read_text()) if backend_path.is_file() else {}
     return Run(run_dir, config, list(records.values()), _cost_model(run_dir, config, backend_info, intensity),
                _equivalence(config), backend_info)
+
+
+def run_prompts(run: Run, *, every: bool = False) -> dict[str, Problem]:
+    """The recorded problems of a run (every=True: every problem of its benchmark, recorded or
+    not) with the prompts its generation read: the benchmark rebuilt from config.json; only ids
+    and prompts are used, never gold answers."""
+    problems = {p.id: p for p in build_benchmark(run.config).load()}
+    missing = [r.problem_id for r in run.records if r.problem_id not in problems]
+    if missing:
+        raise ConfigError(f"{run.dir}: problem {missing[0]!r} is not in benchmark {run.config.benchmark!r} as rebuilt from "
+                          "its config.json, so its prompt is unknown; the prefill probe needs the benchmark the run used")
+    if every:
+        return problems
+    return {r.problem_id: problems[r.problem_id] for r in run.records}
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ttscale.analysis.runs import RecordedModel, load_run
+from ttscale.analysis.runs import RecordedModel, load_run, run_prompts
 from ttscale.errors import ConfigError
-from ttscale.probe import run_prompts
 from ttscale.types import Completion, Generation, GenRequest
 
 

@@ -54,7 +54,7 @@ def cpu_engine_settings(max_model_len: int, dtype: str) -> dict[str, Any]:
 def to_sampling_params(params: SampleParams, *, stream: bool = False):
     """Our SampleParams as vLLM's SamplingParams (vLLM types stay at this edge); `stream`: the new
     tokens of each engine step as they come (DELTA), for samples stopped early."""
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # vLLM loads only when an engine is used (off the import path)
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
@@ -124,7 +124,7 @@ class VLLMBackend:
                 self._engine = self._start_engine()
 
     def _start_engine(self):
-        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.engine.arg_utils import AsyncEngineArgs  # vLLM loads only when an engine is used (off the import path)
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -246,7 +246,7 @@ class VLLMBackend:
         return list(await asyncio.gather(*(self._generate_one(request) for request in requests)))
 
     async def _generate_one(self, request: GenRequest) -> Generation:
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError  # vLLM loads only when an engine is used (off the import path)
         from vllm.inputs import TokensPrompt
 
         # Off the event loop: tokenizing a long prompt takes seconds, which would stall the
@@ -283,7 +283,7 @@ class VLLMBackend:
     async def generate_streaming(self, request: GenRequest, on_text: Callable[[str], None]) -> Generation:
         """One sample (n=1), each engine step's new text handed to `on_text` as it comes
         (TextStreamingBackend); the Generation is the one `generate` returns."""
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError  # vLLM loads only when an engine is used (off the import path)
         from vllm.inputs import TokensPrompt
 
         if request.params.n != 1:
@@ -332,7 +332,7 @@ class VLLMBackend:
         streamed chunk may carry past the stop. Tokens the engine computed after its last chunk
         and before the abort reached it are not reported by vLLM and so not counted (at most
         an engine step's worth per stopped sample)."""
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError  # vLLM loads only when an engine is used (off the import path)
         from vllm.inputs import TokensPrompt
 
         if request.params.n != 1 or request.params.logprobs is None:
@@ -398,7 +398,7 @@ class VLLMBackend:
         """Raw engine speed for perf/engine_throughput.py: `batch` requests of one short prompt,
         each generating exactly `max_tokens` (EOS ignored), all at once. Returns the tokens
         generated and the seconds taken, with no ttscale bookkeeping on the way."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # vLLM loads only when an engine is used (off the import path)
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
@@ -489,6 +489,6 @@ def spec_decode_counters(metrics) -> dict[str, int]:
 
 
 def _metrics_snapshot():
-    from vllm.v1.metrics.reader import get_metrics_snapshot
+    from vllm.v1.metrics.reader import get_metrics_snapshot  # vLLM loads only when an engine is used (off the import path)
 
     return get_metrics_snapshot()

@@ -95,7 +95,7 @@ class VLLMPoolingBackend:
         """Start the pooling engine once."""
         async with self._start_lock:
             if self._engine is None:
-                from vllm.engine.arg_utils import AsyncEngineArgs
+                from vllm.engine.arg_utils import AsyncEngineArgs  # vLLM loads only when an engine is used (off the import path)
                 from vllm.platforms import current_platform
                 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -165,7 +165,7 @@ class VLLMPoolingBackend:
         return list(await asyncio.gather(*(self._pool_one(r) for r in requests)))
 
     async def _pool_one(self, request: PoolRequest) -> PoolResult:
-        from vllm import PoolingParams
+        from vllm import PoolingParams  # vLLM loads only when an engine is used (off the import path)
         from vllm.inputs import TokensPrompt
 
         ids = self._prompt_ids(request) if self.mode == "hidden" else self._tokenizer.encode(self.render(request), add_special_tokens=False)

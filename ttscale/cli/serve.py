@@ -91,11 +91,7 @@ def serve_command(
 
 def _check_default(settings) -> None:
     """Refuse a default strategy, options or verifier that cannot run, before the engine starts."""
-    factory = registry.strategies.factory(settings.strategy)  # unknown: "did you mean"
-    try:
-        strategy = factory(**settings.strategy_options)
-    except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, f"strategy {settings.strategy!r}, -S/--n")) from None
+    strategy = registry.strategies.create(settings.strategy, "-S/--n", **settings.strategy_options)  # unknown: "did you mean"
     values = {**{key: getattr(strategy, key, None) for key in LIMITED}, "n": samples_per_problem(strategy)}
     for key, value in values.items():
         limit = getattr(settings, LIMITED[key])
