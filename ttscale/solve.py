@@ -42,7 +42,7 @@ async def solve(
     `answers` extracts and compares answers (default: math answers, \\boxed{} or a final number).
     """
     problem = as_problem(prompt)
-    solver = registry.strategies.factory(strategy)(**(options or {}))
+    solver = registry.strategies.create(strategy, "options", **(options or {}))  # a mistake: one-line ConfigError
     ctx = SolveContext.for_problem(
         problem,
         backend=backend,
