@@ -93,6 +93,11 @@ class Setting(BaseModel):
         """A canonical string that identifies the setting."""
         return json.dumps(self.model_dump(), sort_keys=True)
 
+    def __repr__(self) -> str:
+        return f"Setting({self.label()})"
+
+    __str__ = __repr__  # pydantic's str lists every field
+
     @property
     def reuses_probe(self) -> bool:
         """Plain best-of-n: after a probe it keeps the probe's samples and draws only the rest."""
@@ -117,6 +122,12 @@ class Entry(BaseModel):
     samples: int  # samples drawn per prompt, the probe's included
     problems: int  # fitting problems in the bin (0: an empty bin borrowing a neighbour's)
 
+    def __repr__(self) -> str:
+        return (f"Entry({self.setting.label()}: accuracy {self.accuracy:.3f}, {self.flops:.3g} FLOPs, "
+                f"{self.samples} samples, {self.problems} problems)")
+
+    __str__ = __repr__
+
 
 class BinTable(BaseModel):
     """For one bin: every setting measured, and the smoothed frontier that `choose` picks from."""
@@ -127,6 +138,12 @@ class BinTable(BaseModel):
     entries: list[Entry]
     frontier_flops: list[Entry]
     frontier_samples: list[Entry]
+
+    def __repr__(self) -> str:  # a bin's settings run to kilobytes; its size is what a reader wants
+        return (f"BinTable(bin {self.bin}: {len(self.entries)} settings, frontier of {len(self.frontier_flops)} by FLOPs, "
+                f"{len(self.frontier_samples)} by samples)")
+
+    __str__ = __repr__
 
 
 class Probe(BaseModel):
@@ -161,6 +178,11 @@ class Probe(BaseModel):
         if self.is_prefill:
             return f"prefill probe (hidden states, {self.regressor.pooling} pooling, ridge -> pass@1)"
         return f"probe k0={self.k0} by {self.statistic}"
+
+    def __repr__(self) -> str:
+        return f"Probe({self.describe()}, {len(self.edges) + 1} bins, {self.mean_flops:.3g} FLOPs)"
+
+    __str__ = __repr__
 
 
 def _pick(table: BinTable, what: str, budget_flops: float | None, budget_samples: int | None, strict: bool) -> Entry:
@@ -226,6 +248,12 @@ class AllocationPolicy(BaseModel):
     def problems(self) -> int:
         """How many problems it was fitted on."""
         return len(self.problem_ids)
+
+    def __repr__(self) -> str:  # the tables and problem ids run to kilobytes
+        return (f"AllocationPolicy({self.model} on {self.benchmark}, {self.num_bins} bins, {self.probe.describe()}, "
+                f"fitted on {self.problems} problems of split {self.split})")
+
+    __str__ = __repr__
 
     # -- persistence --
 
@@ -494,7 +522,7 @@ def describe_setting(setting: Setting, probe_k0: int = 0) -> str:
     return f"probe + {setting.label()}"
 
 
-@dataclass
+@dataclass(repr=False)  # the generated repr would print the whole policy (kilobytes)
 class Plan:
     """What the policy chose for one prompt under a budget; `await plan.run(backend)` carries it out."""
 
@@ -511,6 +539,12 @@ class Plan:
     def setting(self) -> Setting:
         """The chosen strategy, options and verifier."""
         return self.entry.setting
+
+    def __repr__(self) -> str:
+        where = "no bin" if self.bin is None else f"bin {self.bin}"
+        budget = f"{self.budget_flops:.3g} FLOPs" if self.budget_flops is not None else \
+            f"{self.budget_samples} samples" if self.budget_samples is not None else "no budget"
+        return f"Plan({self.problem.id}: {self.describe()}; {where} ({self.bin_source}); budget {budget})"
 
     def config(self) -> dict[str, Any]:
         """The chosen setting as run-config fields (strategy, strategy_options, verifier...)."""
