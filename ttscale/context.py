@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from ttscale.cost import CostMeter
 from ttscale.errors import ConfigError
-from ttscale.protocols import check_trace_metadata
+from ttscale.protocols import AnswerTools, Backend, Strategy, Verifier, check_trace_metadata
 from ttscale.types import Cost, Problem, SampleParams, Trace
-
-if TYPE_CHECKING:
-    from ttscale.protocols import AnswerTools, Backend, Strategy, Verifier
 
 
 @dataclass

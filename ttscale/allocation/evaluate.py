@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -24,11 +24,8 @@ from ttscale.allocation.policy import (
 )
 from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import accuracy_at, cost_for
-from ttscale.probe import spearman, spearman_interval
+from ttscale.probe import PromptReader, spearman, spearman_interval
 from ttscale.problems import Split
-
-if TYPE_CHECKING:
-    from ttscale.probe import PromptReader
 
 ORACLE_MODE = "oracle (upper bound: bins from gold)"  # the oracle policy: bins from graded samples
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -32,14 +32,11 @@ from ttscale.analysis import difficulty as diff
 from ttscale.analysis.runs import Run, load_run, probe_price, subsample
 from ttscale.build import build_benchmark
 from ttscale.errors import ConfigError
-from ttscale.probe import fit_regressor
+from ttscale.hidden_states import PromptFeatures
+from ttscale.probe import PromptReader, fit_regressor
 from ttscale.problems import Split, in_split
 from ttscale.protocols import prompt_template_of
 from ttscale.selection import VERIFIER_RULES
-
-if TYPE_CHECKING:
-    from ttscale.hidden_states import PromptFeatures
-    from ttscale.probe import PromptReader
 
 SUBSETS = 200  # random ordered draws per problem and n (compare's default too)
 
