@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from ttscale.analysis.compare import common_label, table_points
 from ttscale.analysis.model_vs_search import SNELL_RATIOS
@@ -67,7 +68,7 @@ def compare_command(
     print_comparison(comparison, output)
     output.note("Plots:")
     for paths in comparison.plots.values():
-        output.note("  " + "  ".join(str(p) for p in paths))
+        output.note("  " + "  ".join(escape(str(p)) for p in paths))
     output.finish()
 
 
@@ -100,10 +101,11 @@ def print_comparison(comparison, output: Output) -> None:
     from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, matched_columns  # matplotlib: see compare_command
 
     for warning in comparison.warnings:
-        output.note(f"[yellow]Note:[/] {warning}")
+        output.note(f"[yellow]Note:[/] {escape(warning)}")
     if comparison.split_label:
         output.note(f"Problems shown: {comparison.split_label} only (every run restricted to them).")
-    labels = comparison.labels
+    # Labels are data, not markup: "label [run id]" must not read as a rich style tag.
+    labels = {key: escape(label) for key, label in comparison.labels.items()}
     common = " · ".join(x for x in (common_label(comparison.curves), comparison.split_label) if x)
     right = lambda name: Column(name, "right")  # noqa: E731
     rows: list[list[str] | None] = []
@@ -118,14 +120,14 @@ def print_comparison(comparison, output: Output) -> None:
 
     competing, gold = matched_columns(comparison)
     half = f" · {comparison.split_label}" if comparison.split_label else ""
-    columns = [right("FLOPs per problem"), *map(right, competing),
-               *(Column(f"{label} {UPPER_BOUND}", "right", style="dim") for label in gold), Column("winner")]
+    columns = [right("FLOPs per problem"), *(right(escape(label)) for label in competing),
+               *(Column(f"{escape(label)} {UPPER_BOUND}", "right", style="dim") for label in gold), Column("winner")]
     rows = []
     for row in comparison.budgets:
         cells = [fmt_sci(row.budget)]
         cells += [(f"[bold green]{fmt_acc(row.accuracy.get(l))}[/]" if l in row.winners else fmt_acc(row.accuracy.get(l))) for l in competing]
         cells += [fmt_acc(row.upper_bound.get(l)) for l in gold]
-        cells.append(row.winner)
+        cells.append(escape(row.winner))
         rows.append(cells)
     output.table(f"Matched FLOPs{half}: accuracy interpolated in log FLOPs (— = budget outside the curve)", columns, rows)
 
