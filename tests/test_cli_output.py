@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import os
 import random
 import subprocess
@@ -148,3 +149,15 @@ def test_allocation_values_print_in_one_short_line(runs):
     assert str(entry.setting) == repr(entry.setting) == f"Setting({entry.setting.label()})"
     assert f"bin {table.bin}: {len(table.entries)} settings" in str(table)
     assert f"fitted on {policy.problems} problems of split a" in str(policy)
+
+
+def test_labels_that_name_their_run_keep_the_run_id(runs, tmp_path):
+    """Two runs of one strategy and model are told apart by '[run id]' in their labels: data,
+    never read as a rich style tag (which would print both as the same label)."""
+    twin = tmp_path / "twin-of-best-of-n"
+    shutil.copytree(runs["best_of_n"], twin)
+    done = ttscale("compare", runs["best_of_n"], twin, "--bootstrap", "0", "--format", "json", cwd=runs["root"])
+    assert done.returncode == 0, done.stderr
+    curves = {row["curve"] for row in json.loads(done.stdout)["tables"][0]["rows"]}
+    assert f"majority [{runs['best_of_n'].name}]" in curves
+    assert "majority [twin-of-best-of-n]" in curves
