@@ -26,7 +26,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ttscale.code_tests import ENTRY_POINT, PREFIX, SETUP, VisibleTest, visible_tests_of
-from ttscale.grading.code_answer import humaneval_solution
+from ttscale.grading.code_answer import extract_code, humaneval_solution
 from ttscale.grading.sandbox import SandboxResult, run_many
 from ttscale.selection import answer_classes
 from ttscale.types import Frozen, Problem
@@ -57,6 +57,12 @@ def _digest(value):
         text = "<repr raised %%s>" %% type(error).__name__
     return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:16]
 
+def _shown(value):
+    try:
+        return repr(value)[:200]
+    except BaseException as error:
+        return "<repr raised %%s>" %% type(error).__name__
+
 def _timed(run):
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, PER_TEST_S)
@@ -84,9 +90,9 @@ with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             def _check():
                 value = eval(call, namespace)
                 ok = bool(value) if expected is None else bool(value == eval(expected, namespace))
-                return ok, _digest(value)
-            ok, digest = _timed(_check)
-            results.append(["pass" if ok else "fail", digest, ""])
+                return ok, _digest(value), "" if ok else "returned " + _shown(value)
+            ok, digest, shown = _timed(_check)
+            results.append(["pass" if ok else "fail", digest, shown])
         except _TestTimeout:
             results.append(["timeout", "timeout", "timed out"])
         except BaseException as error:
@@ -99,7 +105,9 @@ os._exit(0)  # skip the candidate's atexit handlers and threads
 
 class CheckResult(Frozen):
     """One visible test on one candidate: its status, and a digest of the value the call returned
-    (or what it raised): equal digests, equal behaviour."""
+    (or what it raised): equal digests, equal behaviour. `error` says what went wrong: the
+    exception ("Type: message") or, for a wrong value, "returned <its repr>" (200 characters at
+    most), which self-debug feeds back to the model."""
 
     status: CheckStatus
     output: str
@@ -220,3 +228,46 @@ def results_of(trace_metadata: dict[str, Any]) -> list[CandidateExec] | None:
     """The CandidateExec list a record holds (None: the run executed nothing)."""
     rows = (trace_metadata or {}).get(CODE_EXEC)
     return None if rows is None else [CandidateExec.model_validate(r) for r in rows]
+
+
+class ProgramRun(Frozen):
+    """Program of thought (strategies/program_of_thought.py): one sample's program run once in
+    the sandbox, what it printed last (its answer) and what the run cost."""
+
+    answer: str | None = None  # None: no code, or it crashed, timed out or printed nothing
+    status: str = "no code"  # the sandbox's verdict ("pass": it exited cleanly), or "no code"
+    error: str = ""
+    runs: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+
+PRINTED_CHARS = 200  # a printed answer is cut to this: a longer one is garbage either way
+
+
+def printed_answer(stdout: str) -> str | None:
+    """The last non-blank line a program printed, stripped (None: it printed nothing)."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    return lines[-1][:PRINTED_CHARS] if lines else None
+
+
+def run_programs(samples: Sequence[str], *, timeout_s: float, memory_mb: int = 1024,
+                 max_workers: int | None = None) -> list[ProgramRun]:
+    """Each sample's program (its last ```python block) run once in the sandbox, one process each,
+    with a wall clock of `timeout_s` (blocking)."""
+    codes = [extract_code(text) for text in samples]
+    runnable = [i for i, code in enumerate(codes) if code and code.strip()]
+    results = run_many([codes[i] for i in runnable], max_workers=max_workers, timeout_s=timeout_s,
+                       memory_mb=memory_mb, output_limit=4000)  # the capture keeps the tail: the last line is there
+    runs = [ProgramRun() for _ in samples]
+    for i, result in zip(runnable, results):
+        clean = result.status == "pass"
+        runs[i] = ProgramRun(answer=printed_answer(result.stdout) if clean else None, status=result.status,
+                             error="" if clean else (result.reason or result.stderr)[-PRINTED_CHARS:],
+                             runs=1, cpu_s=result.cpu_s, wall_s=result.duration_s)
+    return runs
+
+
+def execution_totals(runs: Sequence[ProgramRun | CandidateExec]) -> dict[str, Any]:
+    """A problem's execution cost (trace metadata EXECUTION): sandbox runs, CPU and wall seconds."""
+    return {"runs": sum(r.runs for r in runs), "cpu_s": sum(r.cpu_s for r in runs), "wall_s": sum(r.wall_s for r in runs)}
