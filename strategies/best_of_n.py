@@ -42,10 +42,20 @@ cluster (`-S filter=visible`: only samples that pass join a cluster). Both fall 
 first sample. Each sample's results and the problem's execution seconds are recorded as trace
 metadata "code_exec" and "execution", so every code rule can be recomputed from the record.
 `random` is the seeded baseline.
+
+Model-written tests (docs/code.md, ttscale.generated_tests): `--selection codet` also asks the
+model for tests with CodeT's completion prompt (`test_samples` samples, up to 5 asserts each),
+runs every sample's program on every well-formed one, and records codet (CodeT's consensus sets
+scored (samples) x (tests passed)) and test-vote (the most tests passed). `test-vote-judge`
+(CodeMonkeys) also shows the `judge_candidates` top voters to the model and takes the one it
+names (fallback: the top voter). Both calls go through the problem's meter; their cost is also
+recorded apart as trace metadata "selection_cost" (a per-problem cost that does not shrink with
+fewer samples), the tests, pass matrix and judge's choice as "generated_tests".
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import ClassVar, Literal, Sequence
 
@@ -55,10 +65,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ttscale.code_exec import code_arrays, exec_metadata, execute_async
 from ttscale.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
+from ttscale.cost import CostMeter
+from ttscale.generated_tests import (
+    GENERATED_TESTS, JUDGE_MAX_TOKENS, SELECTION_COST, STOP, TEST_MAX_TOKENS, TEST_SAMPLES, collect, judge_prompt,
+    parse_choice, pass_matrix, run_generated, codet_prompt, tests_metadata,
+)
 from ttscale.errors import ConfigError
 from ttscale.selection import (
-    BORDA_POWER, CODE_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick, first_answer, majority_vote,
-    max_score, random_answer, weighted_vote,
+    BORDA_POWER, CODE_RULES, JUDGE_RULE, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick, first_answer, majority_vote,
+    max_score, random_answer, tests_pick, vote_finalists, weighted_vote,
 )
 from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
 from ttscale.steps import Aggregation, aggregate, split_steps
@@ -121,6 +136,7 @@ class BestOfN(BaseModel):
     n: int = Field(default=8, ge=1, description="N: the number of samples drawn for one problem")
     selection: Literal[
         "majority", "first", "max-score", "weighted-vote", "borda-vote", "oracle", "random", "pass-examples", "behaviour-vote",
+        "codet", "test-vote", "test-vote-judge",
     ] = "majority"
     aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
     logprobs: int | None = Field(
@@ -139,6 +155,10 @@ class BestOfN(BaseModel):
         default="none", description="behaviour-vote: 'visible' clusters only the samples that pass every visible test",
     )
     test_timeout_s: float = Field(default=2.0, gt=0, le=60, description="code rules: the wall clock of one visible test")
+    test_samples: int = Field(default=TEST_SAMPLES, ge=1, description="codet, test-vote(-judge): test-writing samples "
+                              "asked of the model (CodeT: 100), up to 5 asserts each")
+    generated_test_timeout_s: float = Field(default=0.5, gt=0, le=60, description="the wall clock of one model-written test")
+    judge_candidates: int = Field(default=3, ge=2, description="test-vote-judge: the top voters shown to the judge")
 
     @field_validator("scorer", mode="before")
     @classmethod
@@ -170,7 +190,15 @@ class BestOfN(BaseModel):
             if self.selection == "borda-vote" and ctx.verifier.uses_gold:
                 raise ConfigError(f"--selection borda-vote ranks deployable scores; verifier {ctx.verifier.name!r} reads gold answers")
         params = ctx.params.model_copy(update={"n": self.n, "logprobs": self.logprobs})
-        [generation] = await ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
+        sampling = ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
+        writes_tests = self.selection in TEST_RULES or self.selection == JUDGE_RULE
+        # the rule's own calls (tests, judge) through a meter of their own inside the problem's,
+        # so their cost is known apart: it is per problem, not per sample
+        rule_meter = CostMeter(ctx.backend)
+        if writes_tests:
+            [generation], test_texts = await asyncio.gather(sampling, self._write_tests(problem, ctx, rule_meter))
+        else:
+            [generation] = await sampling
         candidates = sample_candidates(generation.completions, ctx, self.logprobs)
         selections = {
             "majority": majority_vote(candidates, ctx.answers.equivalent),
@@ -198,12 +226,59 @@ class BestOfN(BaseModel):
             selections["weighted-vote"] = weighted_vote(candidates, ctx.answers.equivalent)
         if metadata and self.selection == "borda-vote":  # recorded only when asked for, so other runs' records keep their rules
             selections["borda-vote"] = borda_vote(candidates, ctx.answers.equivalent, self.borda_power)
-        if self.selection in CODE_RULES or self.selection == "random":  # likewise
+        if self.selection in CODE_RULES or self.selection == "random" or writes_tests:  # likewise
             selections["random"] = random_answer(candidates, np.random.default_rng(ctx.rng.getrandbits(64)))
-        if self.selection in CODE_RULES:
+        if self.selection in CODE_RULES or writes_tests:
             results = await execute_async(problem, [c.answer for c in candidates], test_timeout_s=self.test_timeout_s)
             metadata.update(exec_metadata(results), behaviour_filter=self.filter)
             passed, behaviour = code_arrays(results, filter_visible=self.filter == "visible")
             for rule in sorted(CODE_RULES):
                 selections[rule] = execution_pick(rule, candidates, passed, behaviour)
+        if writes_tests:
+            selections.update(await self._test_rules(problem, ctx, rule_meter, candidates, test_texts, metadata))
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)
+
+    async def _write_tests(self, problem: Problem, ctx: SolveContext, meter: CostMeter) -> list[str]:
+        """CodeT's test-writing samples (ttscale.generated_tests.codet_prompt), metered."""
+        prompt = codet_prompt(problem)
+        if prompt is None:
+            return []
+        params = ctx.params.model_copy(update={"n": self.test_samples, "max_tokens": TEST_MAX_TOKENS, "stop": STOP,
+                                               "logprobs": None, "include_stop_str": False})
+        [generation] = await meter.generate([GenRequest(prompt=prompt, params=params)])
+        return [c.text for c in generation.completions]
+
+    async def _test_rules(self, problem: Problem, ctx: SolveContext, meter: CostMeter, candidates: list[Candidate],
+                          test_texts: list[str], metadata: dict) -> dict[str, str | None]:
+        """Run every candidate on the model-written tests; codet, test-vote and (asked for) the judge."""
+        tests = collect(test_texts, problem.metadata.get("entry_point", ""))
+        results = await asyncio.to_thread(run_generated, problem, [c.answer for c in candidates], tests,
+                                          test_timeout_s=self.generated_test_timeout_s)
+        matrix, counts = pass_matrix(results, len(tests.tests)), np.asarray(tests.counts, dtype=np.float64)
+        picks = {rule: tests_pick(rule, candidates, matrix, counts) for rule in sorted(TEST_RULES)}
+        judge = {}
+        if self.selection == JUDGE_RULE:
+            picks[JUDGE_RULE], judge = await self._judge(problem, ctx, meter, candidates, matrix, counts)
+        execution = {key: sum(getattr(r, key) for r in results) for key in ("runs", "cpu_s", "wall_s")}
+        metadata[GENERATED_TESTS] = tests_metadata(tests, test_texts, matrix, execution=execution, judge=judge or None)
+        totals = metadata.get("execution", {"runs": 0, "cpu_s": 0.0, "wall_s": 0.0})
+        metadata["execution"] = {key: totals[key] + execution[key] for key in execution}
+        metadata[SELECTION_COST] = meter.cost.model_dump()
+        return picks
+
+    async def _judge(self, problem: Problem, ctx: SolveContext, meter: CostMeter, candidates: list[Candidate],
+                     matrix: np.ndarray, counts: np.ndarray) -> tuple[str | None, dict]:
+        """CodeMonkeys' selection: the top voters shown to the model, which names one (fallback: the top voter)."""
+        finalists = vote_finalists(candidates, matrix, counts, self.judge_candidates)
+        if not finalists:
+            return None, {"finalists": [], "choice": None}
+        if len(finalists) == 1:  # one distinct program: nothing to judge, no call
+            return candidates[finalists[0]].answer, {"finalists": finalists, "choice": 0, "text": None}
+        params = ctx.params.model_copy(update={"n": 1, "temperature": 0.0, "max_tokens": JUDGE_MAX_TOKENS,
+                                               "logprobs": None, "stop": ()})
+        prompt = judge_prompt(problem, [candidates[i].answer for i in finalists])
+        [generation] = await meter.generate([GenRequest(prompt=prompt, params=params)])
+        text = generation.completions[0].text if generation.completions else ""
+        choice = parse_choice(text, len(finalists))
+        picked = finalists[0 if choice is None else choice]
+        return candidates[picked].answer, {"finalists": finalists, "choice": choice, "text": text, "picked": picked}

@@ -29,7 +29,14 @@ GOLD_RULES = frozenset({ORACLE_RULE})
 # Rules that read each candidate's execution on the problem's visible tests (ttscale.code_exec):
 # deployable, as the tests are in the prompt.
 CODE_RULES = frozenset({"pass-examples", "behaviour-vote"})
-RULES = ("majority", "weighted-vote", "borda-vote", "max-score", "first", "random", *sorted(CODE_RULES))  # what `chosen_positions` applies
+# Rules that read each candidate's run on model-written tests (ttscale.generated_tests): codet
+# (CodeT's dual execution agreement) and test-vote (the most tests passed: CodeMonkeys' vote).
+TEST_RULES = frozenset({"codet", "test-vote"})
+# CodeMonkeys' vote then a selection judge: a model call on the finalists, so not recomputable on
+# a subset of the samples (ttscale.analysis.runs leaves it out of subsampled curves).
+JUDGE_RULE = "test-vote-judge"
+RULES = ("majority", "weighted-vote", "borda-vote", "max-score", "first", "random", *sorted(CODE_RULES),
+         *sorted(TEST_RULES))  # what `chosen_positions` applies
 BORDA_POWER = 0.5  # Kang et al.'s p: backprop07/Self-Certainty, src/voting_from_list.py, `--power` default (line 85)
 
 
@@ -51,7 +58,8 @@ def answer_classes(answers: Sequence[str | None], equivalent: Callable[[str, str
 
 def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray,
                      *, borda_power: float = BORDA_POWER, passed: np.ndarray | None = None,
-                     behaviour: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+                     behaviour: np.ndarray | None = None, rng: np.random.Generator | None = None,
+                     test_passes: np.ndarray | None = None, test_counts: np.ndarray | None = None) -> np.ndarray:
     """For each subset (a row of candidate indices, in draw order), the index of the candidate
     whose answer `rule` picks, or -1 when it picks none.
 
@@ -62,6 +70,12 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
     `passed` (it passed them all) and `behaviour` (its output-signature class, -1: none).
     pass-examples: the first candidate that passed; behaviour-vote: the first candidate of the
     largest behaviour class (AlphaCode's clustering, MBR-exec); both fall back to `first`.
+    The test rules read `test_passes`, a (candidates x tests) bool matrix of each candidate on
+    the model-written tests, each test weighted by `test_counts` (how often it was written).
+    codet: candidates that pass the same set of tests form a consensus set, scored (candidates
+    in it) x (tests it passes), as in CodeT's paper; the first candidate of the best set (ties:
+    the set seen first). test-vote: the first candidate passing the most tests. Candidates that
+    pass no test never win; both fall back to `first`.
     """
     subsets = np.asarray(subsets, dtype=np.int64)
     rows, k = subsets.shape
@@ -84,6 +98,11 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
         voted = _vote(np.where(cls >= 0, behaviour[subsets], -1), np.ones(cls.shape), subsets,
                       num_classes=max(int(behaviour.max(initial=-1)) + 1, 1))
         return np.where(voted >= 0, voted, first)
+    if rule in TEST_RULES:
+        if test_passes is None:
+            raise ValueError(f"rule {rule!r} reads each candidate's run on model-written tests, and none was recorded")
+        picked = _test_positions(rule, cls, subsets, test_passes, test_counts)
+        return np.where(picked >= 0, picked, first)
     if rule == "max-score":
         sc = scores[subsets]
         usable = (cls >= 0) & ~np.isnan(sc)
@@ -98,6 +117,56 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
     else:  # a candidate without a score adds 0 to its answer's total
         weights = np.nan_to_num(scores[subsets], nan=0.0)
     return _vote(cls, weights, subsets, num_classes=max(int(classes.max(initial=-1)) + 1, 1))
+
+
+def tests_passed(test_passes: np.ndarray, test_counts: np.ndarray | None = None) -> np.ndarray:
+    """Each candidate's number of model-written tests passed, a test counted as often as written."""
+    passes = np.asarray(test_passes, dtype=bool)
+    weights = np.ones(passes.shape[1]) if test_counts is None else np.asarray(test_counts, dtype=np.float64)
+    return passes.astype(np.float64) @ weights
+
+
+def consensus_sets(test_passes: np.ndarray) -> np.ndarray:
+    """CodeT's consensus sets: each candidate's class by the exact set of tests it passes,
+    numbered in order of first appearance (-1: it passes none, so it joins no set)."""
+    passes = np.asarray(test_passes, dtype=bool)
+    keys = ["".join("1" if p else "0" for p in row) if row.any() else None for row in passes]
+    return answer_classes(keys, str.__eq__)
+
+
+def _test_positions(rule: str, cls: np.ndarray, subsets: np.ndarray, test_passes: np.ndarray,
+                    test_counts: np.ndarray | None) -> np.ndarray:
+    """codet or test-vote on each subset (-1: no candidate with an answer passes a test)."""
+    rows = subsets.shape[0]
+    passed = tests_passed(test_passes, test_counts)
+    usable = (cls >= 0) & (passed[subsets] > 0)
+    if rule == "test-vote":
+        votes = np.where(usable, passed[subsets], -1.0)
+        return np.where(usable.any(axis=1), subsets[np.arange(rows), votes.argmax(axis=1)], -1)
+    sets = consensus_sets(test_passes)
+    # each member adds its set's test count, so a set's total is (members) x (tests passed)
+    return _vote(np.where(usable, sets[subsets], -1), passed[subsets], subsets,
+                 num_classes=max(int(sets.max(initial=-1)) + 1, 1))
+
+
+def vote_finalists(candidates: Sequence[Candidate], test_passes: np.ndarray, test_counts: np.ndarray,
+                   size: int) -> list[int]:
+    """CodeMonkeys' finalists: the positions of up to `size` distinct programs that pass the most
+    model-written tests (ties: the earlier sample), the first sample of each program."""
+    passed = tests_passed(test_passes, test_counts)
+    classes = answer_classes([c.answer for c in candidates], str.__eq__)
+    firsts = [i for i, c in enumerate(classes) if c >= 0 and c not in classes[:i]]
+    return sorted(firsts, key=lambda i: (-passed[i], i))[:size]
+
+
+def tests_pick(rule: str, candidates: Sequence[Candidate], test_passes: np.ndarray, test_counts: np.ndarray) -> str | None:
+    """A test rule (TEST_RULES) on candidates, from their runs on the model-written tests."""
+    if not candidates:
+        return None
+    classes = answer_classes([c.answer for c in candidates], str.__eq__)
+    position = int(chosen_positions(rule, classes, np.full(len(candidates), np.nan), np.arange(len(candidates))[None, :],
+                                    test_passes=test_passes, test_counts=test_counts)[0])
+    return candidates[position].answer if position >= 0 else None
 
 
 def borda_weights(scores: np.ndarray, power: float = BORDA_POWER) -> np.ndarray:

@@ -38,16 +38,19 @@ from ttscale.config import RunConfig, build_config
 from ttscale.cost import KINETICS_INTENSITY, CostModel, cache_independent_cost, flops_known, scaled_cost, subsample_costs
 from ttscale.errors import ConfigError
 from ttscale.modelshape import ModelShape, shape_for_model
-from ttscale.code_exec import code_arrays, results_of
-from ttscale.selection import CODE_RULES, GOLD_RULES, VERIFIER_RULES, answer_classes, chosen_positions
+from ttscale.code_exec import candidate_cpu_s, code_arrays, results_of
+from ttscale.generated_tests import SELECTION_COST, arrays_of
+from ttscale.selection import CODE_RULES, GOLD_RULES, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions
 from ttscale.store import SAMPLES, read_samples
 from ttscale.types import ORACLE_RULE, Problem
 
 log = logging.getLogger(__name__)
 
-COST_KEYS = ("flops", "eflops", "generated_tokens", "prompt_tokens", "wall_s")
+COST_KEYS = ("flops", "eflops", "generated_tokens", "prompt_tokens", "wall_s", "exec_cpu_s")
+EXEC_CPU = "exec_cpu_s"  # sandbox CPU seconds per problem (ttscale.code_exec): a cost axis beside FLOPs, never in them
 PRICE_SUBSETS = 256  # price by every k-subset up to this many, else by the N cyclic windows
-RULE_ORDER = ("majority", "weighted-vote", "max-score", "behaviour-vote", "pass-examples", "first", "random", ORACLE_RULE)
+RULE_ORDER = ("majority", "weighted-vote", "max-score", "codet", "test-vote", "behaviour-vote", "pass-examples", "first",
+              "random", ORACLE_RULE)
 
 
 # -- typed records ---------------------------------------------------------------------------------
@@ -84,11 +87,24 @@ class Record:
     # behaviour class; None where the run executed nothing.
     passed: tuple[bool, ...] | None = None
     behaviour: tuple[int, ...] | None = None
+    # Test rules (ttscale.generated_tests): each sample's pass row on the model-written tests and
+    # each test's multiplicity; and the cost of the rule's own calls (tests, judge), which a
+    # problem pays once however many samples it draws. None: no tests were written.
+    test_passes: tuple[tuple[bool, ...], ...] | None = None
+    test_counts: tuple[float, ...] | None = None
+    selection_cost: Mapping[str, float] | None = None
+    # Each sample's sandbox CPU seconds (code rules, program of thought); None: nothing executed.
+    exec_cpu_s: tuple[float, ...] | None = None
 
     @property
     def n(self) -> int:
         """How many samples the problem recorded."""
         return len(self.samples)
+
+    @property
+    def sampling_calls(self) -> int:
+        """Model calls that drew samples: every call but the selection rule's own (tests, judge)."""
+        return self.cost.get("calls", 1) - (self.selection_cost or {}).get("calls", 0)
 
     @property
     def num_correct(self) -> int:
@@ -116,6 +132,7 @@ class Record:
         subtree = meta.get("subtree")
         runs = results_of(meta)
         passed, behaviour = code_arrays(runs, filter_visible=meta.get("behaviour_filter") == "visible") if runs else (None, None)
+        tests = arrays_of(meta)
         return cls(
             problem_id=raw["problem_id"], samples=samples,
             selections={rule: bool(s.get("correct")) for rule, s in raw["selections"].items()},
@@ -124,6 +141,10 @@ class Record:
             verifier_uses_gold=bool(raw.get("verifier_uses_gold")),
             passed=None if passed is None else tuple(passed.tolist()),
             behaviour=None if behaviour is None else tuple(behaviour.tolist()),
+            test_passes=None if tests is None else tuple(map(tuple, tests[0].tolist())),
+            test_counts=None if tests is None else tuple(tests[1].tolist()),
+            selection_cost=meta.get(SELECTION_COST),
+            exec_cpu_s=None if (cpu := candidate_cpu_s(meta)) is None else tuple(cpu),
         )
 
 
@@ -180,7 +201,7 @@ class Run:
         """How smaller budgets are derived: 'dvts' (by subtree), 'best-of-n' (by sample) or 'fixed'."""
         if self.records and all(r.subtree is not None for r in self.records):
             return "dvts"
-        if self.config.strategy == "best-of-n" and all(r.cost.get("calls", 1) <= 1 for r in self.records):
+        if self.config.strategy == "best-of-n" and all(r.sampling_calls <= 1 for r in self.records):
             return "best-of-n"
         return "fixed"
 
@@ -296,9 +317,24 @@ def price(run: Run, record: Record, subsets: np.ndarray, *, verifier: bool = Tru
     verifier=False leaves the verifier out (a probe that reads answers only).
     """
     cost = record.cost if verifier else {**record.cost, "verifier_flops": 0.0, "structural_verifier_flops": 0.0}
+    fixed = {}
+    if record.selection_cost:  # the rule's own calls: paid once per problem, whatever the subset
+        cost = {key: value - record.selection_cost.get(key, 0) if isinstance(value, (int, float)) else value
+                for key, value in cost.items()}
+        fixed = cache_independent_cost(record.selection_cost)
     tokens = [s.num_tokens for s in record.samples]
     priced = subsample_costs(run.cost_model, cost, tokens, subsets)
-    return unknown_as_nan(run, {key: float(np.mean(priced[key])) for key in COST_KEYS})
+    costs = {key: float(np.mean(priced[key])) + float(fixed.get(key, 0.0)) for key in COST_KEYS if key != EXEC_CPU}
+    return unknown_as_nan(run, {**costs, EXEC_CPU: execution_price(record, subsets)})
+
+
+def execution_price(record: Record, subsets: np.ndarray | None = None) -> float:
+    """Mean sandbox CPU seconds of a problem's subsets (rows of sample indices): each sample's own
+    run, pro-rated as FLOPs are; all samples without `subsets`. NaN: the run executed nothing."""
+    if record.exec_cpu_s is None:
+        return math.nan
+    cpu = np.asarray(record.exec_cpu_s, dtype=float)
+    return float(cpu.sum() if subsets is None else cpu[subsets].sum(axis=1).mean())
 
 
 def unknown_as_nan(run: Run, costs: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +409,8 @@ class _Arrays:
     scores: np.ndarray
     passed: np.ndarray | None = None
     behaviour: np.ndarray | None = None
+    test_passes: np.ndarray | None = None
+    test_counts: np.ndarray | None = None
 
     @classmethod
     def of(cls, record: Record, equivalent: Callable[[str, str], bool]) -> "_Arrays":
@@ -380,14 +418,18 @@ class _Arrays:
                    np.asarray([s.correct for s in record.samples], dtype=bool),
                    np.asarray([np.nan if s.score is None else s.score for s in record.samples], dtype=np.float64),
                    None if record.passed is None else np.asarray(record.passed, dtype=bool),
-                   None if record.behaviour is None else np.asarray(record.behaviour, dtype=np.int64))
+                   None if record.behaviour is None else np.asarray(record.behaviour, dtype=np.int64),
+                   None if record.test_passes is None
+                   else np.asarray(record.test_passes, dtype=bool).reshape(record.n, len(record.test_counts)),
+                   None if record.test_counts is None else np.asarray(record.test_counts, dtype=np.float64))
 
     def rule_correct(self, rule: str, subsets: np.ndarray) -> np.ndarray:
         """Whether `rule` on each subset picks a correct answer (oracle: whether any is correct)."""
         subsets = np.asarray(subsets, dtype=np.int64)
         if rule == ORACLE_RULE:
             return self.correct[subsets].any(axis=1)
-        picked = chosen_positions(rule, self.classes, self.scores, subsets, passed=self.passed, behaviour=self.behaviour)
+        picked = chosen_positions(rule, self.classes, self.scores, subsets, passed=self.passed, behaviour=self.behaviour,
+                                  test_passes=self.test_passes, test_counts=self.test_counts)
         return (picked >= 0) & self.correct[np.maximum(picked, 0)]
 
 
@@ -397,6 +439,8 @@ def _rules_of(records: Sequence[Record], wanted: Sequence[str] | None) -> list[s
         rules |= VERIFIER_RULES
     if any(r.passed is not None for r in records):
         rules |= CODE_RULES | {"random"}
+    if records and all(r.test_passes is not None for r in records):
+        rules |= TEST_RULES  # test-vote-judge is not here: its judge's choice on a subset would need a new call
     return [rule for rule in RULE_ORDER if rule in rules and (wanted is None or rule in wanted)]
 
 
@@ -471,7 +515,7 @@ def _dvts(run: Run, records: list[Record], ns, wanted, count: int, seed: int) ->
                     hits[rule].append(bool(arrays.rule_correct(rule, members)[0]))
             for rule in rules:
                 correct[rule][i, j] = float(np.mean(hits[rule]))
-            scaled = scaled_cost(record.cost, s / len(ids))
+            scaled = {**scaled_cost(record.cost, s / len(ids)), EXEC_CPU: execution_price(record) * s / len(ids)}
             for key in COST_KEYS:
                 cost[key][i, j] = scaled[key]
     return Subsample([round(float(x), 6) for x in kept.mean(axis=1)], [s == s_max for s in sizes], correct, cost,
@@ -483,6 +527,7 @@ def _fixed(run: Run, records: list[Record], wanted) -> Subsample:
     rules = sorted({rule for r in records for rule in r.selections if wanted is None or rule in wanted})
     correct = {rule: np.asarray([[float(r.selections.get(rule, False)) for r in records]]) for rule in rules}
     priced = [cache_independent_cost(r.cost) for r in records]  # as every other price: ttscale.cost's
+    priced = [{**c, EXEC_CPU: execution_price(r)} for c, r in zip(priced, records)]
     cost = {key: np.asarray([[float(c.get(key, 0.0)) for c in priced]]) for key in COST_KEYS}
     n = float(np.mean([r.n for r in records]))
     return Subsample([n], [True], correct, cost, [r.problem_id for r in records])
