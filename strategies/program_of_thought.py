@@ -30,14 +30,13 @@ from typing import ClassVar, Sequence
 
 from pydantic import Field, model_validator
 
-from ttscale.code_exec import EXECUTION, ProgramRun, execution_totals, run_programs
+from ttscale.code_exec import EXECUTION, PROGRAM_EXEC, ProgramRun, execution_totals, run_programs
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.selection import CODE_RULES
 from ttscale.strategies.best_of_n import BestOfN
 from ttscale.types import ChatMessage, Cost, Generation, GenRequest, Problem, Trace
 
-PROGRAM_EXEC = "program_exec"  # trace metadata: one ttscale.code_exec.ProgramRun dict per candidate
 DEFAULT_TEMPLATE = (
     "Write a Python program that computes the answer to the following problem and prints it. "
     "The last line the program prints is taken as the answer, so print only the final value last. "

@@ -36,6 +36,7 @@ STARTUP_S = 5.0  # interpreter start and sandbox setup, on top of the tests' own
 OUTPUT_LIMIT = 64_000  # stdout kept per run: the report is its last line, well under half of this
 CODE_EXEC = "code_exec"  # trace metadata: one CandidateExec dict per candidate
 EXECUTION = "execution"  # trace metadata: the problem's totals (runs, cpu_s, wall_s)
+PROGRAM_EXEC = "program_exec"  # trace metadata: one ProgramRun dict per candidate (program of thought)
 
 HARNESS = r'''
 import contextlib, hashlib, io, json, os, signal, sys
@@ -271,3 +272,10 @@ def run_programs(samples: Sequence[str], *, timeout_s: float, memory_mb: int = 1
 def execution_totals(runs: Sequence[ProgramRun | CandidateExec]) -> dict[str, Any]:
     """A problem's execution cost (trace metadata EXECUTION): sandbox runs, CPU and wall seconds."""
     return {"runs": sum(r.runs for r in runs), "cpu_s": sum(r.cpu_s for r in runs), "wall_s": sum(r.wall_s for r in runs)}
+
+
+def candidate_cpu_s(trace_metadata: dict[str, Any]) -> list[float] | None:
+    """Each candidate's sandbox CPU seconds (its run on the visible tests, or its program's run),
+    for pricing subsets of the samples on the execution axis; None: the run executed nothing."""
+    rows = (trace_metadata or {}).get(CODE_EXEC) or (trace_metadata or {}).get(PROGRAM_EXEC)
+    return None if rows is None else [float(row.get("cpu_s", 0.0)) for row in rows]

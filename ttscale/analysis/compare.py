@@ -18,7 +18,11 @@ import numpy as np
 from ttscale.analysis.runs import accuracy_at
 from ttscale.analysis.scaling import Curve, CurvePoint
 
-COST_AXES = ("flops", "eflops", "generated_tokens", "wall_s")
+COST_AXES = ("flops", "eflops", "generated_tokens", "wall_s", "exec_cpu_s")
+# How tables name each axis. exec_cpu_s: sandbox CPU seconds per problem (code rules, program of
+# thought; ttscale.code_exec), a second cost beside FLOPs; a run that executed nothing has none.
+AXIS_NAMES = {"flops": "FLOPs", "eflops": "eFLOPs", "generated_tokens": "generated tokens", "wall_s": "wall seconds",
+              "exec_cpu_s": "execution CPU seconds"}
 
 
 def cost_known(curve: Curve, axis: str = "flops") -> bool:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ttscale.analysis import plots
 from ttscale.analysis.adaptive import adaptive_curves
-from ttscale.analysis.compare import BudgetRow, common_label, cost_known, matched_budgets, table_points, unique_labels
+from ttscale.analysis.compare import COST_AXES, BudgetRow, common_label, cost_known, matched_budgets, table_points, unique_labels
 from ttscale.analysis.difficulty import NUMBERING, compare_bins
 from ttscale.analysis.model_vs_search import SNELL_RATIOS, MatchRow, small_vs_large
 from ttscale.analysis.runs import Run, load_run
@@ -42,6 +42,7 @@ class Comparison:
     intensity: float = KINETICS_INTENSITY
     split: str | None = None  # the half every run was restricted to (None: every problem)
     common: bool = False  # every run restricted to the problems all of them recorded
+    axis: str = "flops"  # the cost axis of the matched view (ttscale.analysis.compare.COST_AXES)
 
     @property
     def split_label(self) -> str:
@@ -121,13 +122,17 @@ def build_comparison(
     adaptive: bool = False,
     split: str | None = None,
     common: bool = False,
+    axis: str = "flops",
 ) -> Comparison:
     """Load runs, subsample their curves, compare at matched FLOPs, and plot into `out_dir`.
 
     `adaptive`: add the adaptive methods replayed from each best-of-N run (ttscale.analysis.adaptive),
     a curve per method whose points are its thresholds. `split` ("a" or "b"): restrict every run to
     the problems of that half (ttscale.problems.split_of) before anything is built;
-    `common`: then to the problems every run recorded."""
+    `common`: then to the problems every run recorded. `axis`: the matched view's cost
+    (compare.COST_AXES; exec_cpu_s matches sandbox CPU seconds, where runs recorded any)."""
+    if axis not in COST_AXES:
+        raise ConfigError(f"--axis must be one of {', '.join(COST_AXES)}, got {axis!r}")
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split must be a (where policies and verifiers are fitted) or b (held out), got {split!r}")
     runs = [load_run(d, intensity=intensity) for d in run_dirs]
@@ -138,10 +143,11 @@ def build_comparison(
     curves = [c for run in runs for c in scaling_curves(run, subsets=subsets, bootstrap=bootstrap, seed=seed, rules=rules)]
     if adaptive:
         curves += [c for run in runs for c in adaptive_curves(run, seed=seed)]
-    rows = matched_budgets(curves, budgets, count=budget_count)
+    rows = matched_budgets(curves, budgets, count=budget_count, axis=axis)
     coverage = {run_label(run): coverage_curve(run) for run in runs}
     bins, ease, bins_source = compare_bins(runs[0].records)
-    comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity, split=split, common=common)
+    comparison = Comparison(runs, curves, rows, coverage, bins, bins_source, intensity=intensity, split=split, common=common,
+                            axis=axis)
     _model_vs_search(comparison, ratios)
     if out_dir is not None:
         comparison.plots = {
@@ -156,8 +162,8 @@ def build_comparison(
 
 def matched_columns(comparison: Comparison) -> tuple[list[str], list[str]]:
     """The labels of the matched-FLOPs view's columns: competing curves, then gold-guided ones
-    (upper bounds); curves without FLOPs (unknown) have none."""
-    priced = [c for c in comparison.curves if cost_known(c)]
+    (upper bounds); curves without a cost on its axis (unknown FLOPs, nothing executed) have none."""
+    priced = [c for c in comparison.curves if cost_known(c, comparison.axis)]
     labels = comparison.labels
     return [labels[id(c)] for c in priced if not c.uses_gold], [labels[id(c)] for c in priced if c.uses_gold]
 
@@ -228,6 +234,11 @@ def fmt_sci(value: float) -> str:
 def fmt_count(value: float) -> str:
     """A token count with thousands separators; 'unknown' for NaN."""
     return "unknown" if math.isnan(value) else f"{value:,.0f}"
+
+
+def fmt_seconds(value: float) -> str:
+    """Execution seconds (3 significant digits); '—' where the run executed nothing (NaN)."""
+    return "—" if math.isnan(value) else f"{value:.3g}"
 
 
 def fmt_acc(value: float | None) -> str:

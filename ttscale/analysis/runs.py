@@ -47,6 +47,9 @@ from ttscale.types import ORACLE_RULE, Problem
 log = logging.getLogger(__name__)
 
 COST_KEYS = ("flops", "eflops", "generated_tokens", "prompt_tokens", "wall_s", "exec_cpu_s")
+# Strategies whose samples are N independent draws of one request, selected by a rule: a subset of
+# them is a smaller run of the same strategy (program of thought is best-of-N on programs).
+SAMPLING_STRATEGIES = ("best-of-n", "program-of-thought")
 EXEC_CPU = "exec_cpu_s"  # sandbox CPU seconds per problem (ttscale.code_exec): a cost axis beside FLOPs, never in them
 PRICE_SUBSETS = 256  # price by every k-subset up to this many, else by the N cyclic windows
 RULE_ORDER = ("majority", "weighted-vote", "max-score", "codet", "test-vote", "behaviour-vote", "pass-examples", "first",
@@ -201,7 +204,7 @@ class Run:
         """How smaller budgets are derived: 'dvts' (by subtree), 'best-of-n' (by sample) or 'fixed'."""
         if self.records and all(r.subtree is not None for r in self.records):
             return "dvts"
-        if self.config.strategy == "best-of-n" and all(r.sampling_calls <= 1 for r in self.records):
+        if self.config.strategy in SAMPLING_STRATEGIES and all(r.sampling_calls <= 1 for r in self.records):
             return "best-of-n"
         return "fixed"
 
@@ -220,7 +223,7 @@ def rule_uses_gold(rule: str, *, strategy: str, verifier_uses_gold: bool) -> boo
         return True
     if not verifier_uses_gold:
         return False
-    return rule in VERIFIER_RULES or strategy != "best-of-n"
+    return rule in VERIFIER_RULES or strategy not in SAMPLING_STRATEGIES
 
 
 def load_run(run_dir: str | Path, *, intensity: float = KINETICS_INTENSITY) -> Run:

@@ -6,6 +6,7 @@ turns them into curves with bootstrap bands over problems, for compare, report a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -29,9 +30,10 @@ class CurvePoint:
     prompt_tokens: float
     wall_s: float
     measured: bool = False  # the run's own budget, not a subsample
+    exec_cpu_s: float = math.nan  # sandbox CPU seconds (NaN: the run executed nothing)
 
     def cost(self, axis: str) -> float:
-        """The cost on one axis: flops, eflops, generated_tokens or wall_s."""
+        """The cost on one axis: flops, eflops, generated_tokens, wall_s or exec_cpu_s."""
         return float(getattr(self, axis))
 
 

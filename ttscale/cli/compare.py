@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ttscale.analysis.compare import common_label, table_points
+from ttscale.analysis.compare import AXIS_NAMES, COST_AXES, common_label, table_points
 from ttscale.analysis.model_vs_search import SNELL_RATIOS
 from ttscale.analysis.scaling import UPPER_BOUND
 from ttscale.cli.common import FORMAT, Column, Format, Output, console, half
@@ -19,8 +19,9 @@ from ttscale.store import writable_dir, writable_file
 RUNS = typer.Argument(..., help="Run directories written by `ttscale eval` (e.g. runs/arithmetic-best-of-n-1a2b3c4d5e6f).")
 
 
-def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive=False, split=None, common=False):
-    return {
+def _options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive=False, split=None, common=False,
+             axis="flops"):
+    return {"axis": axis,
         "rules": rule or None, "subsets": subsets, "bootstrap": bootstrap, "seed": seed, "intensity": intensity,
         "budgets": budgets or None, "budget_count": budget_count, "ratios": tuple(ratio) if ratio else SNELL_RATIOS,
         "adaptive": adaptive, "split": half(split), "common": common,
@@ -37,6 +38,7 @@ BUDGET_COUNT = typer.Option(8, "--budgets", help="How many log-spaced budgets in
 RATIO = typer.Option(None, "--ratio", help="R = D_inference/D_pretrain for the small-vs-large-model view (default: 0.16, 0.79, 22).")
 COMMON = typer.Option(False, "--common", help="Show only the problems every run recorded (e.g. a search stopped early beside a complete run), so every curve is measured on the same set.")
 SPLIT = typer.Option(None, "--split", help="Show only one half of the problems: a (where policies and verifiers are fitted) or b (held out), by a stable hash of each problem id; every run is restricted to it (all: every problem).")
+AXIS = typer.Option("flops", "--axis", help=f"The cost the matched view matches: {', '.join(COST_AXES)} (exec_cpu_s: sandbox CPU seconds per problem, for runs that executed code; others show none).")
 ADAPTIVE = typer.Option(False, "--adaptive", help="Add adaptive-consistency, ESC and DeepConf replayed from each best-of-N run: a curve per method, its points its thresholds (held-out figures: `ttscale adaptive`).")
 
 
@@ -54,6 +56,7 @@ def compare_command(
     adaptive: bool = ADAPTIVE,
     split: Optional[Split] = SPLIT,
     common: bool = COMMON,
+    axis: str = AXIS,
     format: Format = FORMAT,
 ) -> None:
     """Compare runs: accuracy vs cost per strategy and budget, the winner at matched FLOPs, plots.
@@ -63,7 +66,7 @@ def compare_command(
     from ttscale.analysis.report import build_comparison  # matplotlib loads only when plots are drawn
 
     out = writable_dir(out or run_dirs[0].parent / "compare", "--out")
-    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split, common))
+    comparison = build_comparison(run_dirs, out_dir=out, **_options(rule, subsets, bootstrap, seed, intensity, budgets, budget_count, ratio, adaptive, split, common, axis))
     output = Output(format)
     print_comparison(comparison, output)
     output.note("Plots:")
@@ -98,7 +101,7 @@ def report_command(
 
 def print_comparison(comparison, output: Output) -> None:
     """The comparison's tables, in the user's --format."""
-    from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, matched_columns  # matplotlib: see compare_command
+    from ttscale.analysis.report import fmt_acc, fmt_count, fmt_sci, fmt_seconds, matched_columns  # matplotlib: see compare_command
 
     for warning in comparison.warnings:
         output.note(f"[yellow]Note:[/] {escape(warning)}")
@@ -113,23 +116,24 @@ def print_comparison(comparison, output: Output) -> None:
         for p in table_points(curve):
             rows.append([labels[id(curve)] + (f" {UPPER_BOUND}" if curve.uses_gold else ""), f"{p.n:g}" + ("" if p.measured else "*"),
                          fmt_acc(p.accuracy), f"{fmt_acc(p.ci_low)}–{fmt_acc(p.ci_high)}", fmt_sci(p.flops),
-                         fmt_sci(p.eflops), fmt_count(p.generated_tokens), f"{p.wall_s:.2f}"])
+                         fmt_sci(p.eflops), fmt_count(p.generated_tokens), f"{p.wall_s:.2f}", fmt_seconds(p.exec_cpu_s)])
         rows.append(None)
     output.table(f"Accuracy against cost{' · ' + common if common else ''} (means per problem; * = subsampled)",
-                 [Column("curve"), *map(right, ("N", "accuracy", "95% CI", "FLOPs", "eFLOPs", "gen. tokens", "wall s"))], rows)
+                 [Column("curve"), *map(right, ("N", "accuracy", "95% CI", "FLOPs", "eFLOPs", "gen. tokens", "wall s", "exec CPU s"))], rows)
 
     competing, gold = matched_columns(comparison)
     half = f" · {comparison.split_label}" if comparison.split_label else ""
-    columns = [right("FLOPs per problem"), *(right(escape(label)) for label in competing),
+    axis = AXIS_NAMES[comparison.axis]
+    columns = [right(f"{axis} per problem"), *(right(escape(label)) for label in competing),
                *(Column(f"{escape(label)} {UPPER_BOUND}", "right", style="dim") for label in gold), Column("winner")]
     rows = []
     for row in comparison.budgets:
-        cells = [fmt_sci(row.budget)]
+        cells = [fmt_sci(row.budget) if comparison.axis != "exec_cpu_s" else fmt_seconds(row.budget)]
         cells += [(f"[bold green]{fmt_acc(row.accuracy.get(l))}[/]" if l in row.winners else fmt_acc(row.accuracy.get(l))) for l in competing]
         cells += [fmt_acc(row.upper_bound.get(l)) for l in gold]
         cells.append(escape(row.winner))
         rows.append(cells)
-    output.table(f"Matched FLOPs{half}: accuracy interpolated in log FLOPs (— = budget outside the curve)", columns, rows)
+    output.table(f"Matched {axis}{half}: accuracy interpolated in log {axis} (— = budget outside the curve)", columns, rows)
 
     output.note("[bold]Small model + search vs a larger model (Snell et al. §7)[/]: " + comparison.model_vs_search_note)
     if comparison.model_vs_search:
