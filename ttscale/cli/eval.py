@@ -217,7 +217,7 @@ def print_optional_sections(summary: dict[str, Any], output: Output) -> None:
     execution = summary.get("execution")
     if execution:  # code rules' sandbox runs: a cost beside FLOPs, not in them
         output.note(
-            f"Execution (visible tests in the sandbox): {execution['runs']:,} runs, {execution['cpu_s']:.1f} CPU s, "
+            f"Execution (sandboxed runs: visible tests or programs): {execution['runs']:,} runs, {execution['cpu_s']:.1f} CPU s, "
             f"{execution['wall_s']:.1f} wall s over {execution['problems']} problems "
             f"({execution['cpu_s_per_problem']:.2f} CPU s per problem)"
         )
