@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ttscale.code_exec import code_arrays, exec_metadata, execute_async
 from ttscale.context import SolveContext
 from ttscale.selection import CODE_RULES, execution_pick, first_answer, majority_vote, random_answer
-from ttscale.types import Candidate, ChatMessage, GenRequest, Problem, Trace
+from ttscale.types import Candidate, ChatMessage, Completion, GenRequest, Problem, Trace
 
 OBSERVATIONS_PROMPT = (
     "Here is a programming problem:\n\n{question}\n\n"
@@ -126,7 +126,7 @@ class PlanSearch(BaseModel):
         }
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)
 
-    async def _generate(self, ctx: SolveContext, contents: list[str], head: list[ChatMessage], seed_offset: int = 0):
+    async def _generate(self, ctx: SolveContext, contents: list[str], head: list[ChatMessage], seed_offset: int = 0) -> list[Completion]:
         """One sample for each user message (after the prompt's earlier messages), in one metered
         call; request i is seeded seed + seed_offset + i, so no two stages share a sample."""
         if not contents:
