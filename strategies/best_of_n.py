@@ -62,18 +62,19 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ttscale.code_exec import code_arrays, exec_metadata, execute_async
+from ttscale.code_exec import EXECUTION, code_arrays, exec_metadata, execute_async
+from ttscale.code_tests import ENTRY_POINT
 from ttscale.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.generated_tests import (
     GENERATED_TESTS, JUDGE_MAX_TOKENS, SELECTION_COST, STOP, TEST_MAX_TOKENS, TEST_SAMPLES, collect, judge_prompt,
-    parse_choice, pass_matrix, run_generated, codet_prompt, tests_metadata,
+    codet_prompt, parse_choice, pass_matrix, run_generated, tests_metadata,
 )
 from ttscale.errors import ConfigError
 from ttscale.selection import (
-    BORDA_POWER, CODE_RULES, JUDGE_RULE, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick, first_answer, majority_vote,
-    max_score, random_answer, tests_pick, vote_finalists, weighted_vote,
+    BORDA_POWER, CODE_RULES, JUDGE_RULE, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick,
+    first_answer, majority_vote, max_score, random_answer, tests_pick, vote_finalists, weighted_vote,
 )
 from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
 from ttscale.steps import Aggregation, aggregate, split_steps
@@ -251,7 +252,7 @@ class BestOfN(BaseModel):
     async def _test_rules(self, problem: Problem, ctx: SolveContext, meter: CostMeter, candidates: list[Candidate],
                           test_texts: list[str], metadata: dict) -> dict[str, str | None]:
         """Run every candidate on the model-written tests; codet, test-vote and (asked for) the judge."""
-        tests = collect(test_texts, problem.metadata.get("entry_point", ""))
+        tests = collect(test_texts, problem.metadata.get(ENTRY_POINT, ""))
         results = await asyncio.to_thread(run_generated, problem, [c.answer for c in candidates], tests,
                                           test_timeout_s=self.generated_test_timeout_s)
         matrix, counts = pass_matrix(results, len(tests.tests)), np.asarray(tests.counts, dtype=np.float64)
@@ -261,8 +262,8 @@ class BestOfN(BaseModel):
             picks[JUDGE_RULE], judge = await self._judge(problem, ctx, meter, candidates, matrix, counts)
         execution = {key: sum(getattr(r, key) for r in results) for key in ("runs", "cpu_s", "wall_s")}
         metadata[GENERATED_TESTS] = tests_metadata(tests, test_texts, matrix, execution=execution, judge=judge or None)
-        totals = metadata.get("execution", {"runs": 0, "cpu_s": 0.0, "wall_s": 0.0})
-        metadata["execution"] = {key: totals[key] + execution[key] for key in execution}
+        totals = metadata.get(EXECUTION, {"runs": 0, "cpu_s": 0.0, "wall_s": 0.0})
+        metadata[EXECUTION] = {key: totals[key] + execution[key] for key in execution}  # visible and generated runs
         metadata[SELECTION_COST] = meter.cost.model_dump()
         return picks
 
