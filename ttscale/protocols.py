@@ -384,11 +384,14 @@ class TraceMetadata(TypedDict, total=False):
     pass-examples and behaviour-vote from it."""
     execution: dict[str, Any]
     """Code rules: the problem's execution cost, beside FLOPs (runs, cpu_s, wall_s)."""
+    program_exec: list[dict[str, Any]]
+    """Program of thought: each candidate's program run in the sandbox (ttscale.code_exec.ProgramRun
+    as a dict: its printed answer, sandbox verdict, CPU and wall seconds)."""
     behaviour_filter: str
     """behaviour-vote: "visible" where only candidates that pass the visible tests join a cluster."""
 
 
-PER_CANDIDATE_KEYS = ("subtree", "chain", "depth", "code_exec")
+PER_CANDIDATE_KEYS = ("subtree", "chain", "depth", "code_exec", "program_exec")
 
 
 def check_trace_metadata(trace: Trace, strategy: str) -> None:
