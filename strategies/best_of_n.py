@@ -69,7 +69,7 @@ from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.generated_tests import (
     GENERATED_TESTS, JUDGE_MAX_TOKENS, SELECTION_COST, STOP, TEST_MAX_TOKENS, TEST_SAMPLES, collect, judge_prompt,
-    codet_prompt, parse_choice, pass_matrix, run_generated, tests_metadata,
+    codet_prompt, parse_choice, pass_matrix, run_generated, generated_metadata,
 )
 from ttscale.errors import ConfigError
 from ttscale.selection import (
@@ -261,7 +261,7 @@ class BestOfN(BaseModel):
         if self.selection == JUDGE_RULE:
             picks[JUDGE_RULE], judge = await self._judge(problem, ctx, meter, candidates, matrix, counts)
         execution = {key: sum(getattr(r, key) for r in results) for key in ("runs", "cpu_s", "wall_s")}
-        metadata[GENERATED_TESTS] = tests_metadata(tests, test_texts, matrix, execution=execution, judge=judge or None)
+        metadata[GENERATED_TESTS] = generated_metadata(tests, test_texts, matrix, execution=execution, judge=judge or None)
         totals = metadata.get(EXECUTION, {"runs": 0, "cpu_s": 0.0, "wall_s": 0.0})
         metadata[EXECUTION] = {key: totals[key] + execution[key] for key in execution}  # visible and generated runs
         metadata[SELECTION_COST] = meter.cost.model_dump()

@@ -13,7 +13,10 @@ from ttscale.backends.fake import FakeBackend
 from ttscale.benchmarks.humaneval import HumanEvalBenchmark
 from ttscale.config import RunConfig
 from ttscale.context import SolveContext
-from ttscale.generated_tests import GENERATED_TESTS, SELECTION_COST, collect, parse_asserts, parse_choice, codet_prompt
+from ttscale.generated_tests import (
+    GENERATED_TESTS, SELECTION_COST, GeneratedTests, arrays_of, codet_prompt, collect, parse_asserts, parse_choice,
+    generated_metadata,
+)
 from ttscale.runner import run_eval
 from ttscale.selection import answer_classes, chosen_positions, consensus_sets
 from ttscale.strategies.best_of_n import BestOfN
@@ -206,3 +209,12 @@ async def test_compare_recomputes_codet_on_subsets_and_prices_the_tests_once(hum
     [pick] = chosen_positions("codet", answer_classes(answers, str.__eq__), np.full(len(answers), np.nan),
                               np.arange(len(answers))[None, :], test_passes=passes, test_counts=counts)
     assert answers[pick] == record["selections"]["codet"]["answer"]
+
+
+def test_a_problem_where_no_test_parsed_records_an_empty_matrix_and_falls_back_to_first():
+    meta = {GENERATED_TESTS: generated_metadata(GeneratedTests(), ["not a test"], np.zeros((3, 0), dtype=bool))}
+    passes, counts = arrays_of(meta)
+    assert passes.shape == (3, 0) and counts.shape == (0,)
+    picks = chosen_positions("codet", np.arange(3), np.full(3, np.nan), np.asarray([[2, 0, 1]]), test_passes=passes,
+                             test_counts=counts)
+    assert picks.tolist() == [2]

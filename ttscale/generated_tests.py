@@ -147,7 +147,7 @@ def parse_choice(text: str, count: int) -> int | None:
     return numbers.pop() - 1 if len(numbers) == 1 else None
 
 
-def tests_metadata(tests: GeneratedTests, texts: Sequence[str], matrix: np.ndarray, **extra: Any) -> dict[str, Any]:
+def generated_metadata(tests: GeneratedTests, texts: Sequence[str], matrix: np.ndarray, **extra: Any) -> dict[str, Any]:
     """Trace metadata GENERATED_TESTS: the tests, the raw samples, the pass matrix (0/1 rows)."""
     return {"tests": [t.model_dump() for t in tests.tests], "counts": list(tests.counts), "samples": list(texts),
             "passed": matrix.astype(int).tolist(), **extra}
@@ -159,5 +159,5 @@ def arrays_of(trace_metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] |
     if recorded is None:
         return None
     counts = np.asarray(recorded["counts"], dtype=np.float64)
-    matrix = np.asarray(recorded["passed"], dtype=bool).reshape(-1, len(counts))
+    matrix = np.asarray(recorded["passed"], dtype=bool).reshape(len(recorded["passed"]), len(counts))  # (n, 0): none parsed
     return matrix, counts
