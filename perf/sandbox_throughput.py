@@ -61,32 +61,25 @@ def throughput(n: int, t: int, per_candidate: bool) -> tuple[float, int]:
     return n * t / wall_s, len(programs)
 
 
-def median_ms(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
-
-
 def run(command: list[str]) -> None:
     subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def parts(repeats: int) -> list[tuple[str, float | None]]:
-    """Median milliseconds of each part of a sandboxed run (None: not available here)."""
+    """Median milliseconds of each part of a sandboxed run (None: not available here). The parts
+    run in turn, round after round, so a load that comes and goes weighs on each alike."""
     isolation = probe_isolation()
-    rows: list[tuple[str, float | None]] = [
-        ("process start (fork + exec /bin/true)", median_ms(lambda: run(["/bin/true"]), repeats)),
-        ("interpreter start (python -I -c pass)", median_ms(lambda: run([INTERPRETER, "-I", "-c", "pass"]), repeats)),
-        ("  the same without site (-I -S)", median_ms(lambda: run([INTERPRETER, "-I", "-S", "-c", "pass"]), repeats)),
-    ]
+    actions = {
+        "process start (fork + exec /bin/true)": lambda: run(["/bin/true"]),
+        "interpreter start (python -I -c pass)": lambda: run([INTERPRETER, "-I", "-c", "pass"]),
+        "  the same without site (-I -S)": lambda: run([INTERPRETER, "-I", "-S", "-c", "pass"]),
+    }
+    missing = []
     if isolation.private_tmp:
         unshare = ["unshare", "-m", "--propagation", "private", "-i", "-n", "-p", "--kill-child", "--", "/bin/true"]
-        rows.append(("namespaces (unshare -m -i -n -p, /bin/true)", median_ms(lambda: run(unshare), repeats)))
+        actions["namespaces (unshare -m -i -n -p, /bin/true)"] = lambda: run(unshare)
     else:
-        rows.append(("namespaces (not available: not root)", None))
+        missing.append("namespaces (not available: not root)")
     if isolation.cgroups:
         limits = Limits(timeout_s=1, cpu_s=3, memory_mb=1024, max_processes=64, max_file_mb=16, tmp_mb=64, shm_mb=64)
         serial = iter(range(10**9))
@@ -95,15 +88,24 @@ def parts(repeats: int) -> list[tuple[str, float | None]]:
             made = sandbox._make_run_cgroups(isolation, limits, f"perf-{os.getpid()}-{next(serial)}")
             sandbox._remove_cgroups([path for path, _, _ in made])
 
-        rows.append((f"cgroup setup ({', '.join(c for c, _, _ in isolation.cgroups)}: make, limit, remove)", median_ms(cgroups, repeats)))
+        actions[f"cgroup setup ({', '.join(c for c, _, _ in isolation.cgroups)}: make, limit, remove)"] = cgroups
     else:
-        rows.append(("cgroup setup (not available here)", None))
-    rows.append(("a sandboxed run of 'pass' (run_python)", median_ms(lambda: run_python("pass", timeout_s=10), repeats)))
+        missing.append("cgroup setup (not available here)")
     marker = "@@perf@@"
     one = harness(SOLUTION, tests(1), TEST_TIMEOUT_S, marker)
     many = harness(SOLUTION, tests(201), TEST_TIMEOUT_S, marker)
-    with_1 = median_ms(lambda: run_python(one, timeout_s=30, output_limit=64_000), repeats)
-    with_201 = median_ms(lambda: run_python(many, timeout_s=60, output_limit=64_000), repeats)
+    actions["a sandboxed run of 'pass' (run_python)"] = lambda: run_python("pass", timeout_s=10)
+    actions["the harness with 1 test (sandboxed)"] = lambda: run_python(one, timeout_s=30, output_limit=64_000)
+    actions["the harness with 201 tests (sandboxed)"] = lambda: run_python(many, timeout_s=60, output_limit=64_000)
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(repeats):
+        for name, action in actions.items():
+            started = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - started)
+    ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
+    with_1, with_201 = ms.pop("the harness with 1 test (sandboxed)"), ms.pop("the harness with 201 tests (sandboxed)")
+    rows: list[tuple[str, float | None]] = [*ms.items(), *((name, None) for name in missing)]
     rows.append(("the harness with 1 test (sandboxed)", with_1))
     rows.append(("one more test in the same process (1 vs 201 tests, marginal)", (with_201 - with_1) / 200))
     return rows

@@ -14,7 +14,7 @@ from ttscale.analysis.runs import load_run
 from ttscale.analysis.scaling import scaling_curves
 from ttscale.backends.fake import FakeBackend
 from ttscale.cli import app
-from ttscale.code_exec import PROGRAM_EXEC
+from ttscale.code_exec import CODE_EXEC, EXECUTION, PROGRAM_EXEC, candidate_cpu_s
 from ttscale.config import RunConfig
 from ttscale.errors import ConfigError
 from ttscale.runner import run_eval
@@ -80,3 +80,10 @@ def test_cli_shows_the_execution_column_and_the_axis(runs, tmp_path):
     plain_rows = [r for r in rows if r[0].startswith("best-of-n")]
     assert plain_rows and all(r[column] == "—" for r in plain_rows)
     assert any(r[0] == "execution CPU seconds per problem" for r in rows)
+
+
+def test_runs_recorded_only_as_a_total_are_shared_evenly():
+    meta = {CODE_EXEC: [{"cpu_s": 1.0}, {"cpu_s": 3.0}], EXECUTION: {"runs": 4, "cpu_s": 6.0, "wall_s": 9.0}}
+    assert candidate_cpu_s(meta) == [2.0, 4.0]  # 2 s of model-written tests' runs, 1 s each
+    assert candidate_cpu_s({PROGRAM_EXEC: [{"cpu_s": 0.5}], EXECUTION: {"cpu_s": 0.5}}) == [0.5]
+    assert candidate_cpu_s({"scorer": "verifier"}) is None

@@ -275,7 +275,14 @@ def execution_totals(runs: Sequence[ProgramRun | CandidateExec]) -> dict[str, An
 
 
 def candidate_cpu_s(trace_metadata: dict[str, Any]) -> list[float] | None:
-    """Each candidate's sandbox CPU seconds (its run on the visible tests, or its program's run),
-    for pricing subsets of the samples on the execution axis; None: the run executed nothing."""
-    rows = (trace_metadata or {}).get(CODE_EXEC) or (trace_metadata or {}).get(PROGRAM_EXEC)
-    return None if rows is None else [float(row.get("cpu_s", 0.0)) for row in rows]
+    """Each candidate's sandbox CPU seconds, for pricing subsets of the samples on the execution
+    axis: its own recorded run (visible tests, or its program), plus an equal share of what the
+    problem's total (EXECUTION) holds beyond those (runs recorded only as a total, such as the
+    candidates' runs on model-written tests). None: the run executed nothing."""
+    meta = trace_metadata or {}
+    rows = meta.get(CODE_EXEC) or meta.get(PROGRAM_EXEC)
+    if rows is None:
+        return None
+    own = [float(row.get("cpu_s", 0.0)) for row in rows]
+    rest = max(0.0, float(meta.get(EXECUTION, {}).get("cpu_s", 0.0)) - sum(own))
+    return [cpu + rest / len(own) for cpu in own] if own else own
