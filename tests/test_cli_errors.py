@@ -235,7 +235,7 @@ def test_sigterm_during_a_run_takes_the_same_path_and_exits_143(tmp_path):
 
 
 def test_started_with_sigint_ignored_ttscale_keeps_ignoring_it_and_sigterm_still_ends_it(tmp_path):
-    # What ttscale does when its launcher ignores SIGINT (README, "Stopping a run"): it keeps
+    # What ttscale does when its launcher ignores SIGINT (docs/guide/running.md, "Stopping a run"): it keeps
     # ignoring it, as POSIX asks; SIGTERM still ends the run the documented way.
     args = ["eval", "-b", "arithmetic", "--backend", "fake", "--concurrency", "1", "--backend-option", "delay_s=5"]
     process = subprocess.Popen([*TTSCALE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

