@@ -16,8 +16,9 @@ What the reference does and this does not, scaled to a 135M model on 2 CPU cores
   ones and K = `max_combination` (default 2), so 1 + 4 + 6 = 11 subsets, of which N (default 8)
   become plans. The derived-observation stage is not built.
 - the reference turns the model's observations into a Python list with three more calls
-  (list them, keep the useful ones, format as a list); here its numbered or bulleted lines are
-  parsed with a regular expression (a small model does not follow those format requests).
+  (list them, keep the useful ones, format as a list); here the reply is started with "1." (an
+  assistant prefix) and its numbered or bulleted lines are parsed with a regular expression (a
+  small model does not follow those format requests).
 - the reference goes plan -> pseudocode -> program; here plan -> program (one call fewer).
 Fewer subsets than N (few observations parsed) give fewer programs: the run draws no filler.
 
@@ -51,6 +52,9 @@ PLAN_PROMPT = (
 )
 PROGRAM_SUFFIX = "\n\nSolve it by following this plan:\n{plan}"
 NO_OBSERVATION = "No observations are necessary to solve this problem.\n\n"
+# The observations reply is started with this, so that even a small model continues a numbered
+# list (without it, the embedded model listed nothing parseable on 16 of 20 HumanEval problems).
+LIST_START = "1."
 # "1. text", "2) text", "- text", "* text", "Observation 3: text"
 LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•]|observation\s*\d+\s*:)\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -96,8 +100,9 @@ class PlanSearch(BaseModel):
         *head, last = problem.prompt if not isinstance(problem.prompt, str) else (ChatMessage(role="user", content=problem.prompt),)
         question = last.content
 
-        [observed] = await self._generate(ctx, [OBSERVATIONS_PROMPT.format(question=question, count=self.observations)], head)
-        observations = parse_observations(observed.text, self.observations)
+        [observed] = await self._generate(ctx, [OBSERVATIONS_PROMPT.format(question=question, count=self.observations)], head,
+                                          prefix=LIST_START)
+        observations = parse_observations(LIST_START + observed.text, self.observations)
         subsets = observation_subsets(len(observations), self.max_combination)
         ctx.rng.shuffle(subsets)  # as the reference shuffles its combinations, seeded per problem
         subsets = subsets[: self.n]
@@ -120,20 +125,23 @@ class PlanSearch(BaseModel):
         }
         metadata = {
             **exec_metadata(results),
+            "observations_text": observed.text,  # the model's reply, after the "1." it was started with
             "observations": observations,
             "plan_observations": [list(s) for s in subsets],  # per candidate: the observations its plan used
             "plans": [p.text for p in plans],
         }
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)
 
-    async def _generate(self, ctx: SolveContext, contents: list[str], head: list[ChatMessage], seed_offset: int = 0) -> list[Completion]:
-        """One sample for each user message (after the prompt's earlier messages), in one metered
-        call; request i is seeded seed + seed_offset + i, so no two stages share a sample."""
+    async def _generate(self, ctx: SolveContext, contents: list[str], head: list[ChatMessage], seed_offset: int = 0,
+                        prefix: str = "") -> list[Completion]:
+        """One sample for each user message (after the prompt's earlier messages, the reply
+        started with `prefix`), in one metered call; request i is seeded seed + seed_offset + i,
+        so no two stages share a sample."""
         if not contents:
             return []
         seed = ctx.params.seed
         requests = [
-            GenRequest(prompt=(*head, ChatMessage(role="user", content=content)),
+            GenRequest(prompt=(*head, ChatMessage(role="user", content=content)), prefix=prefix,
                        params=ctx.params.model_copy(update={"n": 1, "seed": None if seed is None else (seed + seed_offset + i) & 0x7FFFFFFF}))
             for i, content in enumerate(contents)
         ]

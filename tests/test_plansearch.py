@@ -18,7 +18,8 @@ def fenced(body: str) -> str:
 
 RIGHT = fenced("def add(x, y):\n    return x + y")
 WRONG = fenced("def add(x, y):\n    return x - y")
-OBSERVATIONS = "Some hints:\n1. Order does not matter.\n2) The sign is what matters.\n- Inputs are integers.\nDone."
+# The reply continues the "1." the strategy starts it with.
+OBSERVATIONS = " Order does not matter.\n2) The sign is what matters.\n- Inputs are integers.\nDone."
 KEY = "Order does not matter."  # a plan that uses this observation leads to the right program
 
 
@@ -60,8 +61,8 @@ async def run(humaneval, **options):
 
 
 def test_observations_are_parsed_from_a_numbered_or_bulleted_list():
-    assert parse_observations(OBSERVATIONS, 10) == ["Order does not matter.", "The sign is what matters.", "Inputs are integers."]
-    assert parse_observations(OBSERVATIONS, 2) == ["Order does not matter.", "The sign is what matters."]
+    assert parse_observations("1." + OBSERVATIONS, 10) == ["Order does not matter.", "The sign is what matters.", "Inputs are integers."]
+    assert parse_observations("Hints:\n1." + OBSERVATIONS, 2) == ["Order does not matter.", "The sign is what matters."]
     assert parse_observations("no list here", 4) == []
     assert observation_subsets(3, 2) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
 
@@ -71,7 +72,9 @@ async def test_calls_go_observations_then_plans_then_programs_and_are_all_metere
     # 3 observations, subsets of size 0..2: 1 + 3 + 3 = 7 plans (fewer than N = 8), one program each
     assert [stage(p) for p in prompts] == ["observations"] + ["plan"] * 7 + ["program"] * 7
     assert trace.cost.calls == 15 and len(trace.candidates) == 7
-    assert trace.metadata["observations"] == parse_observations(OBSERVATIONS, 3)
+    assert prompts[0].endswith("assistant: 1.")  # the reply was started as a numbered list
+    assert trace.metadata["observations"] == parse_observations("1." + OBSERVATIONS, 3)
+    assert trace.metadata["observations_text"] == OBSERVATIONS
     subsets = trace.metadata["plan_observations"]
     assert sorted(map(tuple, subsets)) == sorted(observation_subsets(3, 2))
     # each plan prompt shows exactly its subset; each program prompt carries its plan
