@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ttscale.code_exec import code_arrays, exec_metadata, execute_async
 from ttscale.context import SolveContext
-from ttscale.selection import CODE_RULES, execution_pick, first_answer, majority_vote, random_answer
+from ttscale.selection import code_selections
 from ttscale.types import Candidate, ChatMessage, Completion, GenRequest, Problem, Trace
 
 OBSERVATIONS_PROMPT = (
@@ -117,12 +117,8 @@ class PlanSearch(BaseModel):
                                 finish_reason=c.finish_reason) for c in programs]
         results = await execute_async(problem, [c.answer for c in candidates], test_timeout_s=self.test_timeout_s)
         passed, behaviour = code_arrays(results)
-        selections = {
-            "majority": majority_vote(candidates, ctx.answers.equivalent),
-            "first": first_answer(candidates),
-            "random": random_answer(candidates, np.random.default_rng(ctx.rng.getrandbits(64))),
-            **{rule: execution_pick(rule, candidates, passed, behaviour) for rule in sorted(CODE_RULES)},
-        }
+        selections = code_selections(candidates, passed, behaviour, ctx.answers.equivalent,
+                                     np.random.default_rng(ctx.rng.getrandbits(64)))
         metadata = {
             **exec_metadata(results),
             "observations_text": observed.text,  # the model's reply, after the "1." it was started with

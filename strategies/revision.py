@@ -170,7 +170,7 @@ class Revision(BaseModel):
         attempts: list[Candidate] = []
         for depth, meter in enumerate(meters):
             prompt = problem.prompt if depth == 0 else self.revision_prompt(problem, [a.text for a in attempts])
-            params = ctx.params.model_copy(update={"n": 1, "seed": _attempt_seed(ctx.params.seed, chain, depth, len(meters))})
+            params = ctx.params.model_copy(update={"n": 1, "seed": attempt_seed(ctx.params.seed, chain, depth, len(meters))})
             [generation] = await meter.generate([GenRequest(prompt=prompt, params=params)])
             [completion] = generation.completions
             attempts.append(
@@ -203,6 +203,6 @@ def _weighted_winner(candidates: list[Candidate], equivalent) -> Candidate | Non
     return groups[best][0].model_copy(update={"score": totals[best]})
 
 
-def _attempt_seed(seed: int | None, chain: int, depth: int, length: int) -> int | None:
+def attempt_seed(seed: int | None, chain: int, depth: int, length: int) -> int | None:
     """A distinct seed per attempt: chains share their first prompt and must not share samples."""
     return None if seed is None else (seed + chain * length + depth) & 0x7FFFFFFF

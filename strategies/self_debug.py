@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ttscale.code_exec import EXECUTION, CandidateExec, code_arrays, exec_metadata, execute_async
 from ttscale.code_tests import visible_tests_of
 from ttscale.context import SolveContext
-from ttscale.selection import CODE_RULES, execution_pick, first_answer, majority_vote, random_answer
-from ttscale.strategies.revision import _attempt_seed as attempt_seed, parse_ratio
+from ttscale.selection import code_selections
+from ttscale.strategies.revision import attempt_seed, parse_ratio
 from ttscale.types import Candidate, ChatMessage, GenRequest, Problem, Trace
 
 FIX_REQUEST = "Please fix the code. Return the complete corrected function in a single ```python code block."
@@ -118,12 +118,8 @@ class SelfDebug(BaseModel):
         finals = [attempts[-1][1] for attempts in finished]
         every_run = [result for attempts in finished for _, result in attempts]
         passed, behaviour = code_arrays(finals)
-        selections = {
-            "majority": majority_vote(candidates, ctx.answers.equivalent),
-            "first": first_answer(candidates),
-            "random": random_answer(candidates, np.random.default_rng(ctx.rng.getrandbits(64))),
-            **{rule: execution_pick(rule, candidates, passed, behaviour) for rule in sorted(CODE_RULES)},
-        }
+        selections = code_selections(candidates, passed, behaviour, ctx.answers.equivalent,
+                                     np.random.default_rng(ctx.rng.getrandbits(64)))
         metadata = {
             **exec_metadata(finals),  # code_exec: the final programs', so compare recomputes the rules
             EXECUTION: exec_metadata(every_run)[EXECUTION],  # the cost: every round's run

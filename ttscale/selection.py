@@ -244,6 +244,18 @@ def execution_pick(rule: str, candidates: Sequence[Candidate], passed: np.ndarra
     return candidates[position].answer if position >= 0 else None
 
 
+def code_selections(candidates: Sequence[Candidate], passed: np.ndarray, behaviour: np.ndarray,
+                    equivalent: Callable[[str, str], bool], rng: np.random.Generator) -> dict[str, str | None]:
+    """Every verifier-free rule over code candidates: majority, first, random and the code rules
+    (CODE_RULES, from their runs on the visible tests), as a strategy's trace records them."""
+    return {
+        "majority": majority_vote(candidates, equivalent),
+        "first": first_answer(candidates),
+        "random": random_answer(candidates, rng),
+        **{rule: execution_pick(rule, candidates, passed, behaviour) for rule in sorted(CODE_RULES)},
+    }
+
+
 def random_answer(candidates: Sequence[Candidate], rng: np.random.Generator) -> str | None:
     """The answer of a candidate drawn uniformly among those with one (the baseline of code rules)."""
     if not candidates:
