@@ -5,12 +5,10 @@ circle, and no function-local import hiding one, can make an order fail)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import random
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,17 +19,20 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "lint_imports.py"
+PACKAGE = ROOT / "ttscale"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("lint_imports", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def package_modules() -> list[str]:
+    """Every module of the package (`__main__` ones too), by name, sorted."""
+    names = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(names)
 
 
-MODULES = [m for m in _script().package_modules() if not m.endswith("__main__")]  # __main__ runs the CLI
+MODULES = [m for m in package_modules() if not m.endswith("__main__")]  # __main__ runs the CLI
 
 
 def contracts() -> list[dict]:
@@ -39,7 +40,8 @@ def contracts() -> list[dict]:
 
 
 def test_import_contracts_hold():
-    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=600)
+    """Exactly what a developer runs: `lint-imports` at the repository root."""
+    result = subprocess.run([str(LINT_IMPORTS), "--no-cache"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     report = result.stdout[result.stdout.find("Contracts"):] + result.stderr
     assert result.returncode == 0, report
     assert "BROKEN" not in report and f"{len(contracts())} kept, 0 broken" in report, report
@@ -47,7 +49,7 @@ def test_import_contracts_hold():
 
 def test_the_vllm_contract_names_every_module_but_the_backends():
     [contract] = [c for c in contracts() if c.get("forbidden_modules") == ["vllm"]]
-    children = {".".join(m.split(".")[:2]) for m in _script().package_modules() if m != "ttscale"}
+    children = {".".join(m.split(".")[:2]) for m in package_modules() if m != "ttscale"}
     assert set(contract["source_modules"]) == children - {"ttscale.backends"}
 
 
@@ -78,18 +80,15 @@ def test_every_module_imports_in_any_order(order):
 def test_every_function_local_project_import_says_why():
     """A project module imported inside a function hides nothing: it keeps a heavy dependency (vLLM,
     Ray, torch, FastAPI, uvicorn, matplotlib) off the import path, and its line says which."""
-    script = _script()
     silent = []
-    with tempfile.TemporaryDirectory() as tmp:
-        package = script.stage(Path(tmp))
-        for path in sorted(package.rglob("*.py")):
-            lines = path.read_text().splitlines()
-            for node in ast.walk(ast.parse("\n".join(lines))):
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    continue
-                for inner in ast.walk(node):
-                    names = [inner.module or ""] if isinstance(inner, ast.ImportFrom) else \
-                        [a.name for a in inner.names] if isinstance(inner, ast.Import) else []
-                    if any(n == "ttscale" or n.startswith("ttscale.") for n in names) and "#" not in lines[inner.lineno - 1]:
-                        silent.append(f"{path.relative_to(package.parent)}:{inner.lineno}: {lines[inner.lineno - 1].strip()}")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for inner in ast.walk(node):
+                names = [inner.module or ""] if isinstance(inner, ast.ImportFrom) else \
+                    [a.name for a in inner.names] if isinstance(inner, ast.Import) else []
+                if any(n == "ttscale" or n.startswith("ttscale.") for n in names) and "#" not in lines[inner.lineno - 1]:
+                    silent.append(f"{path.relative_to(ROOT)}:{inner.lineno}: {lines[inner.lineno - 1].strip()}")
     assert not silent, "function-local imports of project modules with no reason:\n" + "\n".join(silent)

@@ -230,7 +230,7 @@ def used_attributes(files: list[Path], base: str) -> set[str]:
 
 
 def test_everything_the_built_in_strategies_use_on_their_context_is_declared():
-    files = sorted((ROOT / "strategies").glob("*.py"))
+    files = sorted((ROOT / "ttscale" / "strategies").glob("*.py"))
     assert used_attributes(files, "ctx") <= members(StrategyContext)
     assert used_attributes(files, "ctx.backend") <= members(Meter)
     assert used_attributes(files, "ctx.verifier") <= members(BoundVerifier)
@@ -239,7 +239,7 @@ def test_everything_the_built_in_strategies_use_on_their_context_is_declared():
 
 
 def test_everything_the_built_in_verifiers_use_on_their_meter_is_declared():
-    files = sorted((ROOT / "verifiers").glob("*.py"))
+    files = sorted((ROOT / "ttscale" / "verifiers").glob("*.py"))
     used = used_attributes(files, "meter")
     assert used and used <= members(Meter)
 

@@ -232,7 +232,7 @@ def results_of(trace_metadata: dict[str, Any]) -> list[CandidateExec] | None:
 
 
 class ProgramRun(Frozen):
-    """Program of thought (strategies/program_of_thought.py): one sample's program run once in
+    """Program of thought (ttscale/strategies/program_of_thought.py): one sample's program run once in
     the sandbox, what it printed last (its answer) and what the run cost."""
 
     answer: str | None = None  # None: no code, or it crashed, timed out or printed nothing

@@ -376,7 +376,7 @@ class TraceMetadata(TypedDict, total=False):
     """Sequential revision: the Cost (as a dict) of each depth over all chains, index d-1 for depth d."""
     scorer: str
     """What produced Candidate.score: "verifier" (the run's verifier), or the name of a
-    verifier-free scorer read from the sample's own logprobs (strategies/best_of_n.py: mean-logprob,
+    verifier-free scorer read from the sample's own logprobs (ttscale/strategies/best_of_n.py: mean-logprob,
     topk-certainty, deepconf-*). Such scores are no verifier's: no gold, no verifier model."""
     code_exec: list[dict[str, Any]]
     """Code rules: each candidate's run on the problem's visible tests (ttscale.code_exec.CandidateExec

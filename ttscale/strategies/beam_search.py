@@ -18,7 +18,7 @@ survivors are repeated so the step still generates N children, as search-and-lea
 
 Snell et al.'s sweep: --beam-width = sqrt(N) or 4, --lookahead 0, 1 or 3.
 
-Against search-and-learn's beam_search.py (see strategies/tree_search.py for the shared options):
+Against search-and-learn's beam_search.py (see ttscale/strategies/tree_search.py for the shared options):
 
 - `sort_completed` (default False, as search-and-learn): the candidates are the first N beams
   to finish; True keeps the N best-scored finished beams instead.

@@ -4,7 +4,7 @@ over the full vocabulary (ttscale.self_certainty), as a verifier's score.
     ttscale eval -s best-of-n --n 8 --verifier self-certainty -V model=smollm2-135m --selection borda-vote
 
 is the paper's best-of-N: every sample scored by its self-certainty, then the Borda vote with
-p = 0.5 (strategies/best_of_n.py, `borda_vote`). `model` must be the run's --model: the score is
+p = 0.5 (ttscale/strategies/best_of_n.py, `borda_vote`). `model` must be the run's --model: the score is
 the generating model's own certainty. Each solution costs one prefill of the prompt and the
 solution on a hidden-state pooling engine, metered as this verifier's cost, as the trained
 verifier's reads are. It reads no gold answer, and learned nothing: no problem is an upper bound.

@@ -17,7 +17,7 @@ scaling curves for smaller N can subsample whole subtrees from one run.
 
 This follows search-and-learn's diverse_verifier_tree_search.py: 40 steps by default, and a
 subtree ends at \\boxed (`stop_at_boxed`, default True). One difference is kept as an option
-(see strategies/tree_search.py): `max_tokens_per` "solution" (default) makes --max-tokens bound a
+(see ttscale/strategies/tree_search.py): `max_tokens_per` "solution" (default) makes --max-tokens bound a
 whole solution; "step" gives every step the full --max-tokens, as search-and-learn does.
 """
 

@@ -5,7 +5,7 @@
     answers = [last_line(sandbox(code(s))) for s in samples]   # crash, timeout, no output: no answer
     return select(answers, ...)                     # every best-of-N rule: majority over executed answers, ...
 
-This is best-of-N (strategies/best_of_n.py) with one step changed: a sample's answer is its
+This is best-of-N (ttscale/strategies/best_of_n.py) with one step changed: a sample's answer is its
 program's printed value, not the \\boxed{} text. The strategy runs best-of-N's own solve with the
 problem's prompt rewritten (`template`, zero-shot: the papers' prompts are few-shot, and PoT's
 ends in `ans = ...`; here the program prints the answer, as PAL's harness reads `solution()`),

@@ -26,7 +26,7 @@ verifier model and read no gold: they are computed from the sample's own top-k l
 - topk-certainty: the mean over tokens of C_i - log k (>= 0), KL from uniform of the top-k only.
   It ranks samples exactly as deepconf-mean does, and it is not Kang et al.'s self-certainty:
   that reads the full vocabulary, so it is a verifier (`--verifier self-certainty -V model=M`,
-  verifiers/self_certainty.py; then `--selection borda-vote` is the paper's method);
+  ttscale/verifiers/self_certainty.py; then `--selection borda-vote` is the paper's method);
 - deepconf-lowest-group, deepconf-bottom-10, deepconf-tail, deepconf-mean (Fu et al. 2025):
   DeepConf's trace confidences over windows of `window` tokens (deepconf-tail: the last `tail`).
 
