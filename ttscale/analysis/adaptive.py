@@ -39,7 +39,7 @@ from ttscale.errors import ConfigError
 from ttscale.problems import split_of
 from ttscale.confidence import DEFAULT_WINDOW, online_replay, topk_certainty, trace_score
 from ttscale.selection import answer_classes, chosen_positions, filtered_positions
-from ttscale.stopping import StoppingRule, stop_index
+from ttscale.stopping import StoppingRule, leading_class, stop_index
 
 AXES = ("flops", "eflops", "generated_tokens")  # compute at equal accuracy is reported on each
 
@@ -163,13 +163,16 @@ def _score(problem: ProblemSamples, index: int, score: str, window: int) -> floa
 
 @dataclass
 class Replayed:
-    """A method's mean outcome per problem (over the sample orders): correctness, samples, cost."""
+    """A method's mean outcome per problem (over the sample orders): correctness, samples, cost,
+    and its loss against full best-of-N majority in the same order (`full_best_of_n_loss`)."""
 
     label: str
     problem_ids: list[str]
     correct: np.ndarray
     samples: np.ndarray
     cost: dict[str, np.ndarray]
+    lost: np.ndarray | None = None  # full best-of-N right, the method wrong (reads gold: calibration only)
+    disagree: np.ndarray | None = None  # the method's answer differs from full best-of-N's (no gold)
 
     def mean(self, axis: str) -> float:
         """Mean cost per problem on one axis ("samples" for the samples drawn)."""
@@ -199,8 +202,7 @@ def sample_orders(n: int, orders: int, seed: int) -> np.ndarray:
 
 def replay(run: Run, problems: Sequence[ProblemSamples], method: Method, *, orders: int = 20, seed: int = 0) -> Replayed:
     """`method` on every problem, averaged over `orders` sample orders, priced by the cost model."""
-    correct = np.zeros(len(problems))
-    samples = np.zeros(len(problems))
+    correct, samples, lost, disagree = (np.zeros(len(problems)) for _ in range(4))
     cost = {axis: np.zeros(len(problems)) for axis in AXES}
     for j, problem in enumerate(problems):
         for order in sample_orders(problem.n, orders, seed + j):
@@ -208,10 +210,25 @@ def replay(run: Run, problems: Sequence[ProblemSamples], method: Method, *, orde
             priced = outcome_cost(run, problem, outcome)
             correct[j] += outcome.chosen >= 0 and bool(problem.correct[outcome.chosen])
             samples[j] += len(outcome.drawn)
+            lost_here, differs = full_best_of_n_loss(problem, order, outcome.chosen)
+            lost[j] += lost_here
+            disagree[j] += differs
             for axis in AXES:
                 cost[axis][j] += priced[axis]
     return Replayed(method.label, [p.record.problem_id for p in problems], correct / orders, samples / orders,
-                    unknown_as_nan(run, {axis: values / orders for axis, values in cost.items()}))
+                    unknown_as_nan(run, {axis: values / orders for axis, values in cost.items()}),
+                    lost / orders, disagree / orders)
+
+
+def full_best_of_n_loss(problem: ProblemSamples, order: np.ndarray, chosen: int) -> tuple[bool, bool]:
+    """A method's answer (sample index `chosen`, -1: none) against best-of-N majority over all the
+    samples in the same order (ties: the class seen first): (full best-of-N right and the method
+    wrong, the two answers differ). The calibration in ttscale.analysis.guarantee bounds either."""
+    full = leading_class(problem.classes[order].tolist())
+    full_right = full >= 0 and bool(problem.correct[order[problem.classes[order] == full][0]])
+    method_class = int(problem.classes[chosen]) if chosen >= 0 else -1
+    method_right = chosen >= 0 and bool(problem.correct[chosen])
+    return full_right and not method_right, method_class != full
 
 
 def outcome_cost(run: Run, problem: ProblemSamples, outcome: Outcome) -> dict[str, float]:
@@ -292,8 +309,9 @@ class HeldOutResult:
     curve: list[Replayed] = field(default_factory=list)  # every setting, on half b
 
 
-def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int = 20, bootstrap: int = 1000, seed: int = 0, splits: tuple[str, str] = ("a", "b")) -> tuple[Baseline, list[HeldOutResult]]:
-    """Each family's setting chosen on split a, measured on split b against best-of-N majority."""
+def halves(run: Run, splits: tuple[str, str] = ("a", "b")) -> tuple[list[str], list[str]]:
+    """The problem ids of the fitting and the held-out split, checked: a best-of-N run with FLOPs
+    known and problems in both (a clear error otherwise)."""
     if run.kind != "best-of-n":
         raise ConfigError(f"{run.dir} is a {run.config.strategy} run; adaptive methods replay a best-of-N run's samples: "
                           "record one with `ttscale eval -s best-of-n --n 16 -S logprobs=10`")
@@ -304,6 +322,12 @@ def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int 
     eval_ids = [r.problem_id for r in run.records if split_of(r.problem_id) == splits[1]]
     if not fit_ids or not eval_ids:
         raise ConfigError(f"{run.dir}: needs problems in both halves ({len(fit_ids)} in a, {len(eval_ids)} in b)")
+    return fit_ids, eval_ids
+
+
+def held_out(run: Run, families: Mapping[str, Sequence[Method]], *, orders: int = 20, bootstrap: int = 1000, seed: int = 0, splits: tuple[str, str] = ("a", "b")) -> tuple[Baseline, list[HeldOutResult]]:
+    """Each family's setting chosen on split a, measured on split b against best-of-N majority."""
+    fit_ids, eval_ids = halves(run, splits)
     by_id = {r.problem_id: r for r in run.records}
 
     def arrays(ids: Sequence[str]) -> list[ProblemSamples]:
