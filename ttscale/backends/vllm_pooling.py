@@ -31,7 +31,7 @@ from typing import Any, Literal, Sequence
 
 from ttscale.backends.vllm import EngineModel
 from ttscale.errors import TtscaleError
-from ttscale.machine import choose_cpu_dtype, engine_memory_settings, plan_kv_cache
+from ttscale.machine import choose_cpu_dtype, engine_memory_settings, plan_kv_cache, share_cpus
 from ttscale.models import prepare_model
 from ttscale.modelshape import load_shape
 from ttscale.types import PoolRequest, PoolResult
@@ -47,7 +47,9 @@ def spare_cpu_binding(on_cpu: bool):
 
     vLLM's automatic binding puts every engine's worker on the same CPUs and keeps the last one
     for its scheduler, so a pooling engine beside a generation engine (a trained verifier in a
-    search, a prefill probe in `ttscale serve`) would share the generation engine's core. The
+    search, a prefill probe in `ttscale serve`) would share the generation engine's core. (The
+    generation engine keeps vLLM's default, and so the last core free, when a pooling engine was
+    built before it started: ttscale.machine.choose_cpu_threads.) The
     worker reads VLLM_CPU_OMP_THREADS_BIND when its process is spawned, during the engine's
     start; a value the user set is left alone."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -90,6 +92,7 @@ class VLLMPoolingBackend:
         self._engine = None
         self._tokenizer = None
         self._start_lock = asyncio.Lock()
+        share_cpus(self)  # noted now, so a generation engine started later leaves it a core (ttscale.machine)
 
     async def start(self) -> None:
         """Start the pooling engine once."""
