@@ -1,17 +1,26 @@
-"""ttscale.machine: dtype from CPU flags and the KV cache sized in bytes, on made-up machines."""
+"""ttscale.machine: dtype from CPU flags, the KV cache sized in bytes and the engine's threads, on made-up machines."""
+
+import os
 
 import pytest
 
 from ttscale.errors import TtscaleError
 from ttscale.machine import (
-    GiB,
+    ALL_CORES_SETTING,
     FreeMemory,
+    GiB,
+    ThreadChoice,
     choose_cpu_dtype,
+    choose_cpu_threads,
     cpu_flags,
     engine_memory_settings,
+    engine_threads,
+    engines_sharing_cpus,
     free_memory,
     kv_bytes_per_token,
     plan_kv_cache,
+    share_cpus,
+    worker_cores,
 )
 from ttscale.modelshape import ModelShape
 
@@ -103,3 +112,75 @@ def test_free_memory_reads_this_machine():
     free = free_memory()
     assert free.available > 0
     assert free.source in ("NUMA node 0", "MemAvailable", "cgroup")
+
+
+# --- threads ------------------------------------------------------------------------------------
+
+def fake_sysfs(root, cpus):
+    """A /sys/devices/system with `cpus` as {cpu: (node, package, core)}."""
+    for cpu, (node, package, core) in cpus.items():
+        topology = root / "cpu" / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+        (root / "cpu" / f"cpu{cpu}" / f"node{node}").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("cores, reserved", [(2, "0"), (3, "0"), (4, "0"), (5, None), (64, None), (1, None)])
+def test_all_cores_to_the_model_only_on_a_small_node(cores, reserved):
+    choice = choose_cpu_threads(cores, sharing=0, environ={})
+    assert choice.env.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == reserved
+    assert (choice.env == ALL_CORES_SETTING) == (reserved == "0")
+    assert choice.reason
+
+
+@pytest.mark.parametrize("variable", ["VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND"])
+def test_a_variable_the_user_set_wins_and_is_recorded(variable):
+    choice = choose_cpu_threads(2, sharing=0, environ={variable: "1"})
+    assert choice.env == {}  # nothing added: vLLM reads the user's own
+    assert f"set by the user: {variable}=1" in choice.reason
+
+
+def test_beside_a_pooling_engine_or_in_a_ray_replica_vllms_default_is_kept():
+    beside = choose_cpu_threads(2, sharing=1, environ={})
+    assert beside.env == {} and "pooling" in beside.reason
+    replica = choose_cpu_threads(2, sharing=0, in_ray=True, environ={})
+    assert replica.env == {} and "Ray" in replica.reason
+
+
+def test_a_pooling_engine_counts_while_it_lives():
+    class Engine:
+        pass
+
+    before = engines_sharing_cpus()
+    engine = Engine()
+    share_cpus(engine)
+    assert engines_sharing_cpus() == before + 1
+    assert choose_cpu_threads(2, environ={}).env == {}  # the noted engine keeps the default
+    del engine
+    assert engines_sharing_cpus() == before
+
+
+def test_worker_cores_counts_physical_cores_of_the_first_node(tmp_path):
+    # Two nodes of two cores, each with a hyperthread pair: node 0 gives the worker 2 cores.
+    sysfs = fake_sysfs(tmp_path, {0: (0, 0, 0), 1: (0, 0, 1), 2: (1, 1, 0), 3: (1, 1, 1),
+                                  4: (0, 0, 0), 5: (0, 0, 1), 6: (1, 1, 0), 7: (1, 1, 1)})
+    assert worker_cores(set(range(8)), sysfs) == 2
+    assert worker_cores({2, 3, 6}, sysfs) == 2  # only node 1 allowed
+    assert worker_cores({0}, sysfs) == 1
+
+
+def test_worker_cores_without_topology_counts_cpus(tmp_path):
+    assert worker_cores({0, 1, 2}, tmp_path) == 3
+
+
+def test_engine_threads_sets_the_variables_only_while_the_engine_spawns(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    choice = ThreadChoice({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "0-1"}, "test")
+    with engine_threads(choice):
+        assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+        assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
