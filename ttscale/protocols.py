@@ -389,9 +389,13 @@ class TraceMetadata(TypedDict, total=False):
     as a dict: its printed answer, sandbox verdict, CPU and wall seconds)."""
     behaviour_filter: str
     """behaviour-vote: "visible" where only candidates that pass the visible tests join a cluster."""
+    thinking: list[dict[str, Any]]
+    """Budget forcing (ttscale.thinking): each candidate's thinking budget, its thinking and answer
+    tokens, extensions, how its thinking ended, and the Cost (as a dict) of a run at that budget
+    alone; compare draws the budgets as one curve."""
 
 
-PER_CANDIDATE_KEYS = ("subtree", "chain", "depth", "code_exec", "program_exec")
+PER_CANDIDATE_KEYS = ("subtree", "chain", "depth", "code_exec", "program_exec", "thinking")
 
 
 def check_trace_metadata(trace: Trace, strategy: str) -> None:
