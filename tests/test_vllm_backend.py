@@ -2,6 +2,7 @@
 
 import pytest
 
+from ttscale.machine import THREAD_VARIABLES
 from ttscale.types import ChatMessage, GenRequest, SampleParams
 
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="session")]
@@ -113,6 +114,9 @@ async def test_the_engine_records_its_dtype_and_kv_cache_with_reasons(vllm_backe
     assert (settings["dtype"], settings["dtype_reason"]) == ("float32", "float32: set with --dtype")
     assert settings["kv_cache_memory_bytes"] == settings["kv_cache_plan"]["cache_bytes"] > 0
     assert "gpu_memory_utilization" not in settings  # never a share of the node
+    # The thread setting beside them (ttscale.machine.choose_cpu_threads): vLLM's default or its variables.
+    assert settings["threads"] == "vLLM's default" or set(settings["threads"]) <= set(THREAD_VARIABLES)
+    assert settings["threads_reason"]
 
 
 async def test_prompt_longer_than_the_context_is_one_clear_error(vllm_backend):
