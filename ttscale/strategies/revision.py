@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import string
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
@@ -59,6 +59,15 @@ def parse_ratio(ratio: str) -> tuple[int, int]:
     return parsed
 
 
+def _check_ratio(value: str) -> str:
+    parse_ratio(value)
+    return value
+
+
+# An "L:chains" option (revision, self-debug): checked when the options are built, parsed by parse_ratio.
+Ratio = Annotated[str, AfterValidator(_check_ratio)]
+
+
 def format_attempts(texts: list[str]) -> str:
     """Attempts as numbered blocks, oldest first."""
     return "\n\n".join(ATTEMPT_HEADER.format(index=i, text=text.strip()) for i, text in enumerate(texts, 1))
@@ -71,7 +80,7 @@ class Revision(BaseModel):
     name: ClassVar[str] = "revision"
 
     n: int = Field(default=8, ge=1, description="N: total attempts per problem (chains x chain length)")
-    ratio: str | None = Field(default=None, description="L:chains, sequential:parallel; default N:1 (one chain)")
+    ratio: Ratio | None = Field(default=None, description="L:chains, sequential:parallel; default N:1 (one chain)")
     history: int = Field(default=4, ge=1, description="k: previous attempts shown in a revision prompt")
     selection: Literal["hierarchical", "majority", "first", "oracle"] | None = Field(
         default=None, description="reported rule; default hierarchical with a verifier, else majority"
@@ -91,13 +100,6 @@ class Revision(BaseModel):
                 f"must use exactly the placeholders {{question}} and {{attempts}}, found {sorted(used) or 'none'}"
                 " (write literal braces as {{ and }})"
             )
-        return value
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_ratio(value)
         return value
 
     @model_validator(mode="after")

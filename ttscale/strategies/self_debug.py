@@ -34,13 +34,13 @@ import asyncio
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttscale.code_exec import EXECUTION, CandidateExec, code_arrays, exec_metadata, execute_async
 from ttscale.code_tests import visible_tests_of
 from ttscale.context import SolveContext
 from ttscale.selection import code_selections
-from ttscale.strategies.revision import attempt_seed, parse_ratio
+from ttscale.strategies.revision import Ratio, attempt_seed, parse_ratio
 from ttscale.types import Candidate, ChatMessage, GenRequest, Problem, Trace
 
 FIX_REQUEST = "Please fix the code. Return the complete corrected function in a single ```python code block."
@@ -76,19 +76,12 @@ class SelfDebug(BaseModel):
     name: ClassVar[str] = "self-debug"
 
     n: int = Field(default=8, ge=1, description="N: the most programs per problem (chains x attempts per chain)")
-    ratio: str | None = Field(default=None, description="L:chains, sequential:parallel (as revision); default from rounds")
+    ratio: Ratio | None = Field(default=None, description="L:chains, sequential:parallel (as revision); default from rounds")
     rounds: int | None = Field(default=None, ge=0, description="D: the most feedback rounds per chain (L = D + 1); default 3")
     selection: Literal["pass-examples", "behaviour-vote", "first", "random", "majority"] = Field(
         default="pass-examples", description="the rule over the chains' final programs")
     feedback_chars: int = Field(default=1000, ge=50, description="the most characters of test feedback per round")
     test_timeout_s: float = Field(default=2.0, gt=0, le=60, description="the wall clock of one visible test")
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_ratio(value)
-        return value
 
     @model_validator(mode="after")
     def _shape_fits(self) -> "SelfDebug":
