@@ -56,6 +56,7 @@ DELIMITERS: dict[str, ThinkingFormat] = {
     "plain": ThinkingFormat(start="", end="Final answer:", cut_cue=""),
 }
 DelimiterName = Literal["think", "plain"]
+FORCED_RULE = "forced"  # budget forcing's rule: the answer forced at the thinking budget
 
 
 class Spans(BaseModel):

@@ -256,7 +256,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1,
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-SMALLER_BUDGETS = {"best-of-n": "subsampled by sample", "dvts": "subsampled by subtree", "fixed": "none (one point)"}
+SMALLER_BUDGETS = {"best-of-n": "subsampled by sample", "dvts": "subsampled by subtree", "fixed": "none (one point)",
+                   "thinking-budget": "the thinking budgets it swept (one candidate each)"}
 
 
 def render_html(comparison: Comparison, title: str = "ttscale: strategies compared at matched compute") -> str:

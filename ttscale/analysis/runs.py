@@ -42,6 +42,7 @@ from ttscale.code_exec import candidate_cpu_s, code_arrays, results_of
 from ttscale.generated_tests import SELECTION_COST, arrays_of
 from ttscale.selection import CODE_RULES, GOLD_RULES, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions
 from ttscale.store import SAMPLES, read_samples
+from ttscale.thinking import FORCED_RULE
 from ttscale.types import ORACLE_RULE, Problem
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class Record:
     selection_cost: Mapping[str, float] | None = None
     # Each sample's sandbox CPU seconds (code rules, program of thought); None: nothing executed.
     exec_cpu_s: tuple[float, ...] | None = None
+    # Budget forcing (ttscale.thinking): each candidate's thinking budget, spans and the cost of a
+    # run at that budget alone (trace metadata "thinking"); None for other strategies.
+    thinking: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def n(self) -> int:
@@ -148,6 +152,7 @@ class Record:
             test_counts=None if tests is None else tuple(tests[1].tolist()),
             selection_cost=meta.get(SELECTION_COST),
             exec_cpu_s=None if (cpu := candidate_cpu_s(meta)) is None else tuple(cpu),
+            thinking=None if meta.get("thinking") is None else tuple(meta["thinking"]),
         )
 
 
@@ -201,7 +206,10 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """How smaller budgets are derived: 'dvts' (by subtree), 'best-of-n' (by sample) or 'fixed'."""
+        """How smaller budgets are derived: 'dvts' (by subtree), 'best-of-n' (by sample),
+        'thinking-budget' (budget forcing's recorded sweep: a point per thinking budget) or 'fixed'."""
+        if self.records and all(r.thinking is not None for r in self.records):
+            return "thinking-budget"
         if self.records and all(r.subtree is not None for r in self.records):
             return "dvts"
         if self.config.strategy in SAMPLING_STRATEGIES and all(r.sampling_calls <= 1 for r in self.records):
@@ -387,6 +395,8 @@ def subsample(run: Run, *, ns: Sequence[int] | None = None, rules: Sequence[str]
         table = _best_of_n(run, records, ns, rules, subsets, seed, reuse)
     elif run.kind == "dvts":
         table = _dvts(run, records, ns, rules, subsets, seed)
+    elif run.kind == "thinking-budget":
+        table = _thinking_budgets(run, records, ns, rules)
     else:
         table = _fixed(run, records, rules)
     unknown_as_nan(run, table.cost)
@@ -523,6 +533,29 @@ def _dvts(run: Run, records: list[Record], ns, wanted, count: int, seed: int) ->
                 cost[key][i, j] = scaled[key]
     return Subsample([round(float(x), 6) for x in kept.mean(axis=1)], [s == s_max for s in sizes], correct, cost,
                      [r.problem_id for r in records])
+
+
+def _thinking_budgets(run: Run, records: list[Record], ns, wanted) -> Subsample:
+    """Budget forcing's sweep (ttscale.strategies.budget_forcing): one candidate per thinking budget,
+    each recorded with the cost of a run at that budget alone; a point per budget (its N) that
+    every problem recorded, under the forced rule (the oracle over budgets is no run's result)."""
+    budgets = sorted(set.intersection(*({int(t["budget"]) for t in r.thinking} for r in records)))
+    budgets = [b for b in budgets if ns is None or b in ns]
+    if not budgets:
+        raise ConfigError(f"{run.dir}: its problems share no thinking budget; pass runs that swept the same budgets")
+    rules = [FORCED_RULE] if wanted is None or FORCED_RULE in wanted else []
+    correct = np.zeros((len(budgets), len(records)))
+    cost = {key: np.zeros((len(budgets), len(records))) for key in COST_KEYS}
+    for j, record in enumerate(records):
+        position = {int(t["budget"]): k for k, t in enumerate(record.thinking)}
+        for i, budget in enumerate(budgets):
+            k = position[budget]
+            correct[i, j] = record.samples[k].correct
+            priced = {**cache_independent_cost(record.thinking[k]["cost"]), EXEC_CPU: math.nan}  # nothing executed
+            for key in COST_KEYS:
+                cost[key][i, j] = float(priced.get(key, 0.0))
+    return Subsample([float(b) for b in budgets], [True] * len(budgets), {rule: correct for rule in rules},  # each generated, none subsampled
+                     cost, [r.problem_id for r in records])
 
 
 def _fixed(run: Run, records: list[Record], wanted) -> Subsample:

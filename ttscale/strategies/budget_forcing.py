@@ -32,10 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.protocols import TraceMetadata
-from ttscale.thinking import DELIMITERS, DelimiterName, Spans, Thinker, ThinkingFormat
+from ttscale.thinking import DELIMITERS, FORCED_RULE, DelimiterName, Spans, Thinker, ThinkingFormat
 from ttscale.types import Candidate, Cost, Problem, Trace
-
-RULE = "forced"  # the answer forced at the (largest) thinking budget
 
 
 class BudgetForcing(BaseModel):
@@ -107,5 +105,5 @@ class BudgetForcing(BaseModel):
             "allowed_extensions": self.extensions,
             **TraceMetadata(thinking=records),
         }
-        return Trace(candidates=tuple(candidates), selections={RULE: candidates[-1].answer}, chosen_rule=RULE,
+        return Trace(candidates=tuple(candidates), selections={FORCED_RULE: candidates[-1].answer}, chosen_rule=FORCED_RULE,
                      metadata=metadata)
