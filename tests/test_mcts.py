@@ -83,15 +83,30 @@ async def test_three_simulations_build_the_hand_computed_tree(tree_policy):
     assert [node["prior"] for node in tree] == pytest.approx([1, 6 / 11, 0.6, 0.4, 5 / 11, 0.6, 0.4], abs=1e-6)
     assert trace.metadata["expansions"] == 3 and trace.metadata["generated_steps"] == 6
     assert len(backend.requests) == 3  # one request of n=2 per expansion; simulation 3 generated nothing new
-    # The three simulations ended in A0, B0, A1: three distinct solutions, each reached once.
+    # The three simulations ended in A0, B0, A1: three distinct solutions, the candidates in order.
     assert [c.text.split("\n\n")[0] for c in trace.candidates] == ["S0c0 work.", "S0c1 work.", "S0c0 work."]
-    assert trace.metadata["solution_visits"] == [1, 1, 1]
+    assert [c.score for c in trace.candidates] == [0.3, 0.3, 0.2]
+    assert trace.metadata["distinct_solutions"] == 3
     # Most visits: A (2 > 1), then A0 and A1 tie on visits and A0's Q is higher -> 2.
-    # Best value: B (0.3 > 0.25) -> B0 -> 3. Votes over the distinct solutions: 2, 3, 2.
+    # Best value: B (0.3 > 0.25) -> B0 -> 3. Votes over the three simulations' solutions: 2, 3, 2.
     assert trace.selections["visits"] == "2" and trace.answer == "2"
     assert trace.selections["value"] == "3"
     assert trace.selections["majority"] == "2"
     assert trace.selections["weighted-vote"] == "2"  # 0.3 + 0.2 against 0.3
+
+
+async def test_a_simulation_that_ends_on_a_known_solution_generates_nothing_and_counts_it_again():
+    # A = S0c0 (0.6) over B (0.4); under A, S1c0 (0.9) over S1c1 (0.2). PUCT, simulation 2:
+    # A: 0.9 + c(1)·0.6·1/2 = 1.275 against B: 0.4 + c(1)·0.4·1/1 = 0.900; in A, A0: 0.9 + c·(9/11)/2
+    # = 1.411 against A1: 0.2 + c·(2/11) = 0.427. Simulation 3: A 0.9 + c(2)·0.6·√2/3 = 1.254 against
+    # B 0.4 + c(2)·0.4·√2 = 1.107; A0 1.382 against A1 0.521. All three end at A0.
+    backend = two_by_two_backend()
+    prm = ScriptedPRM(rules={"S0c0": 0.6, "S0c1": 0.4, "S1c0": 0.9, "S1c1": 0.2})
+    trace = await MCTS(n=3, width=2).solve(PROBLEM.blind(), context(backend, prm))
+    assert len(backend.requests) == 2  # root and A; simulations 2 and 3 generated nothing
+    assert [node["visits"] for node in trace.metadata["tree"]] == [3, 3, 3, 0, 0]  # root, A, A0, A1, B
+    assert len(trace.candidates) == 3 and trace.metadata["distinct_solutions"] == 1
+    assert trace.selections["visits"] == trace.selections["majority"] == "2"
 
 
 async def test_rollout_value_evaluates_a_new_leaf_with_one_sample_to_the_end():
@@ -110,6 +125,7 @@ async def test_rollout_value_evaluates_a_new_leaf_with_one_sample_to_the_end():
     assert trace.metadata["generated_steps"] == 5  # A, B, B0, B1 and the rollout
     assert [c.answer for c in trace.candidates] == ["2", "3"]
     # Visits tie (1, 1) and so do the Qs (0.3): the earlier child, A, whose rollout answered 2.
+    assert trace.candidates[0].text == "S0c0 work.\n\nS1c0 so \\boxed{2}"
     assert trace.selections["visits"] == "2"
 
 
@@ -118,8 +134,7 @@ async def test_sample_budget_bounds_simulations_solutions_and_steps():
         backend = FakeBackend(responder=step_responder(final_depth=3))
         trace = await MCTS(n=n, width=width, max_steps=6).solve(PROBLEM.blind(), context(backend, ScriptedPRM()))
         assert trace.metadata["simulations"] == n and trace.metadata["stopped_by"] == "n"
-        assert 1 <= len(trace.candidates) <= n
-        assert sum(trace.metadata["solution_visits"]) == n
+        assert len(trace.candidates) == n and 1 <= trace.metadata["distinct_solutions"] <= n
         assert trace.metadata["generated_steps"] <= n * 6 * width
         assert sum(r.params.n for r in backend.requests) == trace.metadata["generated_steps"]
 
@@ -179,11 +194,13 @@ def test_mcts_runs_through_eval_and_compare(tmp_path):
     mcts = ttscale(*common, "-s", "mcts", "--n", "4", "-S", "width=2", "-S", "max_steps=3", "-S", "tree_policy=uct",
                    "-o", "mcts", cwd=tmp_path)
     assert mcts.returncode == 0, mcts.stderr
-    records = [json.loads(line) for line in (tmp_path / "mcts" / "samples.jsonl").read_text().splitlines()]
+    [samples] = (tmp_path / "mcts").glob("*/samples.jsonl")
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(records) == 4 and all(r["trace_metadata"]["simulations"] == 4 for r in records)
     beam = ttscale(*common, "-s", "beam-search", "--n", "4", "--beam-width", "2", "-o", "beam", cwd=tmp_path)
     assert beam.returncode == 0, beam.stderr
-    compared = ttscale("compare", "mcts", "beam", cwd=tmp_path)
+    [beam_run] = (tmp_path / "beam").glob("*/samples.jsonl")
+    compared = ttscale("compare", str(samples.parent), str(beam_run.parent), cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     assert "mcts" in compared.stdout and "beam-search" in compared.stdout
     bad = ttscale(*common, "-s", "mcts", "-S", "tree_policy=ucb", "-o", "bad", cwd=tmp_path)

@@ -3,9 +3,10 @@
 A node is a partial solution; its children are its next steps, grown with the same step cutting,
 continuation and PRM scoring as beam search (ttscale/strategies/tree_search.py), so vLLM's
 prefix cache serves every re-sent prefix. N is the number of simulations, and every simulation
-ends in one complete solution (a terminal node, or a rollout's end): N complete paths, as
-best-of-N returns N samples and beam search N finished beams. The distinct ones are the
-candidates (at most N: a simulation may end on a solution an earlier one found).
+ends in one complete solution (a terminal node, or a rollout's end): N complete paths, the N
+candidates, as best-of-N returns N samples and beam search N finished beams. A simulation may
+end on a solution an earlier one reached (no new generation then); it is a candidate again, so
+the votes over candidates count a solution once per simulation that ended there.
 
     root = the empty solution
     for simulation in 1..N:                       (and while the FLOPs budget lasts, if one is set)
@@ -24,7 +25,7 @@ candidates (at most N: a simulation may end on a solution an earlier one found).
     puct: U = c(N_p) * P * sqrt(N_p) / (1 + N_c),  c(N_p) = c_puct + log((N_p + c_base + 1) / c_base)
     uct:  U = c_uct * sqrt(ln N_p / N_c); unvisited children first, the best-scored of them first
     answer: follow the most-visited child from the root to a solution ("visits"), or the best
-            Q ("value"); or a vote over the distinct solutions (majority, weighted-vote, max-score)
+            Q ("value"); or a vote over the N simulations' solutions (majority, weighted-vote, max-score)
 
 Which paper's variant each default follows, and where this differs:
 
@@ -245,8 +246,7 @@ class MCTS(BaseModel):
         return self._trace(ctx, search.root, solutions, stopped_by)
 
     def _trace(self, ctx: SolveContext, root: Node, solutions: list[Beam], stopped_by: str) -> Trace:
-        distinct = list({beam.text: beam for beam in reversed(solutions)}.values())[::-1]  # first reached first
-        candidates = [beam.to_candidate(ctx) for beam in distinct]
+        candidates = [beam.to_candidate(ctx) for beam in solutions]  # one per simulation, as beam search's N beams
         picks = {rule: descend(root, rule) for rule in ("visits", "value")}
         selections = {rule: ctx.answers.extract_answer(beam.text) if beam else None for rule, beam in picks.items()}
         selections |= {
@@ -278,7 +278,7 @@ class MCTS(BaseModel):
                 "stopped_by": stopped_by,
                 "expansions": sum(1 for node in nodes if node.children),
                 "generated_steps": len(nodes) - 1 + sum(len(node.rollouts) for node in nodes),
-                "solution_visits": [sum(beam.text == s.text for s in solutions) for beam in distinct],
+                "distinct_solutions": len({beam.text for beam in solutions}),
                 "tree": tree,
                 "flops_over_budget": max(0.0, spent - self.max_flops) if self.max_flops else 0.0,
             },
