@@ -102,6 +102,11 @@ def answer_of(text: str, fmt: ThinkingFormat, answers: AnswerTools) -> str | Non
     return None if span is None else answers.extract_answer(span)
 
 
+def delimiter_rests(thinking: str, end: str) -> tuple[str, ...]:
+    """The rests of the delimiter `end` whose start the thinking ends with ("</" leaves "think>")."""
+    return tuple(end[j:] for j in range(1, len(end)) if thinking.endswith(end[:j]))
+
+
 class Thinker:
     """One thinking span as it grows: `think_to` extends it to a budget (extending the model's
     attempts to stop while extensions last), `answer` forces the answer after it.
@@ -141,21 +146,27 @@ class Thinker:
                 self.thinking += self.wait
                 self.extensions += 1
                 self.tried_to_end = False
+            # A cut (a smaller budget of a sweep) may have left the start of a multi-token delimiter
+            # ("Final": "Final answer:"): the rest of it stops the engine too, or it would run past
+            # the delimiter, whose stop string is matched in new text only.
+            rests = delimiter_rests(self.thinking, self.fmt.end)
             request = GenRequest(prompt=self.prompt, prefix=self.fmt.start + self.thinking,
-                                 params=self._params(budget - self.tokens, (self.fmt.end,), True))  # True: tells the delimiter from an end of sequence
+                                 params=self._params(budget - self.tokens, (self.fmt.end, *rests), True))
             [generation] = await meter.generate([request])
             [completion] = generation.completions
             self.calls += 1
             self.thinking_calls += 1
             self.tokens += completion.num_tokens
-            text = completion.text
-            if text.endswith(self.fmt.end):
-                text = text[: -len(self.fmt.end)]
-            self.thinking += text
-            if completion.finish_reason == "stop":  # the end delimiter, or end of sequence (as s1's stop tokens)
+            text = completion.text  # the stop string included: it tells the delimiter from an end of sequence
+            search_from = max(0, len(self.thinking) - len(self.fmt.end) + 1)  # a delimiter needs a new character
+            combined = self.thinking + text
+            closed_at = combined.find(self.fmt.end, search_from)
+            self.thinking = combined if closed_at < 0 else combined[:closed_at]
+            stopped_early = completion.finish_reason == "stop" and closed_at < 0 and any(map(text.endswith, rests))
+            if closed_at >= 0 or (completion.finish_reason == "stop" and not stopped_early):  # the delimiter, or end of sequence (s1 stops on both)
                 self.tried_to_end = True
                 self.done = self.extensions >= self.allowed_extensions
-            elif completion.finish_reason != "length":  # aborted or failed: nothing more to think
+            elif completion.finish_reason not in ("stop", "length"):  # aborted or failed: nothing more to think
                 self.done = True
 
     @property
