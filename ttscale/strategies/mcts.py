@@ -57,8 +57,9 @@ expansions of `width` steps (plus N rollouts). FLOPs (`max_flops`, optional): th
 cache-independent FLOPs (`ctx.cost.structural_flops`: generation plus verifier, what `compare`
 matches on). The search starts an expansion only while what is spent plus the dearest expansion
 so far (its generation, scoring and rollout) fits the budget; a simulation cut short this way is
-dropped. This is a stopping rule, not a hard cap: an expansion dearer than every earlier one can
-pass the budget by its excess, which the trace records (`flops_over_budget`).
+dropped. This is a stopping rule, not a hard cap: the first expansion always runs, and one
+dearer than every earlier one can pass the budget by its excess, which the trace records
+(`flops_over_budget`).
 """
 
 from __future__ import annotations
