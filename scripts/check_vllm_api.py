@@ -108,7 +108,8 @@ class _ModuleReader:
         self.changed = False
 
     def where(self, node: ast.AST) -> str:
-        return f"{self.path.relative_to(REPO)}:{node.lineno}"
+        shown = self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else self.path
+        return f"{shown}:{node.lineno}"
 
     def run(self) -> None:
         for node in ast.walk(self.tree):
@@ -136,6 +137,8 @@ class _ModuleReader:
             return element(self.type_of(node.value, env))
         if isinstance(node, ast.BoolOp):  # `sample.logprobs or ()`
             return next((t for t in (self.type_of(v, env) for v in node.values) if t), None)
+        if isinstance(node, ast.Await):
+            return self.type_of(node.value, env)
         if isinstance(node, ast.IfExp):
             return self.type_of(node.body, env) or self.type_of(node.orelse, env)
         if isinstance(node, ast.Call):
@@ -143,6 +146,8 @@ class _ModuleReader:
             if isinstance(func, ast.Attribute):
                 if self._is_engine(func.value):
                     return ENGINE_METHOD_RETURNS.get(func.attr)
+                if self._own_method(func):
+                    return self.returns.get(func.attr)
                 receiver = self.type_of(func.value, env)
                 if receiver and receiver.startswith("dict:"):
                     return {"values": "list:" + receiver[5:], "get": receiver[5:]}.get(func.attr)
@@ -155,6 +160,11 @@ class _ModuleReader:
                     return VLLM_FUNCTION_RETURNS.get(func.id)
                 return self.returns.get(func.id)
         return None
+
+    def _own_method(self, func: ast.AST) -> bool:
+        """`self.name` where `name` is a function of this module."""
+        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self" \
+            and func.attr in self.functions
 
     def _is_engine(self, node: ast.AST) -> bool:
         return (isinstance(node, ast.Attribute) and node.attr in ENGINE_NAMES) or (isinstance(node, ast.Name) and node.id in ENGINE_NAMES)
@@ -217,11 +227,13 @@ class _ModuleReader:
             # How ttscale calls it: iterated with `async for`, awaited, or called plainly.
             style = "async-iterator" if func.attr in ENGINE_METHOD_RETURNS else "coroutine" if id(node) in self.awaited else "plain"
             self.collected.add("call-style", VLLM_CLASSES["AsyncLLM"], f"{func.attr}:{style}", self.where(node))
-        elif isinstance(func, ast.Name) and func.id in self.functions:  # the module's own helpers
-            for arg, param in zip(node.args, self.functions[func.id].args.args):
+        elif (isinstance(func, ast.Name) and func.id in self.functions) or self._own_method(func):  # the module's own helpers
+            name = func.id if isinstance(func, ast.Name) else func.attr
+            params = self.functions[name].args.args[0 if isinstance(func, ast.Name) else 1:]  # a method's self
+            for arg, param in zip(node.args, params):
                 t = self.type_of(arg, env)
-                if t and self.params.get((func.id, param.arg)) != t:
-                    self.params[(func.id, param.arg)] = t
+                if t and self.params.get((name, param.arg)) != t:
+                    self.params[(name, param.arg)] = t
                     self.changed = True
 
 
