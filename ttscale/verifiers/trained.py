@@ -3,7 +3,9 @@
 The policy model reads the prompt and the solution once (a prefill on a hidden-state pooling
 engine, metered as the verifier's cost), and the head scores the hidden state at each step's end
 (ttscale.reward_heads). Scores of a prefix are kept and reused: a step's hidden state depends
-only on the text up to it.
+only on the text up to it. So a search asks only for the steps it has not scored (a beam's new
+step), and the engine's prefix cache serves the text it read before (ttscale.backends.vllm_pooling):
+the read costs the new tokens, as the structural cost prices it.
 
 Gold: the head reads no gold answer. But it learned from the graded samples of its training
 problems, so a run's records of those problems say `verifier_uses_gold: true` (upper bounds);
@@ -63,12 +65,19 @@ class TrainedVerifier(VerifierBase):
         return self._backend
 
     async def score_steps(self, problem: Problem, steps: Sequence[Sequence[str]], meter: CostMeter) -> list[list[float]]:
-        """Read every solution whose last step was not scored before (one prefill each), then look up."""
+        """Read every solution with a step not scored before (one prefill each, asking for the
+        steps from its first unscored one on), then look up."""
         prompt_key = repr(problem.prompt)
-        todo = list(dict.fromkeys(tuple(s) for s in steps if any((prompt_key, tuple(s[: i + 1])) not in self._memo for i in range(len(s)))))
-        for solution, rows in zip(todo, await step_features(meter, problem.prompt, todo)):
-            scores = self._head.step_scores(rows) or [0.0] * len(solution)  # no text to read: 0 (nothing vouches for it)
-            for i, score in enumerate(scores):
+        unscored = {}  # solution -> its first step not scored before
+        for solution in map(tuple, steps):
+            first = next((i for i in range(len(solution)) if (prompt_key, solution[: i + 1]) not in self._memo), None)
+            if first is not None:
+                unscored.setdefault(solution, first)
+        todo = list(unscored)
+        firsts = [unscored[s] for s in todo]
+        for solution, first, rows in zip(todo, firsts, await step_features(meter, problem.prompt, todo, firsts)):
+            scores = self._head.step_scores(rows) or [0.0] * (len(solution) - first)  # no text to read: 0 (nothing vouches for it)
+            for i, score in enumerate(scores, start=first):
                 self._remember((prompt_key, solution[: i + 1]), score)
         return [[self._memo[(prompt_key, tuple(s[: i + 1]))] for i in range(len(s))] for s in steps]
 
