@@ -11,10 +11,12 @@ import pytest
 from ttscale.analysis.runs import load_run, subsample
 from ttscale.backends.fake import FakeBackend
 from ttscale.benchmarks.humaneval import HumanEvalBenchmark
+from ttscale.code_exec import CandidateExec
 from ttscale.config import RunConfig
 from ttscale.context import SolveContext
 from ttscale.generated_tests import (
     GENERATED_TESTS, SELECTION_COST, GeneratedTests, arrays_of, codet_prompt, collect, parse_asserts, parse_choice,
+    generated_behaviour_of,
     generated_metadata,
 )
 from ttscale.runner import run_eval
@@ -161,6 +163,26 @@ async def test_each_rule_chooses_the_expected_candidate_and_the_calls_are_metere
     assert not any("candidate(" in p or hidden.strip() in p for p in prompts)
 
 
+async def test_behaviour_vote_on_the_generated_inputs_tells_apart_what_the_visible_ones_cannot(humaneval):
+    """HumanEval/53 shows add(2, 3) and add(5, 7). On them ODD, RIGHT and RIGHT_TOO agree (5, 12),
+    WRONG and WRONG_TOO agree (-1, -2). The tests' inputs (2, 3), (0, 0), (1, 1), (5, 5) split ODD
+    (5, 0, 0, 0) from RIGHT and RIGHT_TOO (5, 0, 2, 10); WRONG and WRONG_TOO stay together (-1, 0, 0, 0)."""
+    trace, _ = await solve(humaneval, "behaviour-vote-generated")
+    s = trace.selections
+    assert s["behaviour-vote"] == answer_of(ODD)  # the largest visible cluster: ODD, RIGHT, RIGHT_TOO
+    # two clusters of two tie; the first drawn wins, as in every vote
+    assert s["behaviour-vote-generated"] == answer_of(WRONG)
+    assert trace.metadata[SELECTION_COST]["calls"] == 1  # the test-writing call, no judge
+    # only the samples that pass the visible tests: ODD alone against RIGHT and RIGHT_TOO
+    trace, _ = await solve(humaneval, "behaviour-vote-generated", filter="visible")
+    assert trace.selections["behaviour-vote"] == answer_of(ODD)
+    assert trace.selections["behaviour-vote-generated"] == answer_of(RIGHT) == trace.answer
+    signatures = trace.metadata[GENERATED_TESTS]["signatures"]
+    assert signatures[3] == signatures[4] != signatures[2] and signatures[6] is None  # NO_CODE ran nothing
+    classes = generated_behaviour_of(trace.metadata)
+    assert classes.tolist() == [-1, -1, 0, 1, 1, -1, -1]
+
+
 async def test_an_unparsable_judge_falls_back_to_the_top_voter(humaneval):
     trace, _ = await solve(humaneval, "test-vote-judge", judge_says="They all look fine to me.")
     assert trace.selections["test-vote-judge"] == answer_of(ODD)
@@ -192,9 +214,12 @@ async def test_compare_recomputes_codet_on_subsets_and_prices_the_tests_once(hum
     run = load_run(result.run_dir)
     assert run.kind == "best-of-n"  # the test-writing call does not make it a fixed point
     table = subsample(run, ns=[1, 7], subsets=50, problems=["HumanEval/53"])
-    assert {"codet", "test-vote"} <= set(table.rules) and "test-vote-judge" not in table.rules
+    assert {"codet", "test-vote", "behaviour-vote-generated"} <= set(table.rules) and "test-vote-judge" not in table.rules
     at_7 = table.n.index(7)
     assert table.correct["codet"][at_7, 0] == 1.0 and table.correct["test-vote"][at_7, 0] == 0.0
+    # the generated-input clusters {WRONG, WRONG_TOO} and {RIGHT, RIGHT_TOO} tie at 7: the first drawn
+    # of the four wins, so half of the draws pick right
+    assert table.correct["behaviour-vote-generated"][at_7, 0] == pytest.approx(0.5, abs=0.2)
     # one sample: codet picks it whenever it passes a test, else falls back to it: pass@1
     assert table.correct["codet"][table.n.index(1), 0] == pytest.approx(2 / 7)
     # the tests are written once per problem: best-of-1 pays them in full
@@ -212,7 +237,7 @@ async def test_compare_recomputes_codet_on_subsets_and_prices_the_tests_once(hum
 
 
 def test_a_problem_where_no_test_parsed_records_an_empty_matrix_and_falls_back_to_first():
-    meta = {GENERATED_TESTS: generated_metadata(GeneratedTests(), ["not a test"], np.zeros((3, 0), dtype=bool))}
+    meta = {GENERATED_TESTS: generated_metadata(GeneratedTests(), ["not a test"], [CandidateExec()] * 3)}
     passes, counts = arrays_of(meta)
     assert passes.shape == (3, 0) and counts.shape == (0,)
     picks = chosen_positions("codet", np.arange(3), np.full(3, np.nan), np.asarray([[2, 0, 1]]), test_passes=passes,

@@ -31,8 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ttscale.code_exec import CandidateExec, execute
+from ttscale.code_exec import CandidateExec, execute, results_of
 from ttscale.code_tests import ENTRY_POINT, PREFIX, VISIBLE_TESTS, VisibleTest
+from ttscale.selection import answer_classes
 from ttscale.types import ChatMessage, Frozen, Problem
 
 TEST_SAMPLES = 8  # CodeT: 100 samples per problem; scaled to this machine
@@ -128,6 +129,30 @@ def pass_matrix(results: Sequence[CandidateExec], num_tests: int) -> np.ndarray:
     return matrix
 
 
+def combined_behaviour(visible: Sequence[CandidateExec], generated_signatures: Sequence[str | None], *,
+                       filter_visible: bool = False) -> np.ndarray:
+    """Each candidate's behaviour class by its outputs on the visible inputs and on the inputs of
+    the model-written tests (AlphaCode clusters on generated inputs; the tests' expected values
+    play no part). -1: no behaviour on either (no code, or every call failed), or, with
+    `filter_visible`, a candidate that failed a visible test."""
+    signatures = [
+        None if (filter_visible and not run.passed) or (run.signature is None and generated is None)
+        else f"{run.signature}#{generated}"
+        for run, generated in zip(visible, generated_signatures)
+    ]
+    return answer_classes(signatures, str.__eq__)
+
+
+def generated_behaviour_of(trace_metadata: dict[str, Any]) -> np.ndarray | None:
+    """`combined_behaviour` from a record's trace metadata (None: no tests written, no visible
+    runs, or a run recorded before the outputs on generated inputs were kept)."""
+    meta = trace_metadata or {}
+    visible, signatures = results_of(meta), (meta.get(GENERATED_TESTS) or {}).get("signatures")
+    if visible is None or signatures is None:
+        return None
+    return combined_behaviour(visible, signatures, filter_visible=meta.get("behaviour_filter") == "visible")
+
+
 def judge_prompt(problem: Problem, programs: Sequence[str]) -> tuple[ChatMessage, ...]:
     """The selection judge's prompt: the problem and the finalists, asked which one is correct."""
     shown = "\n\n".join(f"Solution {i + 1}:\n```python\n{p.strip()}\n```" for i, p in enumerate(programs))
@@ -147,10 +172,13 @@ def parse_choice(text: str, count: int) -> int | None:
     return numbers.pop() - 1 if len(numbers) == 1 else None
 
 
-def generated_metadata(tests: GeneratedTests, texts: Sequence[str], matrix: np.ndarray, **extra: Any) -> dict[str, Any]:
-    """Trace metadata GENERATED_TESTS: the tests, the raw samples, the pass matrix (0/1 rows)."""
+def generated_metadata(tests: GeneratedTests, texts: Sequence[str], results: Sequence[CandidateExec],
+                       **extra: Any) -> dict[str, Any]:
+    """Trace metadata GENERATED_TESTS: the tests, the raw samples, the pass matrix (0/1 rows) and
+    each candidate's behaviour signature on the tests' inputs."""
+    matrix = pass_matrix(results, len(tests.tests))
     return {"tests": [t.model_dump() for t in tests.tests], "counts": list(tests.counts), "samples": list(texts),
-            "passed": matrix.astype(int).tolist(), **extra}
+            "passed": matrix.astype(int).tolist(), "signatures": [r.signature for r in results], **extra}
 
 
 def arrays_of(trace_metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:

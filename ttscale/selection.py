@@ -32,11 +32,14 @@ CODE_RULES = frozenset({"pass-examples", "behaviour-vote"})
 # Rules that read each candidate's run on model-written tests (ttscale.generated_tests): codet
 # (CodeT's dual execution agreement) and test-vote (the most tests passed: CodeMonkeys' vote).
 TEST_RULES = frozenset({"codet", "test-vote"})
+# AlphaCode's clustering on the visible inputs plus the inputs of the model-written tests (their
+# calls, whatever value each test expected): more inputs tell more programs apart.
+GENERATED_BEHAVIOUR_RULE = "behaviour-vote-generated"
 # CodeMonkeys' vote then a selection judge: a model call on the finalists, so not recomputable on
 # a subset of the samples (ttscale.analysis.runs leaves it out of subsampled curves).
 JUDGE_RULE = "test-vote-judge"
 RULES = ("majority", "weighted-vote", "borda-vote", "max-score", "first", "random", *sorted(CODE_RULES),
-         *sorted(TEST_RULES))  # what `chosen_positions` applies
+         *sorted(TEST_RULES), GENERATED_BEHAVIOUR_RULE)  # what `chosen_positions` applies
 BORDA_POWER = 0.5  # Kang et al.'s p: backprop07/Self-Certainty, src/voting_from_list.py, `--power` default (line 85)
 
 
@@ -59,7 +62,8 @@ def answer_classes(answers: Sequence[str | None], equivalent: Callable[[str, str
 def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets: np.ndarray,
                      *, borda_power: float = BORDA_POWER, passed: np.ndarray | None = None,
                      behaviour: np.ndarray | None = None, rng: np.random.Generator | None = None,
-                     test_passes: np.ndarray | None = None, test_counts: np.ndarray | None = None) -> np.ndarray:
+                     test_passes: np.ndarray | None = None, test_counts: np.ndarray | None = None,
+                     generated_behaviour: np.ndarray | None = None) -> np.ndarray:
     """For each subset (a row of candidate indices, in draw order), the index of the candidate
     whose answer `rule` picks, or -1 when it picks none.
 
@@ -70,6 +74,8 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
     `passed` (it passed them all) and `behaviour` (its output-signature class, -1: none).
     pass-examples: the first candidate that passed; behaviour-vote: the first candidate of the
     largest behaviour class (AlphaCode's clustering, MBR-exec); both fall back to `first`.
+    behaviour-vote-generated: the same vote over `generated_behaviour`, each candidate's class by
+    its outputs on the visible inputs and on the model-written tests' inputs.
     The test rules read `test_passes`, a (candidates x tests) bool matrix of each candidate on
     the model-written tests, each test weighted by `test_counts` (how often it was written).
     codet: candidates that pass the same set of tests form a consensus set, scored (candidates
@@ -88,16 +94,17 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
     if rule == "random":
         keys = np.where(cls >= 0, (rng or np.random.default_rng(0)).random(cls.shape), -1.0)
         return np.where((cls >= 0).any(axis=1), subsets[np.arange(rows), keys.argmax(axis=1)], -1)
+    if rule == GENERATED_BEHAVIOUR_RULE:
+        if generated_behaviour is None:
+            raise ValueError(f"rule {rule!r} reads each candidate's outputs on model-written tests' inputs, and none was recorded")
+        return _behaviour_vote(cls, subsets, generated_behaviour, first)
     if rule in CODE_RULES:
         if passed is None or behaviour is None:
             raise ValueError(f"rule {rule!r} reads each candidate's run on the visible tests, and none was recorded")
         if rule == "pass-examples":
             ok = np.asarray(passed, dtype=bool)[subsets] & (cls >= 0)
             return np.where(ok.any(axis=1), subsets[np.arange(rows), ok.argmax(axis=1)], first)
-        behaviour = np.asarray(behaviour, dtype=np.int64)
-        voted = _vote(np.where(cls >= 0, behaviour[subsets], -1), np.ones(cls.shape), subsets,
-                      num_classes=max(int(behaviour.max(initial=-1)) + 1, 1))
-        return np.where(voted >= 0, voted, first)
+        return _behaviour_vote(cls, subsets, behaviour, first)
     if rule in TEST_RULES:
         if test_passes is None:
             raise ValueError(f"rule {rule!r} reads each candidate's run on model-written tests, and none was recorded")
@@ -117,6 +124,14 @@ def chosen_positions(rule: str, classes: np.ndarray, scores: np.ndarray, subsets
     else:  # a candidate without a score adds 0 to its answer's total
         weights = np.nan_to_num(scores[subsets], nan=0.0)
     return _vote(cls, weights, subsets, num_classes=max(int(classes.max(initial=-1)) + 1, 1))
+
+
+def _behaviour_vote(cls: np.ndarray, subsets: np.ndarray, behaviour: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The first candidate of each subset's largest behaviour class (fallback: `first`)."""
+    behaviour = np.asarray(behaviour, dtype=np.int64)
+    voted = _vote(np.where(cls >= 0, behaviour[subsets], -1), np.ones(cls.shape), subsets,
+                  num_classes=max(int(behaviour.max(initial=-1)) + 1, 1))
+    return np.where(voted >= 0, voted, first)
 
 
 def tests_passed(test_passes: np.ndarray, test_counts: np.ndarray | None = None) -> np.ndarray:
@@ -234,13 +249,15 @@ def _pick(rule: str, candidates: Sequence[Candidate], equivalent: Callable[[str,
     return candidates[position].answer if position >= 0 else None
 
 
-def execution_pick(rule: str, candidates: Sequence[Candidate], passed: np.ndarray, behaviour: np.ndarray) -> str | None:
-    """A code rule (CODE_RULES) on candidates, from their runs on the visible tests."""
+def execution_pick(rule: str, candidates: Sequence[Candidate], passed: np.ndarray | None = None,
+                   behaviour: np.ndarray | None = None, **arrays: np.ndarray) -> str | None:
+    """A code rule (CODE_RULES, or behaviour-vote-generated given `generated_behaviour`) on
+    candidates, from their runs."""
     if not candidates:
         return None
     classes = answer_classes([c.answer for c in candidates], str.__eq__)
     position = int(chosen_positions(rule, classes, np.full(len(candidates), np.nan), np.arange(len(candidates))[None, :],
-                                    passed=passed, behaviour=behaviour)[0])
+                                    passed=passed, behaviour=behaviour, **arrays)[0])
     return candidates[position].answer if position >= 0 else None
 
 

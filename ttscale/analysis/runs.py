@@ -39,8 +39,10 @@ from ttscale.cost import KINETICS_INTENSITY, CostModel, cache_independent_cost, 
 from ttscale.errors import ConfigError
 from ttscale.modelshape import ModelShape, shape_for_model
 from ttscale.code_exec import candidate_cpu_s, code_arrays, results_of
-from ttscale.generated_tests import SELECTION_COST, arrays_of
-from ttscale.selection import CODE_RULES, GOLD_RULES, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions
+from ttscale.generated_tests import SELECTION_COST, arrays_of, generated_behaviour_of
+from ttscale.selection import (
+    CODE_RULES, GENERATED_BEHAVIOUR_RULE, GOLD_RULES, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions,
+)
 from ttscale.store import SAMPLES, read_samples
 from ttscale.thinking import FORCED_RULE
 from ttscale.types import ORACLE_RULE, Problem
@@ -53,7 +55,8 @@ COST_KEYS = ("flops", "eflops", "generated_tokens", "prompt_tokens", "wall_s", "
 SAMPLING_STRATEGIES = ("best-of-n", "program-of-thought")
 EXEC_CPU = "exec_cpu_s"  # sandbox CPU seconds per problem (ttscale.code_exec): a cost axis beside FLOPs, never in them
 PRICE_SUBSETS = 256  # price by every k-subset up to this many, else by the N cyclic windows
-RULE_ORDER = ("majority", "weighted-vote", "max-score", "codet", "test-vote", "behaviour-vote", "pass-examples", "first",
+RULE_ORDER = ("majority", "weighted-vote", "max-score", "codet", "test-vote", "behaviour-vote-generated", "behaviour-vote",
+              "pass-examples", "first",
               "random", ORACLE_RULE)
 
 
@@ -96,6 +99,7 @@ class Record:
     # problem pays once however many samples it draws. None: no tests were written.
     test_passes: tuple[tuple[bool, ...], ...] | None = None
     test_counts: tuple[float, ...] | None = None
+    generated_behaviour: tuple[int, ...] | None = None  # the class on visible and generated inputs
     selection_cost: Mapping[str, float] | None = None
     # Each sample's sandbox CPU seconds (code rules, program of thought); None: nothing executed.
     exec_cpu_s: tuple[float, ...] | None = None
@@ -139,7 +143,7 @@ class Record:
         subtree = meta.get("subtree")
         runs = results_of(meta)
         passed, behaviour = code_arrays(runs, filter_visible=meta.get("behaviour_filter") == "visible") if runs else (None, None)
-        tests = arrays_of(meta)
+        tests, generated_behaviour = arrays_of(meta), generated_behaviour_of(meta)
         return cls(
             problem_id=raw["problem_id"], samples=samples,
             selections={rule: bool(s.get("correct")) for rule, s in raw["selections"].items()},
@@ -150,6 +154,7 @@ class Record:
             behaviour=None if behaviour is None else tuple(behaviour.tolist()),
             test_passes=None if tests is None else tuple(map(tuple, tests[0].tolist())),
             test_counts=None if tests is None else tuple(tests[1].tolist()),
+            generated_behaviour=None if generated_behaviour is None else tuple(generated_behaviour.tolist()),
             selection_cost=meta.get(SELECTION_COST),
             exec_cpu_s=None if (cpu := candidate_cpu_s(meta)) is None else tuple(cpu),
             thinking=None if meta.get("thinking") is None else tuple(meta["thinking"]),
@@ -424,6 +429,7 @@ class _Arrays:
     behaviour: np.ndarray | None = None
     test_passes: np.ndarray | None = None
     test_counts: np.ndarray | None = None
+    generated_behaviour: np.ndarray | None = None
 
     @classmethod
     def of(cls, record: Record, equivalent: Callable[[str, str], bool]) -> "_Arrays":
@@ -434,7 +440,8 @@ class _Arrays:
                    None if record.behaviour is None else np.asarray(record.behaviour, dtype=np.int64),
                    None if record.test_passes is None
                    else np.asarray(record.test_passes, dtype=bool).reshape(record.n, len(record.test_counts)),
-                   None if record.test_counts is None else np.asarray(record.test_counts, dtype=np.float64))
+                   None if record.test_counts is None else np.asarray(record.test_counts, dtype=np.float64),
+                   None if record.generated_behaviour is None else np.asarray(record.generated_behaviour, dtype=np.int64))
 
     def rule_correct(self, rule: str, subsets: np.ndarray) -> np.ndarray:
         """Whether `rule` on each subset picks a correct answer (oracle: whether any is correct)."""
@@ -442,7 +449,8 @@ class _Arrays:
         if rule == ORACLE_RULE:
             return self.correct[subsets].any(axis=1)
         picked = chosen_positions(rule, self.classes, self.scores, subsets, passed=self.passed, behaviour=self.behaviour,
-                                  test_passes=self.test_passes, test_counts=self.test_counts)
+                                  test_passes=self.test_passes, test_counts=self.test_counts,
+                                  generated_behaviour=self.generated_behaviour)
         return (picked >= 0) & self.correct[np.maximum(picked, 0)]
 
 
@@ -454,6 +462,8 @@ def _rules_of(records: Sequence[Record], wanted: Sequence[str] | None) -> list[s
         rules |= CODE_RULES | {"random"}
     if records and all(r.test_passes is not None for r in records):
         rules |= TEST_RULES  # test-vote-judge is not here: its judge's choice on a subset would need a new call
+    if records and all(r.generated_behaviour is not None for r in records):
+        rules.add(GENERATED_BEHAVIOUR_RULE)
     return [rule for rule in RULE_ORDER if rule in rules and (wanted is None or rule in wanted)]
 
 

@@ -6,6 +6,7 @@
                                                     # or the sample's own logprobs (no verifier)
     return select(answers, scores)   # majority | first | max-score | weighted-vote | borda-vote | oracle
                                      # | random | pass-examples | behaviour-vote (code)
+                                     # | codet | test-vote | test-vote-judge | behaviour-vote-generated
 
 max-score is "ORM/PRM best-of-N"; weighted-vote sums the scores of equivalent answers (Snell et
 al.'s "best-of-N weighted"); borda-vote is Kang et al.'s vote (`borda_vote`): the sample ranked r-th
@@ -48,7 +49,9 @@ model for tests with CodeT's completion prompt (`test_samples` samples, up to 5 
 runs every sample's program on every well-formed one, and records codet (CodeT's consensus sets
 scored (samples) x (tests passed)) and test-vote (the most tests passed). `test-vote-judge`
 (CodeMonkeys) also shows the `judge_candidates` top voters to the model and takes the one it
-names (fallback: the top voter). Both calls go through the problem's meter; their cost is also
+names (fallback: the top voter). Each also records behaviour-vote-generated: AlphaCode's
+clustering on the visible inputs plus the generated tests' inputs (their calls; the values they
+expect play no part), `-S filter=visible` as for behaviour-vote. Both calls go through the problem's meter; their cost is also
 recorded apart as trace metadata "selection_cost" (a per-problem cost that does not shrink with
 fewer samples), the tests, pass matrix and judge's choice as "generated_tests".
 """
@@ -62,18 +65,18 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ttscale.code_exec import EXECUTION, code_arrays, exec_metadata, execute_async
+from ttscale.code_exec import EXECUTION, CandidateExec, code_arrays, exec_metadata, execute_async
 from ttscale.code_tests import ENTRY_POINT
 from ttscale.confidence import DEFAULT_TAIL, DEFAULT_WINDOW, mean_logprob, token_confidences, topk_certainty, trace_score
 from ttscale.context import SolveContext
 from ttscale.cost import CostMeter
 from ttscale.generated_tests import (
     GENERATED_TESTS, JUDGE_MAX_TOKENS, SELECTION_COST, STOP, TEST_MAX_TOKENS, TEST_SAMPLES, collect, judge_prompt,
-    codet_prompt, parse_choice, pass_matrix, run_generated, generated_metadata,
+    codet_prompt, combined_behaviour, parse_choice, pass_matrix, run_generated, generated_metadata,
 )
 from ttscale.errors import ConfigError
 from ttscale.selection import (
-    BORDA_POWER, CODE_RULES, JUDGE_RULE, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick,
+    BORDA_POWER, CODE_RULES, GENERATED_BEHAVIOUR_RULE, JUDGE_RULE, TEST_RULES, VERIFIER_RULES, answer_classes, chosen_positions, execution_pick,
     first_answer, majority_vote, max_score, random_answer, tests_pick, vote_finalists, weighted_vote,
 )
 from ttscale.types import Candidate, Completion, GenRequest, Problem, Trace
@@ -137,7 +140,7 @@ class BestOfN(BaseModel):
     n: int = Field(default=8, ge=1, description="N: the number of samples drawn for one problem")
     selection: Literal[
         "majority", "first", "max-score", "weighted-vote", "borda-vote", "oracle", "random", "pass-examples", "behaviour-vote",
-        "codet", "test-vote", "test-vote-judge",
+        "codet", "test-vote", "test-vote-judge", "behaviour-vote-generated",
     ] = "majority"
     aggregation: Aggregation = Field(default="last", description="how a PRM's step scores become one score")
     logprobs: int | None = Field(
@@ -153,7 +156,7 @@ class BestOfN(BaseModel):
     tail: int = Field(default=DEFAULT_TAIL, ge=1, description="deepconf-tail: the last this many tokens (set apart from window)")
     borda_power: float = Field(default=BORDA_POWER, gt=0, description="borda-vote: rank r of N gives (N - r)^p (Kang et al.: 0.5)")
     filter: Literal["none", "visible"] = Field(
-        default="none", description="behaviour-vote: 'visible' clusters only the samples that pass every visible test",
+        default="none", description="behaviour-vote(-generated): 'visible' clusters only the samples that pass every visible test",
     )
     test_timeout_s: float = Field(default=2.0, gt=0, le=60, description="code rules: the wall clock of one visible test")
     test_samples: int = Field(default=TEST_SAMPLES, ge=1, description="codet, test-vote(-judge): test-writing samples "
@@ -192,7 +195,7 @@ class BestOfN(BaseModel):
                 raise ConfigError(f"--selection borda-vote ranks deployable scores; verifier {ctx.verifier.name!r} reads gold answers")
         params = ctx.params.model_copy(update={"n": self.n, "logprobs": self.logprobs})
         sampling = ctx.backend.generate([GenRequest(prompt=problem.prompt, params=params)])
-        writes_tests = self.selection in TEST_RULES or self.selection == JUDGE_RULE
+        writes_tests = self.selection in TEST_RULES or self.selection in (JUDGE_RULE, GENERATED_BEHAVIOUR_RULE)
         # the rule's own calls (tests, judge) through a meter of their own inside the problem's,
         # so their cost is known apart: it is per problem, not per sample
         rule_meter = CostMeter(ctx.backend)
@@ -236,7 +239,7 @@ class BestOfN(BaseModel):
             for rule in sorted(CODE_RULES):
                 selections[rule] = execution_pick(rule, candidates, passed, behaviour)
         if writes_tests:
-            selections.update(await self._test_rules(problem, ctx, rule_meter, candidates, test_texts, metadata))
+            selections.update(await self._test_rules(problem, ctx, rule_meter, candidates, test_texts, results, metadata))
         return Trace(candidates=tuple(candidates), selections=selections, chosen_rule=self.selection, metadata=metadata)
 
     async def _write_tests(self, problem: Problem, ctx: SolveContext, meter: CostMeter) -> list[str]:
@@ -250,18 +253,23 @@ class BestOfN(BaseModel):
         return [c.text for c in generation.completions]
 
     async def _test_rules(self, problem: Problem, ctx: SolveContext, meter: CostMeter, candidates: list[Candidate],
-                          test_texts: list[str], metadata: dict) -> dict[str, str | None]:
-        """Run every candidate on the model-written tests; codet, test-vote and (asked for) the judge."""
+                          test_texts: list[str], visible: list[CandidateExec], metadata: dict) -> dict[str, str | None]:
+        """Run every candidate on the model-written tests; codet, test-vote, behaviour-vote-generated
+        and (asked for) the judge."""
         tests = collect(test_texts, problem.metadata.get(ENTRY_POINT, ""))
         results = await asyncio.to_thread(run_generated, problem, [c.answer for c in candidates], tests,
                                           test_timeout_s=self.generated_test_timeout_s)
         matrix, counts = pass_matrix(results, len(tests.tests)), np.asarray(tests.counts, dtype=np.float64)
         picks = {rule: tests_pick(rule, candidates, matrix, counts) for rule in sorted(TEST_RULES)}
+        generated_behaviour = combined_behaviour(visible, [r.signature for r in results],
+                                                 filter_visible=self.filter == "visible")
+        picks[GENERATED_BEHAVIOUR_RULE] = execution_pick(GENERATED_BEHAVIOUR_RULE, candidates,
+                                                         generated_behaviour=generated_behaviour)
         judge = {}
         if self.selection == JUDGE_RULE:
             picks[JUDGE_RULE], judge = await self._judge(problem, ctx, meter, candidates, matrix, counts)
         execution = {key: sum(getattr(r, key) for r in results) for key in ("runs", "cpu_s", "wall_s")}
-        metadata[GENERATED_TESTS] = generated_metadata(tests, test_texts, matrix, execution=execution, judge=judge or None)
+        metadata[GENERATED_TESTS] = generated_metadata(tests, test_texts, results, execution=execution, judge=judge or None)
         totals = metadata.get(EXECUTION, {"runs": 0, "cpu_s": 0.0, "wall_s": 0.0})
         metadata[EXECUTION] = {key: totals[key] + execution[key] for key in execution}  # visible and generated runs
         metadata[SELECTION_COST] = meter.cost.model_dump()
