@@ -141,3 +141,25 @@ def test_the_trained_verifier_asks_only_for_steps_it_has_not_scored(tmp_path):
     assert isinstance(searching.backend, FakeHiddenBackend)
     whole = TrainedVerifier(path=str(head))  # reads each solution whole: the same scores
     assert by_step[-1] == scores_of(whole, [STEPS, STEPS[:2] + ["Or else: 40 + 3 = 43."]])
+
+
+@pytest.mark.engine
+def test_vllm_reads_a_new_step_over_the_cached_text_with_the_rows_of_a_full_read():
+    """The real pooling engine (SmolLM2, mode "hidden"): a beam's new step read over the text read
+    before computes only what follows its cached blocks, reports them cached, and gives the rows a
+    full read gives at the step ends; a read wanting a row inside sent text reads in full."""
+    prompt = (ChatMessage(role="user", content="What is 12 + 30? Think step by step, one step per line, and box the answer."),)
+
+    async def main():
+        backend = VLLMPoolingBackend("smollm2-135m", mode="hidden", max_model_len=1024)
+        try:
+            steps = [(await backend.pool([step_request(prompt, STEPS[:k], k - 1)]))[0] for k in range(1, len(STEPS) + 1)]
+            [whole] = await backend.pool([step_request(prompt, STEPS)])  # every step end, one inside sent text: a full read
+            return steps, whole
+        finally:
+            await backend.close()
+
+    steps, whole = asyncio.run(main())
+    assert steps[0].cached_prompt_tokens == 0 and whole.cached_prompt_tokens == 0
+    assert all(r.cached_prompt_tokens > 0 and r.cached_prompt_tokens % 32 == 0 for r in steps[1:])
+    assert np.allclose(np.asarray([r.data[0] for r in steps]), np.asarray(whole.data), atol=1e-3)
