@@ -33,7 +33,7 @@ class CharTokenizer:
 
 class PrefixCachingEngine:
     """vLLM's pooling engine in miniature: a token's row depends on the tokens up to it; the cache
-    keeps whole blocks of finished requests, never serves a request's last token, and a request
+    keeps whole blocks of finished requests (not of those computed with it), never serves a request's last token, and a request
     that skips reading it computes everything. Only computed tokens' rows come back (ALL pooling)."""
 
     def __init__(self):
@@ -53,6 +53,7 @@ class PrefixCachingEngine:
                and tuple(ids[: hit + BLOCK]) in self.blocks):
             hit += BLOCK
         data = np.asarray([self.row(ids[: j + 1]) for j in range(hit, len(ids))])
+        await asyncio.sleep(0)  # requests in flight together are computed together: none finds another's blocks
         self.blocks.update(tuple(ids[:end]) for end in range(BLOCK, len(ids) + 1, BLOCK))
         yield SimpleNamespace(outputs=SimpleNamespace(data=data), num_cached_tokens=hit)
 
@@ -163,3 +164,16 @@ def test_vllm_reads_a_new_step_over_the_cached_text_with_the_rows_of_a_full_read
     assert steps[0].cached_prompt_tokens == 0 and whole.cached_prompt_tokens == 0
     assert all(r.cached_prompt_tokens > 0 and r.cached_prompt_tokens % 32 == 0 for r in steps[1:])
     assert np.allclose(np.asarray([r.data[0] for r in steps]), np.asarray(whole.data), atol=1e-3)
+
+
+def test_beams_sharing_an_unread_prompt_find_it_cached_after_the_first_is_read():
+    backend = backend_with_fake_engine()
+    children = [step_request(PROMPT, [step]) for step in STEPS]  # a search's first step: beams share the prompt only
+    results = asyncio.run(backend.pool(children))
+    assert [r.cached_prompt_tokens for r in results] == [0] + [(len(PROMPT) // BLOCK) * BLOCK] * 2
+    for request, result in zip(children, results):
+        assert np.allclose(result.data, full_rows(request))
+    # Reads that want every row (a prompt's features) gain nothing from the cache: they go together, in full.
+    again = backend_with_fake_engine()
+    asyncio.run(again.pool([PoolRequest(prompt=PROMPT), PoolRequest(prompt=PROMPT + "Another.")]))
+    assert [skip for _, skip in again._engine.sent] == [False, True]

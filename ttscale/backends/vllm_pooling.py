@@ -184,9 +184,23 @@ class VLLMPoolingBackend:
         return next((i for i, (a, b) in enumerate(zip(alone, whole)) if a != b), min(len(alone), len(whole)))
 
     async def pool(self, requests: Sequence[PoolRequest]) -> list[PoolResult]:
-        """Pool every request concurrently; rows come back as plain floats."""
+        """Pool every request concurrently; rows come back as plain floats.
+
+        In mode "hidden", when the requests (each asking for some positions: the reads that can use
+        the cache) share a prefix the engine has not read, the first is read alone before the rest, so they find that prefix in the cache (read together, every
+        one would compute it: a search's first step, whose beams share only the prompt)."""
         await self.start()
+        if self.mode == "hidden" and len(requests) > 1 and all(r.positions for r in requests) and self._lead_first(requests):
+            first = await self._pool_one(requests[0])
+            return [first, *await asyncio.gather(*(self._pool_one(r) for r in requests[1:]))]
         return list(await asyncio.gather(*(self._pool_one(r) for r in requests)))
+
+    def _lead_first(self, requests: Sequence[PoolRequest]) -> bool:
+        """Whether the first request shares a whole KV block or more with another of them, beyond
+        what this engine was sent before (what reading it first would let the cache serve)."""
+        ids = [self._prompt_ids(r) for r in requests]
+        shared = max(common_prefix(ids[0], other) for other in ids[1:])
+        return shared - self._sent.match(ids[0]) >= HIDDEN_BLOCK_SIZE
 
     async def _pool_one(self, request: PoolRequest) -> PoolResult:
         from vllm import PoolingParams  # vLLM loads only when an engine is used (off the import path)
@@ -231,6 +245,11 @@ class VLLMPoolingBackend:
         if engine is not None:
             engine.shutdown()
             engine.shutdown = lambda *args, **kwargs: None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two sequences share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def reads_over_cache(wanted: Sequence[int], sent_prefix: int) -> bool:
