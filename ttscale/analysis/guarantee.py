@@ -112,11 +112,17 @@ def required_n(risk: float, epsilon: float, delta: float, *, binary: bool = Fals
     (p-value <= delta), were the risk the same at every n; None when risk >= epsilon or beyond `limit`."""
     if risk >= epsilon:
         return None
-    n = np.arange(1, limit + 1, dtype=np.float64)
-    hoeffding = np.exp(-n * (special.rel_entr(risk, epsilon) + special.rel_entr(1.0 - risk, 1.0 - epsilon)))
-    bentkus = (1.0 if binary else math.e) * stats.binom.cdf(np.ceil(np.round(n * risk, 9)), n, epsilon)
-    passing = np.flatnonzero(np.minimum(hoeffding, bentkus) <= delta)
-    return int(n[passing[0]]) if passing.size else None
+    start = 1
+    while start <= limit:  # in growing blocks: most answers are small, a few need 10^5
+        end = min(start * 10, limit)
+        n = np.arange(start, end + 1, dtype=np.float64)
+        hoeffding = np.exp(-n * (special.rel_entr(risk, epsilon) + special.rel_entr(1.0 - risk, 1.0 - epsilon)))
+        bentkus = (1.0 if binary else math.e) * stats.binom.cdf(np.ceil(np.round(n * risk, 9)), n, epsilon)
+        passing = np.flatnonzero(np.minimum(hoeffding, bentkus) <= delta)
+        if passing.size:
+            return int(n[passing[0]])
+        start = end + 1
+    return None
 
 
 @dataclass
@@ -127,7 +133,17 @@ class Calibration:
     p_values: np.ndarray
     certified: int  # settings 0..certified-1 are certified (risk <= epsilon, jointly, w.p. >= 1 - delta)
     chosen: int | None  # the cheapest certified setting, None when none is
-    needed: list[int | None]  # per setting: the fewest problems that would certify it and all before it
+    binary: bool  # every loss was 0 or 1 (the exact binomial tail was used)
+
+    def needed(self, epsilon: float, delta: float) -> list[int | None]:
+        """Per setting: the fewest problems that would certify it and every setting before it,
+        were the empirical risks the same at that n (None: a risk on the way is >= epsilon)."""
+        needed: list[int | None] = []
+        for risk in self.risks:
+            own = required_n(float(risk), epsilon, delta, binary=self.binary)
+            before = needed[-1] if needed else 0
+            needed.append(None if own is None or before is None else max(own, before))
+        return needed
 
 
 def calibrate(losses: np.ndarray, costs: Sequence[float], epsilon: float, delta: float) -> Calibration:
@@ -140,12 +156,7 @@ def calibrate(losses: np.ndarray, costs: Sequence[float], epsilon: float, delta:
     p_values = np.asarray([hb_p_value(float(r), n, epsilon, binary=binary) for r in risks])
     certified = fixed_sequence(p_values, delta)
     chosen = min(range(certified), key=lambda j: costs[j]) if certified else None
-    needed: list[int | None] = []
-    for risk in risks:
-        own = required_n(float(risk), epsilon, delta, binary=binary)
-        before = needed[-1] if needed else 0
-        needed.append(None if own is None or before is None else max(own, before))
-    return Calibration(risks, p_values, certified, chosen, needed)
+    return Calibration(risks, p_values, certified, chosen, binary)
 
 
 # -- the methods' threshold paths -------------------------------------------------------------------
@@ -240,7 +251,7 @@ class GuaranteeResult:
     @property
     def needed_first(self) -> int | None:
         """The fewest calibration problems that would certify the path's first setting."""
-        return self.calibration.needed[0]
+        return required_n(float(self.calibration.risks[0]), self.epsilon, self.delta, binary=self.calibration.binary)
 
 
 def guaranteed(run: Run, epsilons: Sequence[float], delta: float, *, loss: Loss = "gold", orders: int = 20, seed: int = 0,
