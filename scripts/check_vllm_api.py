@@ -11,7 +11,8 @@ Two kinds of evidence:
     request_id=...)`); attributes read on imported vLLM names (`RequestOutputKind.DELTA`); and the
     attributes read on what the engine returns (RequestOutput, CompletionOutput, Logprob, pooling
     outputs, spec-decode and metrics records), followed through assignments, loops, unpacking and
-    the module's own helper functions (a small type inference seeded by RESULT_TYPES below).
+    the module's own helper functions (a small type inference seeded by RESULT_TYPES below);
+    and the vLLM exception names `ttscale serve` matches (ttscale/serve/serving.py, ENGINE_DOWN).
   * Built by ttscale's own code against the installed vllm: the AsyncEngineArgs each backend
     constructs (generation on the GPU path and the CPU path, with both speculative methods; the
     pooling engine in both modes), caught just before AsyncLLM would start; SamplingParams from
@@ -237,9 +238,26 @@ class _ModuleReader:
                     self.changed = True
 
 
+# Outside the backends, `ttscale serve` recognises vLLM's engine failures by their class names.
+SERVING = REPO / "ttscale" / "serve" / "serving.py"
+ENGINE_EXCEPTIONS = "vllm.v1.engine.exceptions"
+
+
+def collect_exception_names(collected: Collected, serving: Path = SERVING) -> None:
+    """The vLLM exception names in serving.py's ENGINE_DOWN."""
+    if not serving.is_file():
+        return
+    for node in ast.walk(ast.parse(serving.read_text())):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ENGINE_DOWN" for t in node.targets):
+            for name in ast.literal_eval(node.value):
+                collected.add("exception", ENGINE_EXCEPTIONS, name, f"{serving.relative_to(REPO)}:{node.lineno}")
+
+
 def collect_source(backends: Path = BACKENDS) -> Collected:
-    """Every vLLM name the backends' source uses (see the module docstring)."""
+    """Every vLLM name the backends' source uses (see the module docstring), and the exception
+    names `ttscale serve` matches."""
     collected = Collected()
+    collect_exception_names(collected)
     for path in sorted(backends.glob("*.py")):
         params: dict[tuple[str, str], str] = {}
         returns: dict[str, str] = {}

@@ -39,6 +39,7 @@ def test_collection_finds_the_names_the_backends_use():
         ("vllm.v1.engine.async_llm:AsyncLLM", "abort:coroutine"),  # call styles
         ("vllm.v1.engine.async_llm:AsyncLLM", "generate:async-iterator"),
         ("vllm.v1.engine.async_llm:AsyncLLM", "get_tokenizer:plain"),
+        ("vllm.v1.engine.exceptions", "EngineDeadError"),  # serve's ENGINE_DOWN, by name
     }
     assert expected <= names, sorted(expected - names)
 
