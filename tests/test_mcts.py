@@ -146,21 +146,22 @@ async def test_the_last_allowed_depth_is_generated_to_the_end():
     assert all(c.text.count("\n\n") <= 3 for c in trace.candidates)
 
 
-async def test_flops_budget_stops_before_the_expansion_that_would_pass_it():
-    unlimited = await MCTS(n=64, width=2, max_steps=4).solve(
+@pytest.mark.parametrize("value", ["verifier", "rollout"])
+async def test_flops_budget_stops_before_the_expansion_that_would_pass_it(value):
+    unlimited = await MCTS(n=64, width=2, max_steps=4, value=value).solve(
         PROBLEM.blind(), ctx := context(FakeBackend(responder=step_responder(final_depth=3)), ScriptedPRM()))
     total = ctx.cost.structural_flops
     for fraction in (0.2, 0.4, 0.6, 0.8):
         budget = fraction * total
         ctx = context(FakeBackend(responder=step_responder(final_depth=3)), ScriptedPRM())
-        trace = await MCTS(n=64, width=2, max_steps=4, max_flops=budget).solve(PROBLEM.blind(), ctx)
+        trace = await MCTS(n=64, width=2, max_steps=4, value=value, max_flops=budget).solve(PROBLEM.blind(), ctx)
         assert ctx.cost.structural_flops <= budget
         assert trace.metadata["flops_over_budget"] == 0.0
         assert trace.metadata["stopped_by"] == "max_flops"
         assert trace.metadata["simulations"] < unlimited.metadata["simulations"]
     # The budget is what the problem's cost says: a budget above the whole search changes nothing.
     ctx = context(FakeBackend(responder=step_responder(final_depth=3)), ScriptedPRM())
-    roomy = await MCTS(n=64, width=2, max_steps=4, max_flops=2 * total).solve(PROBLEM.blind(), ctx)
+    roomy = await MCTS(n=64, width=2, max_steps=4, value=value, max_flops=2 * total).solve(PROBLEM.blind(), ctx)
     assert roomy.metadata == unlimited.metadata | {"flops_over_budget": 0.0}
 
 

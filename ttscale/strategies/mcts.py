@@ -133,27 +133,25 @@ class Search:
         self.options, self.problem, self.ctx = options, problem, ctx
         self.root = Node(Beam())
         self.dearest = 0.0  # the most FLOPs one expansion (with its rollout) has cost
+        self.expansion_began = 0.0  # the FLOPs spent when the latest expansion began
 
     async def simulate(self) -> Beam | None:
         """One simulation; the complete solution it ended in, or None when the FLOPs budget stopped it."""
         path, node = [self.root], self.root
-        while not node.terminal:
-            if not node.children:
+        while not node.terminal:  # 1. selection, down to a terminal node
+            if not node.children:  # 2. expansion
                 if not self.affordable():
                     return None
-                spent = self.ctx.cost.structural_flops
                 await self.expand(node)
-                if self.options.value == "rollout":
+                if self.options.value == "rollout":  # 3. evaluation of the new leaf's best child by a rollout
                     node = self.best_child(node)
                     path.append(node)
                     solution = node.beam if node.terminal else await self.rollout(node)
-                    self.dearest = max(self.dearest, self.ctx.cost.structural_flops - spent)
-                    backpropagate(path, solution.score)
+                    backpropagate(path, solution.score)  # 4. backpropagation
                     return solution
-                self.dearest = max(self.dearest, self.ctx.cost.structural_flops - spent)
             node = self.best_child(node)
             path.append(node)
-        backpropagate(path, node.beam.score)
+        backpropagate(path, node.beam.score)  # 3-4. the terminal node's PRM score, backed up
         return node.beam
 
     def affordable(self) -> bool:
@@ -161,20 +159,27 @@ class Search:
         budget = self.options.max_flops
         return budget is None or self.ctx.cost.structural_flops + self.dearest <= budget
 
+    def book(self) -> None:
+        """Note what the latest expansion (with its rollout, if any) has cost so far."""
+        self.dearest = max(self.dearest, self.ctx.cost.structural_flops - self.expansion_began)
+
     async def expand(self, node: Node) -> None:
         """Give `node` its k children: one step each, PRM-scored; priors are the normalised scores."""
-        options = self.options
+        options, self.expansion_began = self.options, self.ctx.cost.structural_flops
         last = node.depth == options.max_steps - 1
         [kids] = await expand(self.problem, self.ctx, [node.beam], options.width, to_the_end=last, rules=options.rules)
         kids = await score(self.ctx, kids, options.aggregation)
         priors = normalised([kid.score for kid in kids])
         node.children = [Node(kid, parent=node, depth=node.depth + 1, prior=p) for kid, p in zip(kids, priors)]
+        self.book()
 
     async def rollout(self, node: Node) -> Beam:
-        """One sample from `node` to the end, PRM-scored; kept on the node, not added to the tree."""
+        """One sample from `node` to the end, PRM-scored; kept on the node, not added to the tree.
+        Its cost counts with the expansion just made (the node's parent's)."""
         [[ending]] = await expand(self.problem, self.ctx, [node.beam], 1, to_the_end=True, rules=self.options.rules)
         [ending] = await score(self.ctx, [ending], self.options.aggregation)
         node.rollouts.append(ending)
+        self.book()
         return ending
 
     def best_child(self, node: Node) -> Node:
