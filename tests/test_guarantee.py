@@ -77,6 +77,23 @@ def test_required_n_is_the_first_n_whose_p_value_passes():
     assert required_n(0.02, 0.02, 0.1) is None
 
 
+def test_the_calibration_size_that_would_certify_a_saving():
+    # 50 problems, epsilon 0.05, delta 0.1; settings 0 and 1 cost as much as full best-of-N (10).
+    # Zero losses need 45 problems (0.95^45 = 0.0994); setting 2's one loss in 50 (risk 0.02, 0/1
+    # losses) needs required_n(0.02, ..., binary) = 132, and setting 3 comes after it: 132 certifies
+    # both, and 3 is cheaper.
+    losses = np.zeros((4, 50))
+    losses[2, :1] = 1
+    costs = [10.0, 10.0, 6.0, 4.0]
+    result = calibrate(losses, costs, 0.05, 0.1)
+    assert result.certified == 2  # at 50 problems setting 2's p-value is P(Bin(50, 0.05) <= 1) = 0.279
+    assert result.p_values[2] == pytest.approx(0.279432, abs=1e-6)
+    assert result.needed(0.05, 0.1) == [45, 45, 132, 132] and required_n(0.02, 0.05, 0.1, binary=True) == 132
+    assert result.needed_for_saving(0.05, 0.1, costs, full_cost=10.0) == (132, 3)
+    losses[1, :3] = 1  # setting 1 now loses 0.06 > epsilon: nothing after it can ever be certified
+    assert calibrate(losses, costs, 0.05, 0.1).needed_for_saving(0.05, 0.1, costs, full_cost=10.0) is None
+
+
 @pytest.mark.parametrize("epsilon, delta", [(0.0, 0.1), (1.0, 0.1), (-0.1, 0.1), (0.05, 0.0), (0.05, 1.2)])
 def test_levels_outside_zero_one_are_refused(epsilon, delta):
     with pytest.raises(ConfigError, match="--epsilon|--delta"):
@@ -185,6 +202,8 @@ async def test_guaranteed_calibrates_on_half_a_and_measures_on_half_b(tmp_path):
     for result in results:
         certified = result.calibration.certified
         assert certified == fixed_sequence(result.calibration.p_values, 0.2)
+        if result.needed_for_saving is not None:
+            assert result.needed_for_saving[1] in result.settings
         if result.setting == "full best-of-N":
             assert certified == 0 and result.saving["flops"] == 1.0 and result.realised_loss == 0.0
         else:

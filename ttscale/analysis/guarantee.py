@@ -145,6 +145,17 @@ class Calibration:
             needed.append(None if own is None or before is None else max(own, before))
         return needed
 
+    def needed_for_saving(self, epsilon: float, delta: float, costs: Sequence[float], full_cost: float) -> tuple[int, int] | None:
+        """The fewest calibration problems that would certify a setting cheaper than `full_cost`
+        (at the same empirical risks), and the cheapest setting then certified; None when no
+        setting cheaper than full best-of-N can be certified at any n."""
+        needed = self.needed(epsilon, delta)
+        saving = [n for n, cost in zip(needed, costs) if n is not None and cost < full_cost * (1 - 1e-9)]
+        if not saving:
+            return None
+        n = min(saving)
+        return n, min((j for j, m in enumerate(needed) if m is not None and m <= n), key=lambda j: costs[j])
+
 
 def calibrate(losses: np.ndarray, costs: Sequence[float], epsilon: float, delta: float) -> Calibration:
     """Fixed-sequence Learn then Test: `losses` (settings x problems, in [0, 1], settings most
@@ -242,16 +253,13 @@ class GuaranteeResult:
     samples: float
     cost: dict[str, float]
     full_cost: dict[str, float]
+    needed_for_saving: tuple[int, str] | None  # the fewest problems that would certify a saving, and the setting then
 
     @property
     def saving(self) -> dict[str, float]:
         """Full best-of-N's cost over the method's, on half b, per axis."""
         return {axis: self.full_cost[axis] / self.cost[axis] for axis in AXES}
 
-    @property
-    def needed_first(self) -> int | None:
-        """The fewest calibration problems that would certify the path's first setting."""
-        return required_n(float(self.calibration.risks[0]), self.epsilon, self.delta, binary=self.calibration.binary)
 
 
 def guaranteed(run: Run, epsilons: Sequence[float], delta: float, *, loss: Loss = "gold", orders: int = 20, seed: int = 0,
@@ -267,6 +275,7 @@ def guaranteed(run: Run, epsilons: Sequence[float], delta: float, *, loss: Loss 
     eval_problems = [problem_samples(run, by_id[pid]) for pid in eval_ids]
     full = baseline(run, eval_ids, seed=seed)
     full_cost = {axis: float(full.cost[axis][-1].mean()) for axis in AXES}
+    fit_full_flops = float(baseline(run, fit_ids, seed=seed).cost["flops"][-1].mean())
     full_accuracy = float(full.correct[-1].mean())
     results = []
     for path in paths if paths is not None else threshold_paths(run):
@@ -276,12 +285,14 @@ def guaranteed(run: Run, epsilons: Sequence[float], delta: float, *, loss: Loss 
         measured: dict[int, Replayed] = {}
         for epsilon in epsilons:
             calibration = calibrate(losses, costs, epsilon, delta)
+            needed = calibration.needed_for_saving(epsilon, delta, costs, fit_full_flops)
+            needed_setting = None if needed is None else (needed[0], path.methods[needed[1]].label)
             j = calibration.chosen
             if j is None:
                 results.append(GuaranteeResult(path.family, path.parameter, epsilon, delta, loss, len(fit_ids),
                                                [m.label for m in path.methods], calibration, "full best-of-N", 0.0,
                                                math.nan, 0.0, 0.0, full_accuracy, full_accuracy, float(full.ks[-1]),
-                                               dict(full_cost), full_cost))
+                                               dict(full_cost), full_cost, needed_setting))
                 continue
             if j not in measured:
                 measured[j] = replay(run, eval_problems, path.methods[j], orders=orders, seed=seed)
@@ -290,5 +301,5 @@ def guaranteed(run: Run, epsilons: Sequence[float], delta: float, *, loss: Loss 
                 path.family, path.parameter, epsilon, delta, loss, len(fit_ids), [m.label for m in path.methods],
                 calibration, path.methods[j].label, float(calibration.risks[j]), float(calibration.p_values[j]),
                 float(held.lost.mean()), float(held.disagree.mean()), float(held.correct.mean()), full_accuracy,
-                held.mean("samples"), {axis: held.mean(axis) for axis in AXES}, full_cost))
+                held.mean("samples"), {axis: held.mean(axis) for axis in AXES}, full_cost, needed_setting))
     return results

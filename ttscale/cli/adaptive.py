@@ -81,17 +81,25 @@ def _guarantee(output: Output, results: list[GuaranteeResult]) -> None:
                 f"and {first.full_cost['eflops']:.3g} eFLOPs per problem).")
     columns = ["method", "epsilon", "certified", "setting (cheapest certified on a)", "loss on a", "p-value",
                "loss on b", "disagree on b", "accuracy on b", "samples", "saving FLOPs", "saving eFLOPs", "saving tokens",
-               "n for first step"]
+               "n for a saving (setting)"]
     rows = [[r.family, f"{r.epsilon:g}", f"{r.calibration.certified} of {len(r.settings)}", r.setting, f"{r.fit_risk:.4f}",
              "-" if math.isnan(r.p_value) else f"{r.p_value:.3g}", f"{r.realised_loss:.4f}", f"{r.realised_disagreement:.3f}",
              f"{r.accuracy:.3f}", f"{r.samples:.2f}", f"{r.saving['flops']:.2f}x", f"{r.saving['eflops']:.2f}x",
-             f"{r.saving['generated_tokens']:.2f}x", "never" if r.needed_first is None else str(r.needed_first)] for r in results]
+             f"{r.saving['generated_tokens']:.2f}x", _needed(r)] for r in results]
     output.table("Adaptive compute with a guarantee: risk <= epsilon w.p. >= 1 - delta (Learn then Test, fixed sequence)",
                  columns, rows)
-    output.note("Nothing certified: the method falls back to full best-of-N (no saving). n for first step: the fewest "
-                "calibration problems that would certify the path's most conservative setting at its half-a loss "
-                "(never: that loss is at least epsilon). Each method's guarantee holds on its own; picking a method "
-                "after seeing half a needs delta split among them.")
+    output.note("Nothing certified: the method falls back to full best-of-N (no saving). n for a saving: the fewest "
+                "calibration problems that would certify a setting cheaper than full best-of-N on half a, were the "
+                "half-a losses the same at that n, and the setting then chosen (never: every such setting, or one "
+                "before it on the path, loses epsilon or more). Each method's guarantee holds on its own; picking a "
+                "method after seeing half a needs delta split among them.")
+
+
+def _needed(result: GuaranteeResult) -> str:
+    if result.needed_for_saving is None:
+        return "never"
+    n, setting = result.needed_for_saving
+    return f"{n} ({setting})"
 
 
 def _cost(value: float) -> str:
