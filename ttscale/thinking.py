@@ -112,8 +112,10 @@ class Thinker:
     attempts to stop while extensions last), `answer` forces the answer after it.
 
     Calling think_to with growing budgets continues the same span, so a budget sweep shares its
-    thinking: at each budget the span is exactly what a run with that budget alone would have
-    thought (the same requests up to the cut, when sampling is seeded or greedy).
+    thinking. Decoding greedily (s1's setting), the span at each budget is what a run with that
+    budget alone would have thought; sampling, it is a draw from the same distribution (a sample
+    continued from its prefix with fresh randomness), not the same draw, as the seeds differ.
+    Continuations send the thinking so far as text, re-tokenized, as s1's README does.
     """
 
     def __init__(self, prompt: tuple[ChatMessage, ...] | str, params: SampleParams, fmt: ThinkingFormat, *,
@@ -163,7 +165,8 @@ class Thinker:
             closed_at = combined.find(self.fmt.end, search_from)
             self.thinking = combined if closed_at < 0 else combined[:closed_at]
             stopped_early = completion.finish_reason == "stop" and closed_at < 0 and any(map(text.endswith, rests))
-            if closed_at >= 0 or (completion.finish_reason == "stop" and not stopped_early):  # the delimiter, or end of sequence (s1 stops on both)
+            # The delimiter, or an end of sequence: the model tried to end (s1 stops on both).
+            if closed_at >= 0 or (completion.finish_reason == "stop" and not stopped_early):
                 self.tried_to_end = True
                 self.done = self.extensions >= self.allowed_extensions
             elif completion.finish_reason not in ("stop", "length"):  # aborted or failed: nothing more to think
@@ -187,6 +190,6 @@ class Thinker:
         [completion] = generation.completions
         self.calls += 1
         # The answer span starts after the end delimiter: a cut's cue is in it, as the model reads it.
-        return Spans(thinking=self.thinking, answer=cue + completion.text, thinking_tokens=self.tokens, answer_tokens=completion.num_tokens,
-                     extensions=self.extensions, ended_by=ended_by, thinking_calls=self.thinking_calls,
+        return Spans(thinking=self.thinking, answer=cue + completion.text, thinking_tokens=self.tokens,
+                     answer_tokens=completion.num_tokens, extensions=self.extensions, ended_by=ended_by, thinking_calls=self.thinking_calls,
                      finish_reason=completion.finish_reason)

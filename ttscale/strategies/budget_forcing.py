@@ -12,10 +12,10 @@ counted apart). Every request goes through the problem's meter; the prompt each 
 re-reads is priced by the cost model (the prefix cache serves it).
 
 A budget sweep is one run: `-S thinking_budget=[64,128,256]` thinks once up to the largest budget,
-continuing the same thinking span, and forces an answer at each budget on the way. Each budget's
-candidate is what a run with that budget alone would give (the thinking up to a cut is the same
-requests, seeded alike), and its recorded cost is what that run would spend: the thinking up to
-its budget plus its own answer. A thinking that ended by itself before a budget gives that
+continuing the same thinking span, and forces an answer at each budget on the way. Decoding
+greedily, each budget's candidate is what a run with that budget alone would give (sampling, a
+draw from the same distribution: ttscale.thinking.Thinker), and its recorded cost is what that
+run would spend: the thinking up to its budget plus its own answer. A thinking that ended by itself before a budget gives that
 budget the same candidate and cost as the smaller one (a run at the larger budget would stop at
 the same place). `ttscale compare` draws the budgets as one scaling curve (its N column is the
 thinking budget). The "forced" rule reports the largest budget's answer.
