@@ -15,7 +15,8 @@ Two kinds of evidence:
     and the vLLM exception names `ttscale serve` matches (ttscale/serve/serving.py, ENGINE_DOWN).
   * Built by ttscale's own code against the installed vllm: the AsyncEngineArgs each backend
     constructs (generation on the GPU path and the CPU path, with both speculative methods; the
-    pooling engine in both modes), caught just before AsyncLLM would start; SamplingParams from
+    pooling engine in both modes), caught just before AsyncLLM would start, with the values of its
+    Literal-typed fields (runner, convert, the speculative method...) checked; SamplingParams from
     `to_sampling_params` with every extra set; PoolingParams for both pooling tasks.
 """
 
@@ -29,6 +30,7 @@ import inspect
 import json
 import sys
 import tempfile
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,10 +336,14 @@ def collect_built(collected: Collected) -> list[str]:
                 backend = pooling.VLLMPoolingBackend(model, mode=mode)
                 attempt(f"VLLMPoolingBackend ({path}, {mode})", lambda: asyncio.run(backend.start()), on_cpu)
 
+    from vllm.config import SpeculativeConfig
+
     for label, settings in built:
+        problems += literal_problems(real_args, settings, label)
         for name, value in settings.items():
             collected.add("engine-arg", "vllm.engine.arg_utils:AsyncEngineArgs", name, label)
             if name == "speculative_config":
+                problems += literal_problems(SpeculativeConfig, value, f"{label}, speculative_config")
                 for key in value:
                     collected.add("speculative-config", "vllm.config:SpeculativeConfig", key, label)
 
@@ -364,6 +370,24 @@ def collect_built(collected: Collected) -> list[str]:
             PoolingParams(task=task, **extra)
         except Exception as error:
             problems.append(f"PoolingParams(task={task!r}): {type(error).__name__}: {error}")
+    return problems
+
+
+def literal_problems(cls, settings: dict, label: str) -> list[str]:
+    """Values ttscale passes for fields whose type is a Literal (runner="pooling", convert="embed",
+    a speculative method...) that the Literal no longer lists."""
+    module = vars(sys.modules[cls.__module__])
+    problems = []
+    for f in dataclasses.fields(cls):
+        if f.name not in settings or not isinstance(settings[f.name], str):
+            continue
+        try:
+            annotation = eval(f.type, module) if isinstance(f.type, str) else f.type  # noqa: S307 (vLLM's own annotation)
+        except Exception:  # an annotation naming what the module imports only for type checkers
+            continue
+        values = literal_values(annotation)
+        if values is not None and settings[f.name] not in values:
+            problems.append(f"{label}: {cls.__name__}.{f.name}={settings[f.name]!r} is not one of {sorted(map(str, values))}")
     return problems
 
 
@@ -419,9 +443,9 @@ def literal_values(obj) -> set[str] | None:
     args = typing.get_args(obj)
     if typing.get_origin(obj) is typing.Literal:
         return set(args)
-    if args:  # a Union of Literals
-        values = [literal_values(a) for a in args]
-        if all(v is not None for v in values):
+    if args and typing.get_origin(obj) in (typing.Union, types.UnionType):
+        values = [literal_values(a) for a in args if a is not type(None)]  # Optional[Literal[...]]
+        if values and all(v is not None for v in values):
             return set().union(*values)
     return None
 

@@ -88,3 +88,12 @@ def test_names_what_moved(tmp_path):
         assert moved in problems
     assert "vllm.py:" in problems  # with where ttscale uses it
     assert "'cumulative_logprob'" not in problems
+
+
+def test_names_a_value_its_literal_no_longer_lists():
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    problems = check_vllm_api.literal_problems(AsyncEngineArgs, {"runner": "pooling-moved", "model": "m"}, "built")
+    assert len(problems) == 1 and "runner='pooling-moved'" in problems[0] and "'pooling'" in problems[0]
+    assert check_vllm_api.literal_problems(AsyncEngineArgs, {"runner": "pooling"}, "built") == []
