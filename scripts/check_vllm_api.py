@@ -413,10 +413,10 @@ def resolve(owner: str):
     return obj
 
 
-def members(obj) -> set[str]:
-    """Names an object of this class (or a call of this function) accepts or has: dataclass and
-    msgspec fields, TypedDict keys, __init__/call parameters, and class attributes."""
-    names = set(dir(obj))
+def keywords(obj) -> set[str]:
+    """Keyword arguments a call of this class or function takes: dataclass and msgspec fields,
+    TypedDict keys, __init__/call parameters."""
+    names: set[str] = set()
     if dataclasses.is_dataclass(obj):
         names |= {f.name for f in dataclasses.fields(obj)}
     names |= set(getattr(obj, "__struct_fields__", ()))  # msgspec.Struct
@@ -426,6 +426,13 @@ def members(obj) -> set[str]:
         names |= set(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         pass
+    return names
+
+
+def members(obj) -> set[str]:
+    """Names an object of this class (or a call of this function) accepts or has: its keywords,
+    and its attributes (class attributes, and those __init__ sets)."""
+    names = keywords(obj) | set(dir(obj))
     if inspect.isclass(obj):  # attributes set in __init__ (e.g. RequestOutput): read its source
         for klass in obj.__mro__:
             try:
@@ -482,7 +489,7 @@ def check(collected: Collected) -> list[str]:
             problems += [f"pooling task {u.name!r} is not in vllm.tasks.PoolingTask {sorted(values)} ({u.where})"
                          for u in uses if u.name not in values]
             continue
-        names = members(obj)
+        names, accepted = members(obj), keywords(obj)
         for use in uses:
             if use.kind == "call-style":
                 method, style = use.name.split(":")
@@ -497,7 +504,7 @@ def check(collected: Collected) -> list[str]:
                     except ImportError:
                         problems.append(f"cannot import {use.name} from {owner} ({use.where})")
                 continue
-            if use.name not in names:
+            if use.name not in (accepted if use.kind in ("keyword", "engine-arg", "sampling-param", "speculative-config") else names):
                 problems.append(f"{owner.replace(':', '.')} has no {use.kind} {use.name!r} (ttscale uses it: {use.where})")
     return problems
 
