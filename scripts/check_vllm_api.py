@@ -12,6 +12,7 @@ Two kinds of evidence:
     attributes read on what the engine returns (RequestOutput, CompletionOutput, Logprob, pooling
     outputs, spec-decode and metrics records), followed through assignments, loops, unpacking and
     the module's own helper functions (a small type inference seeded by RESULT_TYPES below);
+    the Prometheus metric names ttscale reads ("vllm:..." literals, looked up in vLLM's v1 source);
     and the vLLM exception names `ttscale serve` matches (ttscale/serve/serving.py, ENGINE_DOWN).
   * Built by ttscale's own code against the installed vllm: the AsyncEngineArgs each backend
     constructs (generation on the GPU path and the CPU path, with both speculative methods; the
@@ -28,6 +29,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import re
 import sys
 import tempfile
 import types
@@ -61,6 +63,7 @@ RESULT_TYPES = {
 }
 ENGINE_METHOD_RETURNS = {"generate": "stream:RequestOutput", "encode": "stream:PoolingRequestOutput"}
 VLLM_FUNCTION_RETURNS = {"get_metrics_snapshot": "list:Counter"}
+METRICS = "vllm's Prometheus metrics"  # the owner of metric names: found in vLLM's source as literals
 ENGINE_NAMES = {"_engine", "engine"}  # `self._engine` / `engine`: the AsyncLLM
 
 
@@ -124,6 +127,8 @@ class _ModuleReader:
                 for alias in node.names:
                     if alias.name.split(".")[0] == "vllm":
                         self.collected.add("import", alias.name, "", self.where(node))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"vllm:[a-z_]+", node.value):
+                self.collected.add("metric", METRICS, node.value, self.where(node))  # a Prometheus metric's name
         for function in self.functions.values():
             env = {arg.arg: self.params[(function.name, arg.arg)]
                    for arg in function.args.args if (function.name, arg.arg) in self.params}
@@ -472,6 +477,14 @@ def call_style_problem(method, style: str) -> str | None:
     return None
 
 
+def metric_source() -> str:
+    """The source of vLLM's metrics code (v1), where each metric's name is a string literal."""
+    import vllm
+
+    root = Path(vllm.__file__).parent / "v1"
+    return "\n".join(path.read_text(errors="replace") for path in root.rglob("*.py"))
+
+
 def check(collected: Collected) -> list[str]:
     """One line per name the installed vllm lacks."""
     problems = []
@@ -479,6 +492,11 @@ def check(collected: Collected) -> list[str]:
     for use in sorted(collected.uses, key=lambda u: (u.owner, u.name, u.where)):
         by_owner.setdefault(use.owner, []).append(use)
     for owner, uses in by_owner.items():
+        if owner == METRICS:
+            source = metric_source()
+            problems += [f"vLLM defines no metric {u.name!r} (ttscale reads it: {u.where})"
+                         for u in uses if f'"{u.name}"' not in source]
+            continue
         try:
             obj = resolve(owner)
         except (ImportError, AttributeError) as error:

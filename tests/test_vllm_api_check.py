@@ -40,6 +40,7 @@ def test_collection_finds_the_names_the_backends_use():
         ("vllm.v1.engine.async_llm:AsyncLLM", "generate:async-iterator"),
         ("vllm.v1.engine.async_llm:AsyncLLM", "get_tokenizer:plain"),
         ("vllm.v1.engine.exceptions", "EngineDeadError"),  # serve's ENGINE_DOWN, by name
+        (check_vllm_api.METRICS, "vllm:spec_decode_num_drafts"),  # a Prometheus metric's name
     }
     assert expected <= names, sorted(expected - names)
 
@@ -79,12 +80,13 @@ def test_names_what_moved(tmp_path):
     for old, new in (("sample.cumulative_logprob", "sample.cumulative_logprob_moved"),
                      ("include_stop_str_in_output=", "include_stop_moved="),
                      ("RequestOutputKind.DELTA", "RequestOutputKind.DELTA_MOVED"),
-                     ("from vllm.inputs import TokensPrompt", "from vllm.inputs import TokensPromptMoved")):
+                     ("from vllm.inputs import TokensPrompt", "from vllm.inputs import TokensPromptMoved"),
+                     ('"vllm:spec_decode_num_drafts"', '"vllm:spec_decode_drafts_moved"')):
         assert old in source
         source = source.replace(old, new)
     (backends / "vllm.py").write_text(source)
     problems = "\n".join(check_vllm_api.check(check_vllm_api.collect_source(backends)))
-    for moved in ("'cumulative_logprob_moved'", "'include_stop_moved'", "'DELTA_MOVED'", "TokensPromptMoved"):
+    for moved in ("'cumulative_logprob_moved'", "'include_stop_moved'", "'DELTA_MOVED'", "TokensPromptMoved", "'vllm:spec_decode_drafts_moved'"):
         assert moved in problems
     assert "vllm.py:" in problems  # with where ttscale uses it
     assert "'cumulative_logprob'" not in problems
