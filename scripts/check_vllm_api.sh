@@ -9,7 +9,7 @@
 #
 # The side environment lives outside the repository, in
 # ${XDG_CACHE_HOME:-~/.cache}/ttscale/vllm-api-check-<version>, and is reused once complete
-# (delete it to rebuild). It downloads about 1 GB and takes a few minutes the first time, so CI
+# (delete it to rebuild). It takes about 4 GB of disk and a few minutes the first time, so CI
 # does not run it. How it avoids the CUDA wheels (several GB) that vllm's own requirements pull:
 #   1. vllm==<version> with --no-deps;
 #   2. the CPU build of the torch that vllm pins (torch==X+cpu: from where pip is configured to
@@ -35,8 +35,8 @@ log="$(mktemp "${TMPDIR:-/tmp}/ttscale-vllm-api.XXXXXX.log")"
 version="${1:-}"
 if [[ -z "$version" ]]; then
   # What `.[gpu]` resolves to with all its requirements (resolving vllm's requirement alone can
-  # pick a newer vllm that the rest rules out). pip reads metadata only: about 3 minutes.
-  echo "Resolving .[gpu] with pip --dry-run (about 3 minutes; pass a version to skip)..."
+  # pick a newer vllm that the rest rules out). pip reads metadata only: 1 to 3 minutes.
+  echo "Resolving .[gpu] with pip --dry-run (1 to 3 minutes; pass a version to skip)..."
   report="$(mktemp "${TMPDIR:-/tmp}/ttscale-vllm-report.XXXXXX.json")"
   if ! "$PIP_PY" -m pip install --quiet --dry-run --ignore-installed --report "$report" ".[gpu]" >"$log" 2>&1; then
     echo "error: pip could not resolve .[gpu]: $(grep '^ERROR: ' "$log" | tail -n1) (pip's output: $log); pass a version: $0 0.33.0" >&2
