@@ -276,3 +276,15 @@ def test_vllm_hidden_states_at_step_ends_are_the_full_reads_rows_there():
     for i, [rows] in enumerate(prefixes):
         assert np.allclose(rows[-1], at_ends[i], atol=1e-3)
     assert cost.verifier_calls == 1 and cost.verifier_tokens == full.shape[0] and cost.verifier_flops > 0
+
+
+def test_labels_too_one_sided_to_cross_validate_are_a_clear_error():
+    """One partly right label among 20: a problem fold would train on wrong examples only, which
+    scikit-learn refuses with a traceback; ttscale says what is short instead."""
+    from ttscale.verifier_training import fit_logistic
+
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    soft = np.zeros(20)
+    soft[0] = 0.5
+    with pytest.raises(ConfigError, match="too few examples of one kind to cross-validate.*1 of 20 labels above 0"):
+        fit_logistic(x, soft, [f"p{i}" for i in range(20)])

@@ -302,6 +302,11 @@ def fit_logistic(x: np.ndarray, soft: np.ndarray, groups: Sequence[str]) -> tupl
 
     if len(set(soft > 0.5)) < 2 and not np.any((soft > 0) & (soft < 1)):
         raise ConfigError("every training label is the same; a head needs both right and wrong examples (record more problems)")
+    if any(not (np.any(soft[train] > 0) and np.any(soft[train] < 1)) for train, _ in folds):
+        right, wrong = int(np.sum(soft > 0)), int(np.sum(soft < 1))
+        raise ConfigError(f"too few examples of one kind to cross-validate over {len(folds)} problem folds ({right} of "
+                          f"{len(soft)} labels above 0, {wrong} below 1): a fold would train on one kind only; "
+                          "record more problems (or more samples per problem)")
     best_c, best_loss, best_oof = LOGISTIC_CS[0], math.inf, None
     for c in LOGISTIC_CS:
         oof = np.zeros(len(soft))
