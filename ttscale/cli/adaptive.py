@@ -79,8 +79,8 @@ def _guarantee(output: Output, results: list[GuaranteeResult]) -> None:
     output.note(f"Learn then Test on half a ({first.n_fit} problems; loss: {first.loss}; delta {first.delta}); measured on "
                 f"half b against full best-of-N majority (accuracy {first.full_accuracy:.3f}, {first.full_cost['flops']:.3g} FLOPs "
                 f"and {first.full_cost['eflops']:.3g} eFLOPs per problem).")
-    columns = ["method", "epsilon", "certified", "setting (cheapest certified on a)", "loss on a", "p-value",
-               "loss on b", "disagree on b", "accuracy on b", "samples", "saving FLOPs", "saving eFLOPs", "saving tokens",
+    columns = ["method", "epsilon", "certified", "setting (cheapest certified on a)", f"{first.loss} loss on a", "p-value",
+               "gold loss on b", "disagreement on b", "accuracy on b", "samples", "saving FLOPs", "saving eFLOPs", "saving tokens",
                "n for a saving (setting)"]
     rows = [[r.family, f"{r.epsilon:g}", f"{r.calibration.certified} of {len(r.settings)}", r.setting, f"{r.fit_risk:.4f}",
              "-" if math.isnan(r.p_value) else f"{r.p_value:.3g}", f"{r.realised_loss:.4f}", f"{r.realised_disagreement:.3f}",
