@@ -17,12 +17,13 @@ against full best-of-N on new problems is at most E (Angelopoulos, Bates, Candes
   and random permutations: exchangeable samples, so the mean's expectation is a new problem's
   risk), a number in [0, 1]; problems are assumed exchangeable with new ones.
 - p-value of H_j: "risk of setting j > E", from the empirical risk R on n problems: the
-  Hoeffding-Bentkus p-value (LTT, Proposition 3 / section 3.1.2), min(exp(-n h(min(R, E), E)),
-  e P(Binomial(n, E) <= ceil(n R))), h the Bernoulli relative entropy. Bentkus' factor e is for
-  losses in [0, 1]; when every loss is 0 or 1 (one sample order) the binomial tail is exact and
-  the factor is 1 (LTT, section 3.2).
-- Fixed-sequence testing (LTT, section 4.1): each method's settings are ordered from the most to
-  the least conservative by its parameter, fixed before the data are seen (`threshold_paths`);
+  paper's Hoeffding-Bentkus p-value (as its reference code and MAPIE compute it),
+  min(exp(-n h(min(R, E), E)), e P(Binomial(n, E) <= ceil(n R))), h the Bernoulli relative
+  entropy. Bentkus' factor e is for losses in [0, 1]; when every loss is 0 or 1 (one sample
+  order) the binomial tail is exact and the factor is 1 (the paper's binary-loss variant).
+- Fixed-sequence testing (the paper's procedure for a parameter with a natural order): each
+  method's settings are ordered from the most to the least conservative by its parameter,
+  fixed before the data are seen (`threshold_paths`);
   H_1, H_2, ... are rejected at level D while p_j <= D, and testing stops at the first p_j > D.
   This controls the family-wise error at D, so every certified setting has risk <= E at once
   with probability >= 1 - D, and choosing the cheapest of them on half a (mean FLOPs) keeps the
