@@ -10,6 +10,7 @@ from ttscale.machine import (
     FreeMemory,
     GiB,
     ThreadChoice,
+    busy_cores,
     choose_cpu_dtype,
     choose_cpu_threads,
     cpu_flags,
@@ -129,7 +130,7 @@ def fake_sysfs(root, cpus):
 
 @pytest.mark.parametrize("cores, reserved", [(2, "0"), (3, "0"), (4, "0"), (5, None), (64, None), (1, None)])
 def test_all_cores_to_the_model_only_on_a_small_node(cores, reserved):
-    choice = choose_cpu_threads(cores, sharing=0, environ={})
+    choice = choose_cpu_threads(cores, sharing=0, busy=0.0, environ={})
     assert choice.env.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == reserved
     assert (choice.env == ALL_CORES_SETTING) == (reserved == "0")
     assert choice.reason
@@ -137,15 +138,15 @@ def test_all_cores_to_the_model_only_on_a_small_node(cores, reserved):
 
 @pytest.mark.parametrize("variable", ["VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND"])
 def test_a_variable_the_user_set_wins_and_is_recorded(variable):
-    choice = choose_cpu_threads(2, sharing=0, environ={variable: "1"})
+    choice = choose_cpu_threads(2, sharing=0, busy=0.0, environ={variable: "1"})
     assert choice.env == {}  # nothing added: vLLM reads the user's own
     assert f"set by the user: {variable}=1" in choice.reason
 
 
 def test_beside_a_pooling_engine_or_in_a_ray_replica_vllms_default_is_kept():
-    beside = choose_cpu_threads(2, sharing=1, environ={})
+    beside = choose_cpu_threads(2, sharing=1, busy=0.0, environ={})
     assert beside.env == {} and "pooling" in beside.reason
-    replica = choose_cpu_threads(2, sharing=0, in_ray=True, environ={})
+    replica = choose_cpu_threads(2, sharing=0, in_ray=True, busy=0.0, environ={})
     assert replica.env == {} and "Ray" in replica.reason
 
 
@@ -157,9 +158,25 @@ def test_a_pooling_engine_counts_while_it_lives():
     engine = Engine()
     share_cpus(engine)
     assert engines_sharing_cpus() == before + 1
-    assert choose_cpu_threads(2, environ={}).env == {}  # the noted engine keeps the default
+    assert choose_cpu_threads(2, busy=0.0, environ={}).env == {}  # the noted engine keeps the default
     del engine
     assert engines_sharing_cpus() == before
+
+
+@pytest.mark.parametrize("busy, all_cores", [(0.0, True), (0.2, True), (0.6, False), (None, False)])
+def test_all_cores_only_on_a_quiet_machine(monkeypatch, busy, all_cores):
+    monkeypatch.setattr("ttscale.machine.sample_busy_cores", lambda: busy)  # None: /proc/stat unreadable
+    choice = choose_cpu_threads(2, sharing=0, environ={})
+    assert (choice.env == ALL_CORES_SETTING) == all_cores
+    assert ("busy" in choice.reason) if busy is not None else ("could not be read" in choice.reason)
+
+
+def test_busy_cores_from_two_proc_stat_readings():
+    before = "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\n"
+    # 100 of 400 ticks busy (iowait counts as idle) on 2 CPUs: half a core.
+    after = "cpu  150 0 150 1000 100 0 0 0 0 0\ncpu0 75 0 75 500 50 0 0 0 0 0\ncpu1 75 0 75 500 50 0 0 0 0 0\nintr 1\n"
+    assert busy_cores(before, after) == pytest.approx(0.5)
+    assert busy_cores(before, before) == 0.0
 
 
 def test_worker_cores_counts_physical_cores_of_the_first_node(tmp_path):

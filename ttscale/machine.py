@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -226,14 +227,18 @@ def engine_memory_settings(plan: KVCachePlan) -> dict[str, int]:
 #   VLLM_CPU_NUM_OF_RESERVED_CPU  how many of those cores "auto" keeps for the scheduler process
 #                               (default: one per worker on x86, ARM and RISC-V).
 # On 2 cores the default leaves the model one thread. Measured with raw vLLM on 2 cores
-# (perf/engine_throughput.py, docs/performance.md): reserving none ran 1.2-1.3x faster at batch
-# 16-64 in bfloat16 and 1.8x in float32. The reserved core is 1/cores of the compute, so the
-# gain shrinks as cores grow while the scheduler's need for a core stays; above SMALL_NODE_CORES
-# (not measured) vLLM's default is kept.
+# (perf/engine_throughput.py, docs/guide/performance.md): on a quiet machine reserving none ran
+# 1.2-1.7x faster in bfloat16 at batch 1-256; while other jobs kept a core busy it ran 0.4-0.8x
+# the default in float32 (a bound thread whose core is taken stalls every step at the barrier,
+# and nobind was worse still). So all cores only where the worker's node is small and the
+# machine quiet as the engine starts. The reserved core is 1/cores of the compute, so the gain
+# shrinks as cores grow; above SMALL_NODE_CORES (not measured) vLLM's default is kept.
 
 THREAD_VARIABLES = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND")
 ALL_CORES_SETTING = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 SMALL_NODE_CORES = 4  # at most this many cores in the worker's NUMA node: no core reserved
+QUIET_BUSY_CORES = 0.25  # other processes busier than this (in cores) take a bound thread's core
+LOAD_SAMPLE_S = 0.5  # how long the machine's load is sampled before the engine starts
 
 # Engines that will share this process's cores with a generation engine (a pooling engine for a
 # verifier or a prefill probe), noted when they are built, which is before the generation engine
@@ -269,6 +274,30 @@ def worker_cores(cpus: set[int] | None = None, sysfs: Path = Path("/sys/devices/
     return len(nodes[min(nodes)]) if nodes else 1
 
 
+def busy_cores(before: str, after: str) -> float:
+    """Cores busy between two readings of /proc/stat (its "cpu" lines): non-idle time over all
+    time of the summary line, times the number of CPUs."""
+    def times(stat: str) -> tuple[list[int], int]:
+        lines = [line.split() for line in stat.splitlines() if line.startswith("cpu")]
+        summary = next(fields for fields in lines if fields[0] == "cpu")
+        return [int(value) for value in summary[1:9]], sum(1 for fields in lines if fields[0] != "cpu")
+    (first, cpus), (second, _) = times(before), times(after)
+    deltas = [b - a for a, b in zip(first, second)]  # user nice system idle iowait irq softirq steal
+    total = sum(deltas)
+    return (total - deltas[3] - deltas[4]) / total * cpus if total > 0 else 0.0
+
+
+def sample_busy_cores(seconds: float = LOAD_SAMPLE_S) -> float | None:
+    """Cores other processes keep busy now (this one sleeps while it samples); None where
+    /proc/stat cannot be read."""
+    try:
+        before = Path("/proc/stat").read_text()
+        time.sleep(seconds)
+        return busy_cores(before, Path("/proc/stat").read_text())
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 @dataclass(frozen=True)
 class ThreadChoice:
     """The variables the engine is spawned with (empty: vLLM's default), and why (backend.json)."""
@@ -278,9 +307,10 @@ class ThreadChoice:
 
 
 def choose_cpu_threads(cores: int | None = None, *, sharing: int | None = None, in_ray: bool = False,
-                       environ: dict[str, str] | None = None) -> ThreadChoice:
-    """All the worker's NUMA node's cores for the model where it has at most SMALL_NODE_CORES and
-    runs alone; vLLM's default beside other engines. A variable the user set wins."""
+                       busy: float | None = None, environ: dict[str, str] | None = None) -> ThreadChoice:
+    """All the worker's NUMA node's cores for the model where it has at most SMALL_NODE_CORES, runs
+    alone and the machine is quiet (`busy`: cores other processes use, sampled when None);
+    vLLM's default elsewhere. A variable the user set wins."""
     environ = dict(os.environ) if environ is None else environ
     given = {name: environ[name] for name in THREAD_VARIABLES if name in environ}
     if given:
@@ -297,9 +327,15 @@ def choose_cpu_threads(cores: int | None = None, *, sharing: int | None = None, 
     if cores > SMALL_NODE_CORES:
         return ThreadChoice({}, f"vLLM's default (one of {cores} cores kept for the scheduler): more than "
                                 f"{SMALL_NODE_CORES} cores, where the reserved one costs little")
+    busy = sample_busy_cores() if busy is None else busy
+    if busy is None or busy > QUIET_BUSY_CORES:
+        seen = "the load could not be read" if busy is None else f"other processes kept {busy:.2f} cores busy"
+        return ThreadChoice({}, f"vLLM's default (one of {cores} cores kept for the scheduler): {seen} as the engine "
+                                "started, and a bound thread whose core is taken stalls every step")
     setting = ", ".join(f"{name}={value}" for name, value in ALL_CORES_SETTING.items())
-    return ThreadChoice(dict(ALL_CORES_SETTING), f"{setting}: all {cores} cores to the model (vLLM's default keeps one "
-                                                 f"of {cores} for its scheduler; 1.2-1.8x slower measured on 2)")
+    return ThreadChoice(dict(ALL_CORES_SETTING), f"{setting}: all {cores} cores to the model, the machine quiet as the "
+                                                 f"engine started ({busy:.2f} cores busy); vLLM's default keeps one "
+                                                 "for its scheduler")
 
 
 @contextlib.contextmanager
