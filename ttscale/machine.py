@@ -339,10 +339,10 @@ def choose_cpu_threads(cores: int | None = None, *, sharing: int | None = None, 
 
 
 @contextlib.contextmanager
-def engine_threads(choice: ThreadChoice):
-    """Set the choice's variables while the engine spawns its processes (they read them then)."""
-    saved = {name: os.environ.get(name) for name in choice.env}
-    os.environ.update(choice.env)
+def environment(variables: dict[str, str]):
+    """Set environment variables for the block, then put back what was there (unset stays unset)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
     try:
         yield
     finally:
@@ -351,3 +351,8 @@ def engine_threads(choice: ThreadChoice):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def engine_threads(choice: ThreadChoice):
+    """Set the choice's variables while the engine spawns its processes (they read them then)."""
+    return environment(choice.env)

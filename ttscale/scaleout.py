@@ -34,6 +34,7 @@ from ttscale.analysis.summary import summarize
 from ttscale.build import build_backend, build_benchmark, build_strategy, build_verifier, describe_backend
 from ttscale.config import NOT_HASHED, RunConfig, build_config
 from ttscale.errors import ConfigError, TtscaleError
+from ttscale.machine import environment
 from ttscale.problems import shard_index, split_of
 from ttscale.protocols import samples_per_problem, size_for_workload
 from ttscale.record import solve_and_record
@@ -263,18 +264,9 @@ def _connect_timeouts(timeout: float) -> Iterator[None]:
         "RAY_py_gcs_connect_timeout_s": str(max(1, budget // 2)),
         "RAY_gcs_server_port_wait_time_s": "1",  # attempts at ~1 s each after the first
     }
-    saved = {name: os.environ.get(name) for name in knobs}
-    for name, value in knobs.items():
-        os.environ.setdefault(name, value)
-    _reread_ray_config()
-    try:
+    with environment({name: os.environ.get(name, value) for name, value in knobs.items()}):
+        _reread_ray_config()
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _reread_ray_config() -> None:
