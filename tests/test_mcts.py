@@ -6,6 +6,7 @@ import math
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -18,24 +19,10 @@ from ttscale.strategies.mcts import MCTS
 from ttscale.types import ChatMessage, Problem, SampleParams
 from ttscale.verifiers.prm import ScriptedPRM
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _step_policy import step_responder  # noqa: E402
+
 PROBLEM = Problem(id="p", question="What is 1 + 1?", prompt=(ChatMessage(role="user", content="What is 1 + 1?"),), answer="2")
-
-
-def depth_of(prompt: str) -> int:
-    """How many steps the assistant text already holds (the fake renders 'assistant: ' + prefix)."""
-    return prompt.split("assistant: ", 1)[1].count("\n\n")
-
-
-def step_responder(final_depth: int, answer=lambda prompt, index: "2"):
-    """Policy: step d of sample i reads 'S{d}c{i}'; at final_depth it states an answer and stops."""
-
-    def respond(prompt: str, index: int) -> str:
-        depth = depth_of(prompt)
-        if depth >= final_depth:
-            return f"S{depth}c{index} so \\boxed{{{answer(prompt, index)}}}"
-        return f"S{depth}c{index} work.\n\nmore"
-
-    return respond
 
 
 def context(backend, verifier, seed=1, max_tokens=64):

@@ -4,6 +4,8 @@ aggregation and costs."""
 import json
 import math
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,24 +25,10 @@ from ttscale.steps import aggregate
 from ttscale.verifiers.prm import LLMJudgePRM, ScriptedPRM, yes_probability
 from ttscale.benchmarks.jsonl import JsonlBenchmark
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _step_policy import depth_of, step_responder  # noqa: E402
+
 PROBLEM = Problem(id="p", question="What is 1 + 1?", prompt=(ChatMessage(role="user", content="What is 1 + 1?"),), answer="2")
-
-
-def depth_of(prompt: str) -> int:
-    """How many steps the assistant text already holds (the fake renders 'assistant: ' + prefix)."""
-    return prompt.split("assistant: ", 1)[1].count("\n\n")
-
-
-def step_responder(final_depth: int = 2, answer=lambda prompt, index: "2"):
-    """Policy: step d of sample i reads 'S{d}c{i}'; at final_depth it states an answer."""
-
-    def respond(prompt: str, index: int) -> str:
-        depth = depth_of(prompt)
-        if depth >= final_depth:
-            return f"S{depth}c{index} so \\boxed{{{answer(prompt, index)}}}"
-        return f"S{depth}c{index} work.\n\nmore"
-
-    return respond
 
 
 def context(backend, verifier, problem=PROBLEM, seed=1, max_tokens=64):
