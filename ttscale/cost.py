@@ -375,7 +375,7 @@ class PrefixLedger:
             if len(block) == self._block_size and block in seen:
                 key, start = hash((key, block)), start + self._block_size
                 continue
-            return start + max(_common_length(block, other) for other in seen)
+            return start + max(common_length(block, other) for other in seen)
         return start
 
     def add(self, sequence: Sequence[Any]) -> None:
@@ -387,7 +387,7 @@ class PrefixLedger:
             key = hash((key, block))
 
 
-def _common_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+def common_length(a: Sequence[Any], b: Sequence[Any]) -> int:
     """How many leading items two sequences share."""
     length = 0
     for x, y in zip(a, b):

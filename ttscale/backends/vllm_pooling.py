@@ -42,7 +42,7 @@ import uuid
 from typing import Any, Literal, Sequence
 
 from ttscale.backends.vllm import EngineModel
-from ttscale.cost import PrefixLedger
+from ttscale.cost import PrefixLedger, common_length
 from ttscale.errors import TtscaleError
 from ttscale.machine import choose_cpu_dtype, engine_memory_settings, plan_kv_cache, share_cpus
 from ttscale.models import prepare_model
@@ -199,7 +199,7 @@ class VLLMPoolingBackend:
         """Whether the first request shares a whole KV block or more with another of them, beyond
         what this engine was sent before (what reading it first would let the cache serve)."""
         ids = [self._prompt_ids(r) for r in requests]
-        shared = max(common_prefix(ids[0], other) for other in ids[1:])
+        shared = max(common_length(ids[0], other) for other in ids[1:])
         return shared - self._sent.match(ids[0]) >= HIDDEN_BLOCK_SIZE
 
     async def _pool_one(self, request: PoolRequest) -> PoolResult:
@@ -208,21 +208,16 @@ class VLLMPoolingBackend:
         if self.mode == "prm":
             ids = self._tokenizer.encode(self.render(request), add_special_tokens=False)
             final = await self._encode_final(ids, PoolingParams(task=POOLING_TASK))
-            data = final.outputs.data
-            return PoolResult(
-                data=tuple(tuple(float(x) for x in row) for row in (data.tolist() if hasattr(data, "tolist") else data)),
-                prompt_tokens=len(ids),
-                cached_prompt_tokens=min(getattr(final, "num_cached_tokens", 0) or 0, len(ids)),
-            )
+            return PoolResult(data=plain_rows(final.outputs.data), prompt_tokens=len(ids),
+                              cached_prompt_tokens=min(getattr(final, "num_cached_tokens", 0) or 0, len(ids)))
         ids = self._prompt_ids(request)
         wanted = self._rows_at(request, len(ids)) if request.positions else range(len(ids))
         # vLLM computes a request's last token whatever its cache holds (KVCacheManager: hits stop at num_tokens - 1).
         over_cache = reads_over_cache(wanted, min(self._sent.match(ids), len(ids) - 1))
         self._sent.add(ids)  # before it is sent: a request sent meanwhile may hit what this one computes
         params = PoolingParams(task=HIDDEN_TASK, use_activation=False, skip_reading_prefix_cache=not over_cache)
-        data = (await self._encode_final(ids, params)).outputs.data
-        rows, cached = rows_after_cache(data.tolist() if hasattr(data, "tolist") else data, len(ids), wanted)
-        return PoolResult(data=tuple(tuple(float(x) for x in row) for row in rows), prompt_tokens=len(ids), cached_prompt_tokens=cached)
+        rows, cached = rows_after_cache(plain_rows((await self._encode_final(ids, params)).outputs.data), len(ids), wanted)
+        return PoolResult(data=tuple(rows), prompt_tokens=len(ids), cached_prompt_tokens=cached)
 
     async def _encode_final(self, ids: list[int], params: Any) -> Any:
         """The engine's final output for one pooling request."""
@@ -247,9 +242,9 @@ class VLLMPoolingBackend:
             engine.shutdown = lambda *args, **kwargs: None
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading token ids two sequences share."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+def plain_rows(data: Any) -> tuple[tuple[float, ...], ...]:
+    """A pooler's output (a tensor, or nested lists) as rows of plain floats."""
+    return tuple(tuple(float(x) for x in row) for row in (data.tolist() if hasattr(data, "tolist") else data))
 
 
 def reads_over_cache(wanted: Sequence[int], sent_prefix: int) -> bool:
